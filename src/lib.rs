@@ -1,0 +1,44 @@
+//! # street
+//!
+//! A bounded realtime server for Rust: WebSockets with a typed event API, wire-compatible
+//! with `@streetjs/websocket` 1.0.0 (`{"type","payload","ts"}` JSON text frames), on
+//! tokio, hyper and axum.
+//!
+//! - [`app()`]: an HTTP app with routes, a bounded accept loop and graceful shutdown;
+//! - [`ws::WebSocketServer`]: connection cap (1013), heartbeat, payload limit, origin and
+//!   auth gates before the upgrade, broadcast that serializes once;
+//! - [`ws::Socket`]: `emit`, `on` with serde-typed payloads, `off`, `*`, close handlers,
+//!   typed per-socket data;
+//! - [`Container`] and [`jwt::JwtService`].
+//!
+//! ```no_run
+//! use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
+//! use std::time::Duration;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), street::app::AppError> {
+//!     let app = street::app(street::AppOptions { port: 3000, ..Default::default() });
+//!     let wss = WebSocketServer::new(WsOptions {
+//!         heartbeat_interval: Duration::from_secs(30),
+//!         max_connections: 10_000,
+//!         ..Default::default()
+//!     });
+//!     street::container().register(wss.clone());
+//!     wss.on_connection(|socket: Socket, _req: ConnectRequest| {
+//!         let s = socket.clone();
+//!         socket.on("message", move |data: serde_json::Value| s.emit("echo", &data))?;
+//!         socket.on("close", |_: street::ws::CloseInfo| println!("Client disconnected"))?;
+//!         Ok::<_, SocketError>(())
+//!     });
+//!     app.websocket(&wss).listen().await
+//! }
+//! ```
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod container;
+pub mod jwt;
+pub mod ws;
+
+pub use app::{app, App, AppOptions};
+pub use container::{container, Container};

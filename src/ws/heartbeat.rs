@@ -1,0 +1,44 @@
+//! The heartbeat: one sweep task per server (not a timer per connection).
+//!
+//! Every `heartbeat_interval` the sweep visits each socket. A socket whose peer sent
+//! anything since the previous sweep (a pong, a message, a ping) gets a fresh ping; one
+//! that sent nothing is terminated without a close handshake and its close handlers see
+//! 1006 "heartbeat timeout". A peer that goes silent is therefore gone within two
+//! intervals, and a live peer (which answers pings) is never reaped.
+//! The sweep holds only a weak reference to the server and stops on shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::close::{CloseCode, CloseInfo};
+use super::server::{read, WebSocketServer};
+
+pub(crate) fn ensure_started(wss: &WebSocketServer) {
+    let shared = &wss.shared;
+    let interval = shared.opts.heartbeat_interval;
+    if interval.is_zero() || shared.heartbeat_started.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let stop = shared.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(shared) = weak.upgrade() else { break };
+            let clients = read(&shared.clients);
+            for s in clients.values() {
+                if s.inner.alive.swap(false, Ordering::Relaxed) {
+                    s.ping();
+                } else {
+                    shared.stats.reaped.inc();
+                    s.kill(CloseInfo::new(CloseCode::ABNORMAL, "heartbeat timeout"));
+                }
+            }
+        }
+    });
+}

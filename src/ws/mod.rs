@@ -1,0 +1,30 @@
+//! The bounded WebSocket server.
+//!
+//! - [`server`]: [`WebSocketServer`] and [`WsOptions`] (capacity, heartbeat, limits, gates,
+//!   broadcast, shutdown);
+//! - [`socket`]: the per-connection [`Socket`] with its typed event API;
+//! - [`envelope`]: the `{type, payload, ts}` wire codec (no I/O);
+//! - [`heartbeat`](self#heartbeat): one sweep per server reaps dead peers;
+//! - `upgrade` and `connection`: the handshake gates and the per-connection task.
+
+mod close;
+mod connection;
+pub mod envelope;
+mod handler;
+mod heartbeat;
+mod origin;
+pub mod server;
+pub mod socket;
+mod stats;
+mod upgrade;
+
+pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};
+pub use envelope::{Envelope, EnvelopeError};
+pub use handler::{Awaited, Handler, Handler2, Inline, Outcome};
+pub use origin::Origin;
+pub use server::{AuthRejection, CapacityPolicy, WebSocketServer, WsOptions, SLOW_CONSUMER_CODE};
+pub use socket::{ErrorEvent, ListenerId, RawMessage, Socket, SocketError, SocketId};
+pub use stats::StatsSnapshot;
+pub use upgrade::ConnectRequest;
+
+pub(crate) use upgrade::handle as handle_upgrade;

@@ -1,0 +1,398 @@
+//! [`WebSocketServer`]: options, the registry of live sockets, broadcast and shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::close::{CloseCode, CloseInfo};
+use super::envelope::{self, EnvelopeError};
+use super::handler::{BoxFuture, DispatchOut, Handler2};
+use super::origin::Origin;
+use super::socket::{Socket, SocketId};
+use super::stats::{Stats, StatsSnapshot};
+use super::upgrade::ConnectRequest;
+
+/// What happens to a connection over [`WsOptions::max_connections`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CapacityPolicy {
+    /// Complete the handshake, then close with 1013 "Server at capacity" (StreetJS
+    /// behaviour; browsers can read the code). The default.
+    #[default]
+    Close1013,
+    /// Refuse before the upgrade with HTTP 503 and `Retry-After` (cheaper; browsers only
+    /// see a failed connection).
+    Http503,
+}
+
+/// Why the auth hook refused an upgrade. Becomes HTTP 401 with the message as body.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthRejection(pub String);
+
+impl AuthRejection {
+    /// A rejection with a message for the client.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// The auth hook: sees the upgrade request, returns the data the socket will carry.
+pub(crate) type AuthFn =
+    Arc<dyn Fn(ConnectRequest) -> BoxFuture<Result<http::Extensions, AuthRejection>> + Send + Sync>;
+type ConnFn = Arc<dyn Fn(Socket, ConnectRequest) -> DispatchOut + Send + Sync>;
+
+/// Options for a [`WebSocketServer`]. Every field has a default (the seed's where it has
+/// one); set what you need and use `..Default::default()`.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = street::ws::WsOptions {
+///     path: "/ws".into(),
+///     heartbeat_interval: Duration::from_secs(30),
+///     max_connections: 10_000,
+///     ..Default::default()
+/// };
+/// assert_eq!(opts.max_payload, 512 * 1024);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WsOptions {
+    /// URL path of the endpoint; the query string is ignored when matching. Default `/ws`.
+    pub path: String,
+    /// Ping interval. A peer that sent nothing (no pong, no frame) since the previous ping
+    /// is terminated, so a dead peer goes within two intervals. Default 30 s;
+    /// `Duration::ZERO` disables the heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Most simultaneous connections; the next is refused per `capacity_policy`.
+    /// Default 10 000.
+    pub max_connections: usize,
+    /// What to do over `max_connections`. Default [`CapacityPolicy::Close1013`].
+    pub capacity_policy: CapacityPolicy,
+    /// Largest message accepted, in bytes; larger closes with 1009. Default 512 KiB.
+    pub max_payload: usize,
+    /// Outbound queue limit per connection, in bytes; a client that falls further behind is
+    /// disconnected with 4008 "slow consumer". Default 1 MiB.
+    pub max_queue_bytes: usize,
+    /// Listeners allowed per event per socket (StreetJS: 64). Default 64.
+    pub max_listeners: usize,
+    /// Allowed `Origin`s (`scheme://host[:port]`). Empty: only the server's own origin
+    /// (from `Host`). Requests without `Origin` are always allowed. Default empty.
+    pub allowed_origins: Vec<String>,
+    /// How long a closing handshake may take before the connection is dropped. Default 5 s.
+    pub close_timeout: Duration,
+    /// How long [`WebSocketServer::close`] waits for clients to finish their closing
+    /// handshakes before dropping them. Default 10 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        Self {
+            path: "/ws".into(),
+            heartbeat_interval: Duration::from_secs(30),
+            max_connections: 10_000,
+            capacity_policy: CapacityPolicy::Close1013,
+            max_payload: 512 * 1024,
+            max_queue_bytes: 1024 * 1024,
+            max_listeners: 64,
+            allowed_origins: Vec::new(),
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) opts: WsOptions,
+    pub(crate) allowed: Vec<Origin>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) clients: RwLock<HashMap<SocketId, Socket>>,
+    pub(crate) closing: AtomicBool,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) empty: Notify,
+    pub(crate) heartbeat_started: AtomicBool,
+    pub(crate) on_connection: RwLock<Option<ConnFn>>,
+    pub(crate) protocols: RwLock<Vec<(String, ConnFn)>>,
+    pub(crate) auth: RwLock<Option<AuthFn>>,
+    pub(crate) close_lock: tokio::sync::Mutex<()>,
+    pub(crate) closed_done: Mutex<bool>,
+}
+
+/// A bounded WebSocket server: capacity, heartbeat, payload limits, origin and auth gates,
+/// typed sockets, broadcast and graceful shutdown. Cheap to clone (an `Arc` inside).
+///
+/// Mount it on an app with [`App::websocket`](crate::app::App::websocket).
+///
+/// ```no_run
+/// use street::ws::{WebSocketServer, WsOptions, Socket, ConnectRequest};
+/// # async fn run() -> Result<(), street::app::AppError> {
+/// let wss = WebSocketServer::new(WsOptions::default());
+/// wss.on_connection(|socket: Socket, _req: ConnectRequest| {
+///     let s = socket.clone();
+///     socket.on("message", move |data: serde_json::Value| s.emit("echo", &data))?;
+///     Ok::<_, street::ws::SocketError>(())
+/// });
+/// street::app(street::AppOptions::default()).websocket(&wss).listen().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct WebSocketServer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WebSocketServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketServer")
+            .field("path", &self.shared.opts.path)
+            .field("connections", &self.connection_count())
+            .finish()
+    }
+}
+
+/// The close code street sends to a slow consumer (reconnectable, application range).
+pub const SLOW_CONSUMER_CODE: u16 = 4008;
+
+impl WebSocketServer {
+    /// Create a server. Origins in `allowed_origins` that do not parse are ignored with a
+    /// warning (they could never match).
+    pub fn new(opts: WsOptions) -> Self {
+        let allowed = opts
+            .allowed_origins
+            .iter()
+            .filter_map(|o| {
+                let parsed = Origin::parse(o);
+                if parsed.is_none() {
+                    tracing::warn!(origin = %o, "ignoring unparsable allowed origin");
+                }
+                parsed
+            })
+            .collect();
+        let max = opts.max_connections.min(Semaphore::MAX_PERMITS);
+        Self {
+            shared: Arc::new(Shared {
+                allowed,
+                stats: Arc::new(Stats::default()),
+                permits: Arc::new(Semaphore::new(max)),
+                clients: RwLock::new(HashMap::new()),
+                closing: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                empty: Notify::new(),
+                heartbeat_started: AtomicBool::new(false),
+                on_connection: RwLock::new(None),
+                protocols: RwLock::new(Vec::new()),
+                auth: RwLock::new(None),
+                close_lock: tokio::sync::Mutex::new(()),
+                closed_done: Mutex::new(false),
+                opts,
+            }),
+        }
+    }
+
+    /// The options this server runs with.
+    pub fn options(&self) -> &WsOptions {
+        &self.shared.opts
+    }
+
+    /// Set the connection handler (`wss.on('connection', …)` in the seed). It runs before
+    /// the socket's first message is dispatched, so listeners it registers see every
+    /// message. It may be async, and may return `Result<(), E>`: an error closes the
+    /// socket with 1011.
+    pub fn on_connection<M, H>(&self, handler: H)
+    where
+        H: Handler2<Socket, ConnectRequest, M>,
+    {
+        let f: ConnFn = Arc::new(move |s, r| handler.call(s, r));
+        *write(&self.shared.on_connection) = Some(f);
+    }
+
+    /// Handle connections that negotiate the WebSocket subprotocol `name`
+    /// (StreetJS's `attachProtocol`). Their frames are not parsed as envelopes: register
+    /// [`Socket::on_raw`] and answer with [`Socket::send_text`]/[`Socket::send_binary`].
+    /// Capacity, origin, auth and heartbeat apply as for every connection.
+    pub fn on_protocol<M, H>(&self, name: &str, handler: H)
+    where
+        H: Handler2<Socket, ConnectRequest, M>,
+    {
+        let f: ConnFn = Arc::new(move |s, r| handler.call(s, r));
+        write(&self.shared.protocols).push((name.to_owned(), f));
+    }
+
+    /// Set the auth hook, run before the upgrade with the request's method, URI (with
+    /// query), headers and peer address. `Ok(value)` lets the connection in and attaches
+    /// `value` to the socket (read it with [`Socket::get`]); `Err` refuses it with 401.
+    ///
+    /// ```no_run
+    /// # let wss = street::ws::WebSocketServer::new(Default::default());
+    /// use street::ws::{AuthRejection, ConnectRequest};
+    /// #[derive(Clone)]
+    /// struct UserId(String);
+    /// wss.auth(|req: ConnectRequest| async move {
+    ///     match req.query_param("token") {
+    ///         Some(t) if t == "secret" => Ok(UserId("u1".into())),
+    ///         _ => Err(AuthRejection::new("bad token")),
+    ///     }
+    /// });
+    /// ```
+    pub fn auth<F, Fut, T>(&self, hook: F)
+    where
+        F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, AuthRejection>> + Send + 'static,
+        T: Clone + Send + Sync + 'static,
+    {
+        let f: AuthFn = Arc::new(move |req| {
+            let fut = hook(req);
+            Box::pin(async move {
+                let value = fut.await?;
+                let mut ext = http::Extensions::new();
+                ext.insert(value);
+                Ok(ext)
+            })
+        });
+        *write(&self.shared.auth) = Some(f);
+    }
+
+    /// Send `{"type":event,"payload":…,"ts":…}` to every connected client. The envelope is
+    /// serialized once; every client's queue shares the same bytes. Returns how many
+    /// clients it was queued for.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Serialize`] when the payload does not serialize.
+    pub fn broadcast<P: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        payload: &P,
+    ) -> Result<usize, EnvelopeError> {
+        let bytes = envelope::encode(event, payload)?;
+        Ok(self.broadcast_encoded(&bytes))
+    }
+
+    /// Broadcast an already-encoded envelope (see [`envelope::encode`]) to every client.
+    pub fn broadcast_encoded(&self, bytes: &bytes::Bytes) -> usize {
+        self.shared.stats.broadcasts.inc();
+        let clients = read(&self.shared.clients);
+        let mut n = 0;
+        for s in clients.values() {
+            if s.send_text_bytes(bytes.clone()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The live sockets (a snapshot), for the seed's "broadcast to a subset" loop.
+    pub fn clients(&self) -> Vec<Socket> {
+        read(&self.shared.clients).values().cloned().collect()
+    }
+
+    /// Look up a live socket by id.
+    pub fn client(&self, id: SocketId) -> Option<Socket> {
+        read(&self.shared.clients).get(&id).cloned()
+    }
+
+    /// Number of live connections (only those that reached the connection handler).
+    pub fn connection_count(&self) -> usize {
+        read(&self.shared.clients).len()
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot(self.connection_count())
+    }
+
+    /// Whether [`close`](Self::close) has been called.
+    pub fn is_closing(&self) -> bool {
+        self.shared.closing.load(Ordering::Acquire)
+    }
+
+    /// Shut down: new upgrades get 503; every client gets close 1001 "Going Away" after
+    /// the messages already queued for it; waits for the closing handshakes up to
+    /// `shutdown_timeout`, then drops the rest. Close handlers run for every client.
+    /// Idempotent: later calls wait for the same shutdown.
+    pub async fn close(&self) {
+        let _guard = self.shared.close_lock.lock().await;
+        if *lock(&self.shared.closed_done) {
+            return;
+        }
+        {
+            // Taking the write lock orders this with registration: a socket registered
+            // after this block sees `closing` and closes itself.
+            let clients = write(&self.shared.clients);
+            self.shared.closing.store(true, Ordering::Release);
+            for s in clients.values() {
+                let _ = s.close(CloseCode::GOING_AWAY.0, "Going Away");
+            }
+        }
+        self.shared.shutdown.cancel();
+        let deadline = tokio::time::sleep(self.shared.opts.shutdown_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let notified = self.shared.empty.notified();
+            if self.connection_count() == 0 {
+                break;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = &mut deadline => {
+                    for s in self.clients() {
+                        s.kill(CloseInfo::new(CloseCode::GOING_AWAY, "shutdown timeout"));
+                    }
+                    break;
+                }
+            }
+        }
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        *lock(&self.shared.closed_done) = true;
+    }
+
+    // ---- used by the connection task ----
+
+    pub(crate) fn register(&self, socket: &Socket) -> bool {
+        let mut clients = write(&self.shared.clients);
+        if self.shared.closing.load(Ordering::Acquire) {
+            return false;
+        }
+        clients.insert(socket.id(), socket.clone());
+        self.shared.stats.observe_connections(clients.len());
+        true
+    }
+
+    pub(crate) fn unregister(&self, id: SocketId) {
+        let mut clients = write(&self.shared.clients);
+        clients.remove(&id);
+        if clients.is_empty() {
+            self.shared.empty.notify_waiters();
+        }
+    }
+
+    pub(crate) fn connection_handler(&self, protocol: Option<&str>) -> Option<ConnFn> {
+        match protocol {
+            Some(p) => read(&self.shared.protocols)
+                .iter()
+                .find(|(n, _)| n == p)
+                .map(|(_, f)| f.clone()),
+            None => read(&self.shared.on_connection).clone(),
+        }
+    }
+}
+
+pub(crate) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

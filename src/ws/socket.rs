@@ -1,0 +1,706 @@
+//! The per-connection [`Socket`] handle: typed events, listeners, per-socket data and the
+//! byte-bounded outbound queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+use tokio_websockets::Message;
+
+use super::close::{truncate_reason, CloseCode, CloseInfo};
+use super::envelope::{self, EnvelopeError};
+use super::handler::{DispatchOut, Handler, Outcome};
+use super::stats::Stats;
+
+/// A socket's unique id (a random UUID, as StreetJS's `socket.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(uuid::Uuid);
+
+impl SocketId {
+    pub(crate) fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl std::fmt::Display for SocketId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Identifies one registered listener, for [`Socket::off`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerId(u64);
+
+/// Event names with a lifecycle meaning. `on()` with one of these registers a lifecycle
+/// handler; a client frame whose `type` is one of these never triggers lifecycle handlers.
+pub const LIFECYCLE_EVENTS: &[&str] = &["close", "error", "raw"];
+
+/// Errors from the socket API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// The socket is closed or closing; nothing more can be sent.
+    #[error("socket is closed")]
+    Closed,
+    /// The payload could not be serialized.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The client is not reading fast enough: its outbound queue would exceed the limit.
+    /// The socket is disconnected (close 4008) when this happens.
+    #[error("slow consumer: outbound queue would exceed {limit} bytes")]
+    SlowConsumer {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// More than the allowed listeners for one event.
+    #[error("too many listeners for event \"{event}\" (limit {limit})")]
+    TooManyListeners {
+        /// The event name.
+        event: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// A close code that may not be sent (RFC 6455 §7.4).
+    #[error("close code {0} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)")]
+    InvalidCloseCode(u16),
+}
+
+/// An error delivered to a socket's `error` handlers. Nothing here closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorEvent {
+    /// A text frame that is not JSON.
+    MalformedJson {
+        /// Parser message.
+        message: String,
+    },
+    /// JSON that is not a `{type, payload}` envelope.
+    NotEnvelope {
+        /// Parser message.
+        message: String,
+    },
+    /// The payload did not deserialize into the handler's type.
+    Payload {
+        /// The event whose handler rejected it.
+        event: String,
+        /// Deserializer message.
+        message: String,
+    },
+    /// A binary frame (or a raw text frame) arrived and no `raw` handler is registered.
+    UnexpectedRaw {
+        /// Whether the frame was binary.
+        binary: bool,
+        /// Size in bytes.
+        len: usize,
+    },
+    /// A handler returned an error or panicked.
+    Handler {
+        /// The event.
+        event: String,
+        /// The error message.
+        message: String,
+    },
+}
+
+/// A message delivered as-is to `raw` handlers: binary frames, and every frame on a
+/// connection that negotiated a custom subprotocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawMessage {
+    /// A text frame (valid UTF-8).
+    Text(String),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+type Erased = Arc<dyn Fn(Option<&RawValue>, &str) -> Result<DispatchOut, String> + Send + Sync>;
+type ErasedClose = Arc<dyn Fn(CloseInfo) -> DispatchOut + Send + Sync>;
+type ErasedError = Arc<dyn Fn(ErrorEvent) -> DispatchOut + Send + Sync>;
+type ErasedRaw = Arc<dyn Fn(RawMessage) -> DispatchOut + Send + Sync>;
+
+#[derive(Default)]
+struct Listeners {
+    next_id: u64,
+    events: HashMap<Box<str>, Vec<(ListenerId, Erased)>>,
+    close: Vec<(ListenerId, ErasedClose)>,
+    error: Vec<(ListenerId, ErasedError)>,
+    raw: Vec<(ListenerId, ErasedRaw)>,
+}
+
+impl Listeners {
+    fn id(&mut self) -> ListenerId {
+        self.next_id += 1;
+        ListenerId(self.next_id)
+    }
+}
+
+/// An item in the outbound queue.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Msg(Message, usize),
+    Close(CloseCode, String),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct OutboxState {
+    pub(crate) queue: VecDeque<Outbound>,
+    /// Bytes of data messages queued and not yet handed to the protocol layer.
+    pub(crate) bytes: usize,
+    /// A close frame has been queued: no more data may be queued.
+    pub(crate) closing: bool,
+    /// Drop the connection now, without a close handshake.
+    pub(crate) kill: Option<CloseInfo>,
+    /// A ping should be sent ahead of queued data.
+    pub(crate) ping: bool,
+    /// The close the server initiated (what close handlers see if the peer echoes it).
+    pub(crate) sent_close: Option<CloseInfo>,
+}
+
+/// The byte-bounded outbound queue. A `Mutex<VecDeque>` allocates nothing while idle,
+/// which keeps idle connections small; the writer half of the connection task drains it.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pub(crate) state: Mutex<OutboxState>,
+    /// Wakes the writer: data, ping or close queued.
+    pub(crate) notify: Notify,
+    /// Wakes the connection task's kill branch (independent of a writer stuck on a
+    /// peer that does not read).
+    pub(crate) kill_notify: Notify,
+}
+
+impl Outbox {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // A poisoned lock only means a panic elsewhere while holding it; the state is
+        // still consistent (every critical section is a few field updates).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) struct SocketInner {
+    pub(crate) id: SocketId,
+    pub(crate) outbox: Outbox,
+    listeners: Mutex<Listeners>,
+    data: Mutex<http::Extensions>,
+    /// Set once the connection has ended and close handlers have run.
+    pub(crate) finished: AtomicBool,
+    /// Heartbeat: the peer sent something since the last sweep.
+    pub(crate) alive: AtomicBool,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) max_queue_bytes: usize,
+    pub(crate) max_listeners: usize,
+    pub(crate) remote_addr: Option<SocketAddr>,
+    pub(crate) protocol: Option<Box<str>>,
+}
+
+/// A connected client: a cheap, cloneable handle (an `Arc` inside).
+///
+/// Handlers usually capture a clone of the socket they belong to. Those clones do not
+/// leak: when the connection ends, every listener is dropped.
+#[derive(Clone)]
+pub struct Socket {
+    pub(crate) inner: Arc<SocketInner>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.inner.id)
+            .field("remote_addr", &self.inner.remote_addr)
+            .field("closed", &self.closed())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Socket {
+    pub(crate) fn new(
+        stats: Arc<Stats>,
+        max_queue_bytes: usize,
+        max_listeners: usize,
+        remote_addr: Option<SocketAddr>,
+        protocol: Option<Box<str>>,
+        data: http::Extensions,
+    ) -> Self {
+        Self {
+            inner: Arc::new(SocketInner {
+                id: SocketId::new(),
+                outbox: Outbox::default(),
+                listeners: Mutex::new(Listeners::default()),
+                data: Mutex::new(data),
+                finished: AtomicBool::new(false),
+                alive: AtomicBool::new(true),
+                stats,
+                max_queue_bytes,
+                max_listeners,
+                remote_addr,
+                protocol,
+            }),
+        }
+    }
+
+    /// This connection's unique id.
+    pub fn id(&self) -> SocketId {
+        self.inner.id
+    }
+
+    /// The peer's address, when the server knows it.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr
+    }
+
+    /// The negotiated subprotocol, if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.inner.protocol.as_deref()
+    }
+
+    /// Whether the socket is closing or closed (no more messages can be sent).
+    pub fn closed(&self) -> bool {
+        if self.inner.finished.load(Ordering::Acquire) {
+            return true;
+        }
+        let st = self.inner.outbox.lock();
+        st.closing || st.kill.is_some()
+    }
+
+    /// Send a typed event to this client as `{"type":event,"payload":…,"ts":…}`.
+    ///
+    /// # Errors
+    /// [`SocketError::Closed`] after close; [`SocketError::Envelope`] when the payload does
+    /// not serialize; [`SocketError::SlowConsumer`] when the client's queue is full (the
+    /// client is then disconnected with 4008).
+    pub fn emit<P: Serialize + ?Sized>(&self, event: &str, payload: &P) -> Result<(), SocketError> {
+        let bytes = envelope::encode(event, payload)?;
+        self.send_text_bytes(bytes)
+    }
+
+    /// Queue an already-encoded text frame (shared bytes; no copy).
+    pub(crate) fn send_text_bytes(&self, bytes: Bytes) -> Result<(), SocketError> {
+        let len = bytes.len();
+        self.push(Message::text(bytes), len)
+    }
+
+    /// Send a raw text frame (for custom subprotocols; no envelope).
+    ///
+    /// # Errors
+    /// As [`Socket::emit`].
+    pub fn send_text(&self, text: impl Into<String>) -> Result<(), SocketError> {
+        let text = text.into();
+        let len = text.len();
+        self.push(Message::text(text), len)
+    }
+
+    /// Send a raw binary frame.
+    ///
+    /// # Errors
+    /// As [`Socket::emit`].
+    pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SocketError> {
+        let data: Bytes = data.into();
+        let len = data.len();
+        self.push(Message::binary(data), len)
+    }
+
+    /// Send a [`RawMessage`] back as it came (what an echo server does).
+    ///
+    /// # Errors
+    /// As [`Socket::emit`].
+    pub fn send_raw(&self, msg: RawMessage) -> Result<(), SocketError> {
+        match msg {
+            RawMessage::Text(t) => self.send_text(t),
+            RawMessage::Binary(b) => self.send_binary(b),
+        }
+    }
+
+    fn push(&self, msg: Message, len: usize) -> Result<(), SocketError> {
+        let inner = &self.inner;
+        let mut st = inner.outbox.lock();
+        if st.closing || st.kill.is_some() || inner.finished.load(Ordering::Acquire) {
+            return Err(SocketError::Closed);
+        }
+        if st.bytes + len > inner.max_queue_bytes && !st.queue.is_empty() {
+            // Slow consumer: drop what is queued and disconnect with a typed close.
+            st.queue.clear();
+            st.bytes = 0;
+            st.closing = true;
+            st.sent_close = Some(CloseInfo::new(
+                CloseCode(super::SLOW_CONSUMER_CODE),
+                "slow consumer",
+            ));
+            st.queue.push_back(Outbound::Close(
+                CloseCode(super::SLOW_CONSUMER_CODE),
+                "slow consumer".into(),
+            ));
+            drop(st);
+            inner.stats.slow_consumers.inc();
+            inner.outbox.notify.notify_one();
+            return Err(SocketError::SlowConsumer {
+                limit: inner.max_queue_bytes,
+            });
+        }
+        st.bytes += len;
+        st.queue.push_back(Outbound::Msg(msg, len));
+        drop(st);
+        inner.outbox.notify.notify_one();
+        Ok(())
+    }
+
+    /// Start the closing handshake. Messages emitted before this call are delivered first.
+    /// The reason is cut to 123 bytes. Calling it on a closed socket does nothing.
+    ///
+    /// # Errors
+    /// [`SocketError::InvalidCloseCode`] for codes that may not be sent (e.g. 1005, 1006).
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), SocketError> {
+        let code = CloseCode(code);
+        if !code.is_sendable() {
+            return Err(SocketError::InvalidCloseCode(code.0));
+        }
+        let mut st = self.inner.outbox.lock();
+        if st.closing || st.kill.is_some() {
+            return Ok(());
+        }
+        st.closing = true;
+        let reason = truncate_reason(reason).to_owned();
+        st.sent_close = Some(CloseInfo::new(code, reason.clone()));
+        st.queue.push_back(Outbound::Close(code, reason));
+        drop(st);
+        self.inner.outbox.notify.notify_one();
+        Ok(())
+    }
+
+    /// Drop the connection at once without a close handshake (what the heartbeat does to a
+    /// dead peer). Close handlers see `info`.
+    pub(crate) fn kill(&self, info: CloseInfo) {
+        let mut st = self.inner.outbox.lock();
+        if st.kill.is_none() {
+            st.kill = Some(info);
+        }
+        drop(st);
+        self.inner.outbox.kill_notify.notify_one();
+    }
+
+    /// Ask the writer to send a ping ahead of queued data.
+    pub(crate) fn ping(&self) {
+        self.inner.outbox.lock().ping = true;
+        self.inner.outbox.notify.notify_one();
+    }
+
+    /// Bytes queued for this client and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.outbox.lock().bytes
+    }
+
+    // ---- listeners ----
+
+    /// Listen for an event. The payload is deserialized into `T` (use
+    /// `serde_json::Value` for anything). A payload that does not fit `T` is counted and
+    /// reported to the `error` handlers; the connection stays open.
+    ///
+    /// `event` may also be `"*"` (receives every envelope, see [`Envelope`](super::Envelope)),
+    /// or a lifecycle name: `"close"` (argument: [`CloseInfo`]), `"error"` ([`ErrorEvent`]),
+    /// `"raw"` ([`RawMessage`] as JSON-less values are not possible, use [`Socket::on_raw`]).
+    ///
+    /// Handlers may be plain closures or return futures; one socket's messages are handled
+    /// in order, each handler finishing before the next message is dispatched.
+    ///
+    /// # Errors
+    /// [`SocketError::TooManyListeners`] beyond 64 listeners for one event (configurable).
+    ///
+    /// ```no_run
+    /// # fn f(socket: street::ws::Socket) -> Result<(), street::ws::SocketError> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Chat { text: String }
+    /// let s = socket.clone();
+    /// socket.on("chat", move |msg: Chat| s.emit("echo", &msg.text))?;
+    /// socket.on("slow", |n: u64| async move {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(n)).await;
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on<T, M, H>(&self, event: &str, handler: H) -> Result<ListenerId, SocketError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        H: Handler<T, M>,
+    {
+        match event {
+            "close" => {
+                return self.add_close(Arc::new(move |info: CloseInfo| match serde_json::to_value(
+                    &info,
+                )
+                .and_then(serde_json::from_value::<T>)
+                {
+                    Ok(t) => handler.call(t),
+                    Err(_) => DispatchOut(super::handler::Dispatch::Done(Ok(()))),
+                }))
+            }
+            "error" => {
+                return self.add_error(Arc::new(
+                    move |ev: ErrorEvent| match serde_json::to_value(&ev)
+                        .and_then(serde_json::from_value::<T>)
+                    {
+                        Ok(t) => handler.call(t),
+                        Err(_) => DispatchOut(super::handler::Dispatch::Done(Ok(()))),
+                    },
+                ))
+            }
+            _ => {}
+        }
+        let erased: Erased = Arc::new(move |payload: Option<&RawValue>, _ev: &str| {
+            let text = payload.map_or("null", RawValue::get);
+            match serde_json::from_str::<T>(text) {
+                Ok(t) => Ok(handler.call(t)),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let mut l = lock(&self.inner.listeners);
+        let limit = self.inner.max_listeners;
+        let count = l.events.get(event).map_or(0, Vec::len);
+        if count >= limit {
+            return Err(SocketError::TooManyListeners {
+                event: event.to_owned(),
+                limit,
+            });
+        }
+        let id = l.id();
+        l.events.entry(event.into()).or_default().push((id, erased));
+        Ok(id)
+    }
+
+    /// Register a close handler: runs exactly once when the connection ends, whoever ended
+    /// it. Registering on an already closed socket runs it at once (as StreetJS).
+    ///
+    /// # Errors
+    /// [`SocketError::TooManyListeners`] beyond the per-event limit.
+    pub fn on_close<M, H>(&self, handler: H) -> Result<ListenerId, SocketError>
+    where
+        H: Handler<CloseInfo, M>,
+    {
+        self.add_close(Arc::new(move |info| handler.call(info)))
+    }
+
+    /// Register an error handler (see [`ErrorEvent`]).
+    ///
+    /// # Errors
+    /// [`SocketError::TooManyListeners`] beyond the per-event limit.
+    pub fn on_error<M, H>(&self, handler: H) -> Result<ListenerId, SocketError>
+    where
+        H: Handler<ErrorEvent, M>,
+    {
+        self.add_error(Arc::new(move |ev| handler.call(ev)))
+    }
+
+    /// Register a raw handler: binary frames, and every frame on a connection that
+    /// negotiated a custom subprotocol.
+    ///
+    /// # Errors
+    /// [`SocketError::TooManyListeners`] beyond the per-event limit.
+    pub fn on_raw<M, H>(&self, handler: H) -> Result<ListenerId, SocketError>
+    where
+        H: Handler<RawMessage, M>,
+    {
+        let mut l = lock(&self.inner.listeners);
+        self.check_limit("raw", l.raw.len())?;
+        let id = l.id();
+        l.raw.push((id, Arc::new(move |m| handler.call(m))));
+        Ok(id)
+    }
+
+    fn check_limit(&self, event: &str, count: usize) -> Result<(), SocketError> {
+        if count >= self.inner.max_listeners {
+            return Err(SocketError::TooManyListeners {
+                event: event.to_owned(),
+                limit: self.inner.max_listeners,
+            });
+        }
+        Ok(())
+    }
+
+    fn add_close(&self, h: ErasedClose) -> Result<ListenerId, SocketError> {
+        let mut l = lock(&self.inner.listeners);
+        if self.inner.finished.load(Ordering::Acquire) {
+            drop(l);
+            let info = CloseInfo::new(CloseCode::ABNORMAL, "already closed");
+            let out = h(info);
+            spawn_dispatch(out);
+            return Ok(ListenerId(0));
+        }
+        self.check_limit("close", l.close.len())?;
+        let id = l.id();
+        l.close.push((id, h));
+        Ok(id)
+    }
+
+    fn add_error(&self, h: ErasedError) -> Result<ListenerId, SocketError> {
+        let mut l = lock(&self.inner.listeners);
+        self.check_limit("error", l.error.len())?;
+        let id = l.id();
+        l.error.push((id, h));
+        Ok(id)
+    }
+
+    /// Remove a listener registered with `on`, `on_close`, `on_error` or `on_raw`.
+    /// Returns whether it was found.
+    pub fn off(&self, event: &str, id: ListenerId) -> bool {
+        fn removed<H>(v: &mut Vec<(ListenerId, H)>, id: ListenerId) -> bool {
+            let before = v.len();
+            v.retain(|(i, _)| *i != id);
+            v.len() != before
+        }
+        let mut l = lock(&self.inner.listeners);
+        match event {
+            "close" => removed(&mut l.close, id),
+            "error" => removed(&mut l.error, id),
+            "raw" => removed(&mut l.raw, id),
+            _ => {
+                let found = l.events.get_mut(event).is_some_and(|v| removed(v, id));
+                if l.events.get(event).is_some_and(Vec::is_empty) {
+                    l.events.remove(event);
+                }
+                found
+            }
+        }
+    }
+
+    /// Number of listeners registered for `event`.
+    pub fn listener_count(&self, event: &str) -> usize {
+        let l = lock(&self.inner.listeners);
+        match event {
+            "close" => l.close.len(),
+            "error" => l.error.len(),
+            "raw" => l.raw.len(),
+            _ => l.events.get(event).map_or(0, Vec::len),
+        }
+    }
+
+    // ---- typed per-socket data ----
+
+    /// Attach a typed value to this socket (the seed's `socket.userId`), replacing any
+    /// previous value of the same type.
+    ///
+    /// ```no_run
+    /// # fn f(socket: street::ws::Socket) {
+    /// #[derive(Clone)]
+    /// struct UserId(String);
+    /// socket.set(UserId("u1".into()));
+    /// assert_eq!(socket.get::<UserId>().map(|u| u.0), Some("u1".to_string()));
+    /// # }
+    /// ```
+    pub fn set<T: Clone + Send + Sync + 'static>(&self, value: T) {
+        lock(&self.inner.data).insert(value);
+    }
+
+    /// A clone of the value of type `T` attached to this socket, if any.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.inner.data).get::<T>().cloned()
+    }
+
+    /// Remove and return the value of type `T`.
+    pub fn remove<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        lock(&self.inner.data).remove::<T>()
+    }
+
+    // ---- dispatch (called by the connection task) ----
+
+    /// Handlers for one incoming envelope, in registration order: the event's own
+    /// handlers (unless the name is a lifecycle name), then `*` handlers.
+    pub(crate) fn handlers_for(&self, event: &str) -> (Vec<Erased>, Vec<Erased>) {
+        let l = lock(&self.inner.listeners);
+        let own = if LIFECYCLE_EVENTS.contains(&event) || event == "*" {
+            Vec::new()
+        } else {
+            l.events
+                .get(event)
+                .map(|v| v.iter().map(|(_, h)| h.clone()).collect())
+                .unwrap_or_default()
+        };
+        let wild = l
+            .events
+            .get("*")
+            .map(|v| v.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default();
+        (own, wild)
+    }
+
+    pub(crate) fn raw_handlers(&self) -> Vec<ErasedRaw> {
+        lock(&self.inner.listeners)
+            .raw
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    pub(crate) async fn report_error(&self, ev: ErrorEvent) {
+        let handlers: Vec<ErasedError> = lock(&self.inner.listeners)
+            .error
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect();
+        if handlers.is_empty() {
+            tracing::debug!(socket = %self.id(), error = ?ev, "socket error (no error handler)");
+        }
+        for h in handlers {
+            let ev = ev.clone();
+            if let Err(e) = super::handler::run_dispatch(move || h(ev)).await {
+                tracing::warn!(socket = %self.id(), error = %e, "error handler failed");
+            }
+        }
+    }
+
+    /// Run close handlers exactly once and drop every listener (breaking the reference
+    /// cycles of handlers that captured this socket).
+    pub(crate) fn finish(&self, info: CloseInfo) {
+        let listeners = {
+            let mut l = lock(&self.inner.listeners);
+            if self.inner.finished.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            std::mem::take(&mut *l)
+        };
+        {
+            let mut st = self.inner.outbox.lock();
+            st.queue.clear();
+            st.bytes = 0;
+        }
+        for (_, h) in listeners.close {
+            let info = info.clone();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(info))) {
+                Ok(out) => spawn_dispatch(out),
+                Err(_) => {
+                    self.inner.stats.handler_errors.inc();
+                    tracing::warn!(socket = %self.id(), "close handler panicked");
+                }
+            }
+        }
+        // Listeners dropped here; per-socket data is cleared too.
+        lock(&self.inner.data).clear();
+    }
+}
+
+/// Finish a dispatch in the background (used where nobody can await it).
+fn spawn_dispatch(out: DispatchOut) {
+    match out.0 {
+        super::handler::Dispatch::Done(Err(e)) => tracing::warn!(error = %e, "handler failed"),
+        super::handler::Dispatch::Done(Ok(())) => {}
+        super::handler::Dispatch::Pending(fut) => {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::warn!(error = %e, "handler failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Allow `Outcome` to be named in bounds by users writing generic helpers.
+#[doc(hidden)]
+pub fn _assert_outcome<O: Outcome>() {}

@@ -1,0 +1,419 @@
+//! The HTTP side of a WebSocket connection: handshake validation, the shutdown, origin,
+//! capacity and auth gates (all before `101 Switching Protocols`), subprotocol
+//! negotiation, and handing the upgraded stream to the connection task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_websockets::{Limits, Message, ServerBuilder};
+use tracing::Instrument;
+
+use super::close::{CloseCode, CloseInfo};
+use super::connection::{self, Mode};
+use super::handler::run_dispatch;
+use super::origin::{self, OriginVerdict};
+use super::server::{CapacityPolicy, WebSocketServer};
+use super::socket::Socket;
+
+/// The upgrade request as the auth hook and the connection handler see it.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    inner: Arc<ReqInner>,
+}
+
+#[derive(Debug)]
+struct ReqInner {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    remote_addr: Option<SocketAddr>,
+}
+
+impl ConnectRequest {
+    pub(crate) fn new(
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        remote_addr: Option<SocketAddr>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ReqInner {
+                method,
+                uri,
+                headers,
+                remote_addr,
+            }),
+        }
+    }
+
+    /// The request method (always GET for a valid upgrade).
+    pub fn method(&self) -> &Method {
+        &self.inner.method
+    }
+    /// The request URI, with its query string.
+    pub fn uri(&self) -> &Uri {
+        &self.inner.uri
+    }
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.inner.headers
+    }
+    /// The peer's address, when served by street's listener.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.inner.remote_addr
+    }
+    /// The first value of query parameter `name`, percent-decoded.
+    ///
+    /// ```
+    /// # use street::ws::ConnectRequest;
+    /// let req = ConnectRequest::for_test("/ws?token=a%20b&x=1");
+    /// assert_eq!(req.query_param("token").as_deref(), Some("a b"));
+    /// assert_eq!(req.query_param("nope"), None);
+    /// ```
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let q = self.inner.uri.query()?;
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// A request for `uri` with no headers (for tests and examples).
+    pub fn for_test(uri: &str) -> Self {
+        Self::new(
+            Method::GET,
+            uri.parse().unwrap_or_default(),
+            HeaderMap::new(),
+            None,
+        )
+    }
+}
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONNECTION, "close")], body).into_response()
+}
+
+/// Validate the handshake headers; returns the `Sec-WebSocket-Accept` value.
+fn validate_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Response> {
+    if method != Method::GET {
+        return Err(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrade requires GET",
+        ));
+    }
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [
+                (header::UPGRADE, "websocket"),
+                (header::CONNECTION, "Upgrade"),
+            ],
+            "this endpoint speaks WebSocket",
+        )
+            .into_response());
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "unsupported WebSocket version",
+        )
+            .into_response());
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let decoded_ok = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|k| k.len() == 16);
+    if !decoded_ok {
+        return Err(plain(StatusCode::BAD_REQUEST, "invalid Sec-WebSocket-Key"));
+    }
+    Ok(accept_key(key))
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub(crate) fn accept_key(key: &[u8]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+/// The axum handler behind a mounted [`WebSocketServer`].
+pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let shared = &wss.shared;
+    let stats = &shared.stats;
+
+    let accept = match validate_handshake(&parts.method, &parts.headers) {
+        Ok(a) => a,
+        Err(resp) => {
+            stats.rejected_handshake.inc();
+            return resp;
+        }
+    };
+    if wss.is_closing() {
+        stats.rejected_shutdown.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+            "server is shutting down",
+        )
+            .into_response();
+    }
+    match origin::check(
+        parts.headers.get(header::ORIGIN),
+        parts.headers.get(header::HOST),
+        &shared.allowed,
+    ) {
+        OriginVerdict::Allowed => {}
+        OriginVerdict::Malformed => {
+            stats.rejected_origin.inc();
+            return plain(StatusCode::FORBIDDEN, "malformed Origin");
+        }
+        OriginVerdict::Foreign => {
+            stats.rejected_origin.inc();
+            return plain(StatusCode::FORBIDDEN, "Origin not allowed");
+        }
+    }
+
+    // Capacity first: an over-capacity client costs no auth work.
+    let permit: Option<OwnedSemaphorePermit> = shared.permits.clone().try_acquire_owned().ok();
+    if permit.is_none() && shared.opts.capacity_policy == CapacityPolicy::Http503 {
+        stats.rejected_capacity.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+            "Server at capacity",
+        )
+            .into_response();
+    }
+
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let request = ConnectRequest::new(
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+        remote,
+    );
+
+    let mut data = http::Extensions::new();
+    if permit.is_some() {
+        let auth = super::server::read(&shared.auth).clone();
+        if let Some(auth) = auth {
+            match auth(request.clone()).await {
+                Ok(ext) => data = ext,
+                Err(rej) => {
+                    stats.rejected_auth.inc();
+                    tracing::debug!(reason = %rej, "auth hook rejected upgrade");
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::CONNECTION, "close")],
+                        rej.0,
+                    )
+                        .into_response();
+                }
+            }
+        }
+    }
+
+    // Subprotocol: the first one the client offers that we serve.
+    let protocol = {
+        let served = super::server::read(&shared.protocols);
+        parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .find(|p| served.iter().any(|(n, _)| n == p))
+            .map(str::to_owned)
+    };
+
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        // Not served by a hyper connection with upgrades enabled.
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "upgrade not available");
+    };
+
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = &protocol {
+        if let Ok(v) = HeaderValue::from_str(p) {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+
+    let task_wss = wss.clone();
+    wss.shared.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        serve_upgraded(
+            task_wss,
+            TokioIo::new(upgraded),
+            permit,
+            request,
+            protocol,
+            data,
+        )
+        .await;
+    });
+    resp
+}
+
+/// Drop guard: whatever happens to the connection task (even a panic), the socket leaves
+/// the registry, its close handlers run once and its permit returns to the semaphore.
+struct Registered {
+    wss: WebSocketServer,
+    socket: Socket,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.wss.unregister(self.socket.id());
+        self.socket
+            .finish(CloseInfo::new(CloseCode::ABNORMAL, "connection task ended"));
+    }
+}
+
+async fn serve_upgraded<S>(
+    wss: WebSocketServer,
+    io: S,
+    permit: Option<OwnedSemaphorePermit>,
+    request: ConnectRequest,
+    protocol: Option<String>,
+    data: http::Extensions,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = &wss.shared;
+    let opts = &shared.opts;
+    let limits = Limits::default().max_payload_len(Some(opts.max_payload));
+    let mut ws = ServerBuilder::new().limits(limits).serve(io);
+
+    let Some(permit) = permit else {
+        shared.stats.rejected_capacity.inc();
+        reject_after_handshake(
+            &mut ws,
+            CloseCode::TRY_AGAIN_LATER,
+            "Server at capacity",
+            opts.close_timeout,
+        )
+        .await;
+        return;
+    };
+    let socket = Socket::new(
+        shared.stats.clone(),
+        opts.max_queue_bytes,
+        opts.max_listeners,
+        request.remote_addr(),
+        protocol.as_deref().map(Into::into),
+        data,
+    );
+    if !wss.register(&socket) {
+        shared.stats.rejected_shutdown.inc();
+        reject_after_handshake(
+            &mut ws,
+            CloseCode::GOING_AWAY,
+            "Going Away",
+            opts.close_timeout,
+        )
+        .await;
+        return;
+    }
+    let guard = Registered {
+        wss: wss.clone(),
+        socket: socket.clone(),
+        _permit: permit,
+    };
+    shared.stats.accepted.inc();
+    super::heartbeat::ensure_started(&wss);
+
+    let span = tracing::debug_span!("ws", id = %socket.id(), peer = ?socket.remote_addr());
+    async {
+        tracing::debug!("connected");
+        let mode = if protocol.is_some() {
+            Mode::Raw
+        } else {
+            Mode::Envelope
+        };
+        if let Some(handler) = wss.connection_handler(protocol.as_deref()) {
+            let s = socket.clone();
+            if let Err(e) = run_dispatch(move || handler(s, request)).await {
+                shared.stats.handler_errors.inc();
+                tracing::warn!(error = %e, "connection handler failed; closing with 1011");
+                let _ = socket.close(CloseCode::INTERNAL_ERROR.0, "internal error");
+            }
+        }
+        let info = connection::run(ws, &socket, mode, opts.close_timeout).await;
+        if info.code == CloseCode::ABNORMAL.0 && info.reason == "heartbeat timeout" {
+            tracing::debug!("reaped by heartbeat");
+        }
+        tracing::debug!(code = info.code, reason = %info.reason, "disconnected");
+        wss.unregister(socket.id());
+        socket.finish(info);
+    }
+    .instrument(span)
+    .await;
+    drop(guard);
+}
+
+async fn reject_after_handshake<S>(
+    ws: &mut tokio_websockets::WebSocketStream<S>,
+    code: CloseCode,
+    reason: &str,
+    timeout: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    let Ok(code) = tokio_websockets::CloseCode::try_from(code.0) else {
+        return;
+    };
+    let _ = tokio::time::timeout(timeout, async {
+        if ws.send(Message::close(Some(code), reason)).await.is_ok() {
+            // Wait for the client's close so it sees a clean closure with our code.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
