@@ -82,7 +82,6 @@ impl From<jsonwebtoken::errors::Error> for JwtError {
 
 /// Options for [`JwtService::new`].
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct JwtOptions {
     /// HS256 secret (at least 16 bytes). Default: `STREET_JWT_SECRET` if set.
     pub secret: Option<String>,
@@ -107,7 +106,7 @@ impl Default for JwtOptions {
 ///
 /// ```
 /// use street::jwt::{JwtService, JwtOptions, JwtErrorKind};
-/// #[derive(serde::Serialize, serde::Deserialize)]
+/// #[derive(Debug, serde::Serialize, serde::Deserialize)]
 /// struct Claims { sub: String, exp: u64 }
 /// let jwt = JwtService::new(JwtOptions { secret: Some("a-very-long-test-secret".into()), ..Default::default() }).unwrap();
 /// let token = jwt.sign(&serde_json::json!({"sub": "u1"})).unwrap();
@@ -195,12 +194,14 @@ impl JwtService {
         let decoding = match algorithm {
             Algorithm::RS256 => DecodingKey::from_rsa_pem(public_key_pem)?,
             Algorithm::ES256 => DecodingKey::from_ec_pem(public_key_pem)?,
-            other => return Err(JwtError::new(
-                JwtErrorKind::WrongAlgorithm,
-                format!(
+            other => {
+                return Err(JwtError::new(
+                    JwtErrorKind::WrongAlgorithm,
+                    format!(
                     "{other:?} is not supported for public-key verification; use RS256 or ES256"
                 ),
-            )),
+                ))
+            }
         };
         Ok(Self {
             encoding: None,
@@ -281,9 +282,9 @@ mod tests {
         let t = s.sign(&serde_json::json!({"sub": "u"})).unwrap();
         assert_eq!(s.verify::<C>(&t).unwrap().sub, "u");
         // tampered signature
-        let mut bad = t.clone();
-        bad.pop();
-        bad.push(if t.ends_with('A') { 'B' } else { 'A' });
+        let dot = t.rfind('.').unwrap() + 1;
+        let flipped = if &t[dot..=dot] == "A" { "B" } else { "A" };
+        let bad = format!("{}{}{}", &t[..dot], flipped, &t[dot + 1..]);
         assert_eq!(
             s.verify::<C>(&bad).unwrap_err().kind,
             JwtErrorKind::InvalidSignature

@@ -19,7 +19,7 @@ use tokio_websockets::{Message, WebSocketStream};
 
 use super::close::{CloseCode, CloseInfo};
 use super::envelope;
-use super::handler::run_dispatch;
+use super::handler::{panic_message, run_dispatch};
 use super::socket::{ErrorEvent, Outbound, RawMessage, Socket};
 
 /// How this connection interprets text frames.
@@ -97,6 +97,13 @@ where
                 let (code, reason) = classify(&e);
                 if code != CloseCode::ABNORMAL {
                     stats.protocol_errors.inc();
+                }
+                if code == CloseCode::MESSAGE_TOO_BIG {
+                    // A fragmented message that outgrows the limit is reported without
+                    // tokio-websockets queueing a close (only a single oversized frame
+                    // gets one): close with 1009 ourselves. If a close is already on its
+                    // way this is a no-op.
+                    let _ = socket.close(code.0, &reason);
                 }
                 tracing::debug!(socket = %socket.id(), error = %e, code = code.0, "websocket error");
                 info.get_or_insert(CloseInfo::new(code, reason));
@@ -177,9 +184,12 @@ async fn dispatch_envelope(socket: &Socket, text: &str) {
         .map(|h| (h, inc.payload))
         .chain(wild.into_iter().map(|h| (h, whole.as_deref())));
     for (h, arg) in calls {
-        let result = match h(arg, &inc.event) {
-            Ok(out) => run_dispatch(move || out).await,
-            Err(message) => {
+        // The handler itself runs inside `h` for inline handlers: catch panics there too.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(arg, &inc.event)));
+        let result = match called {
+            Err(p) => Err(panic_message(&p)),
+            Ok(Ok(out)) => run_dispatch(move || out).await,
+            Ok(Err(message)) => {
                 stats.payload_errors.inc();
                 socket
                     .report_error(ErrorEvent::Payload {

@@ -15,7 +15,8 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 /// The result of one handler invocation, as a string error for the error hook.
 pub(crate) type HandlerResult = Result<(), String>;
 
-/// What a handler may return: `()` or `Result<(), E>` for any displayable `E`.
+/// What a handler may return: `()` or `Result<T, E>` for any displayable `E` (the `Ok`
+/// value is ignored; the error goes to the socket's `error` handlers).
 pub trait Outcome: Send + 'static {
     /// Convert into the uniform result.
     fn into_result(self) -> Result<(), String>;
@@ -27,9 +28,9 @@ impl Outcome for () {
     }
 }
 
-impl<E: std::fmt::Display + Send + 'static> Outcome for Result<(), E> {
+impl<T: Send + 'static, E: std::fmt::Display + Send + 'static> Outcome for Result<T, E> {
     fn into_result(self) -> Result<(), String> {
-        self.map_err(|e| e.to_string())
+        self.map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -130,7 +131,7 @@ pub(crate) async fn run_dispatch(f: impl FnOnce() -> DispatchOut) -> HandlerResu
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     let msg = p
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -22,7 +22,9 @@ pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};
 pub use envelope::{Envelope, EnvelopeError};
 pub use handler::{Awaited, Handler, Handler2, Inline, Outcome};
 pub use origin::Origin;
-pub use server::{AuthRejection, CapacityPolicy, WebSocketServer, WsOptions, SLOW_CONSUMER_CODE};
+pub use server::{
+    AuthRejection, CapacityPolicy, Frames, WebSocketServer, WsOptions, SLOW_CONSUMER_CODE,
+};
 pub use socket::{ErrorEvent, ListenerId, RawMessage, Socket, SocketError, SocketId};
 pub use stats::StatsSnapshot;
 pub use upgrade::ConnectRequest;

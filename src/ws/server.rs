@@ -32,6 +32,17 @@ pub enum CapacityPolicy {
     Http503,
 }
 
+/// How a server reads text frames on connections that negotiated no subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Frames {
+    /// `{type, payload, ts}` envelopes dispatched to `on(event)` handlers. The default.
+    #[default]
+    Envelope,
+    /// Every frame goes to `on_raw` handlers as-is (an echo endpoint, a custom protocol).
+    Raw,
+}
+
 /// Why the auth hook refused an upgrade. Becomes HTTP 401 with the message as body.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -63,7 +74,6 @@ type ConnFn = Arc<dyn Fn(Socket, ConnectRequest) -> DispatchOut + Send + Sync>;
 /// assert_eq!(opts.max_payload, 512 * 1024);
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct WsOptions {
     /// URL path of the endpoint; the query string is ignored when matching. Default `/ws`.
     pub path: String,
@@ -83,6 +93,9 @@ pub struct WsOptions {
     pub max_queue_bytes: usize,
     /// Listeners allowed per event per socket (StreetJS: 64). Default 64.
     pub max_listeners: usize,
+    /// How text frames are read when no subprotocol was negotiated. Default
+    /// [`Frames::Envelope`].
+    pub frames: Frames,
     /// Allowed `Origin`s (`scheme://host[:port]`). Empty: only the server's own origin
     /// (from `Host`). Requests without `Origin` are always allowed. Default empty.
     pub allowed_origins: Vec<String>,
@@ -103,6 +116,7 @@ impl Default for WsOptions {
             max_payload: 512 * 1024,
             max_queue_bytes: 1024 * 1024,
             max_listeners: 64,
+            frames: Frames::Envelope,
             allowed_origins: Vec::new(),
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),

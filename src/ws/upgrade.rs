@@ -110,37 +110,57 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
     (status, [(header::CONNECTION, "close")], body).into_response()
 }
 
+/// Why a request is not a valid WebSocket handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HandshakeError {
+    NotGet,
+    NotUpgrade,
+    Version,
+    Key,
+}
+
+impl IntoResponse for HandshakeError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotGet => plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "WebSocket upgrade requires GET",
+            ),
+            Self::NotUpgrade => (
+                StatusCode::UPGRADE_REQUIRED,
+                [
+                    (header::UPGRADE, "websocket"),
+                    (header::CONNECTION, "Upgrade"),
+                ],
+                "this endpoint speaks WebSocket",
+            )
+                .into_response(),
+            Self::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::SEC_WEBSOCKET_VERSION, "13")],
+                "unsupported WebSocket version",
+            )
+                .into_response(),
+            Self::Key => plain(StatusCode::BAD_REQUEST, "invalid Sec-WebSocket-Key"),
+        }
+    }
+}
+
 /// Validate the handshake headers; returns the `Sec-WebSocket-Accept` value.
-fn validate_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Response> {
+fn validate_handshake(method: &Method, headers: &HeaderMap) -> Result<String, HandshakeError> {
     if method != Method::GET {
-        return Err(plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "WebSocket upgrade requires GET",
-        ));
+        return Err(HandshakeError::NotGet);
     }
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
-        return Err((
-            StatusCode::UPGRADE_REQUIRED,
-            [
-                (header::UPGRADE, "websocket"),
-                (header::CONNECTION, "Upgrade"),
-            ],
-            "this endpoint speaks WebSocket",
-        )
-            .into_response());
+        return Err(HandshakeError::NotUpgrade);
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return Err((
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::SEC_WEBSOCKET_VERSION, "13")],
-            "unsupported WebSocket version",
-        )
-            .into_response());
+        return Err(HandshakeError::Version);
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -150,7 +170,7 @@ fn validate_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Re
         .decode(key)
         .is_ok_and(|k| k.len() == 16);
     if !decoded_ok {
-        return Err(plain(StatusCode::BAD_REQUEST, "invalid Sec-WebSocket-Key"));
+        return Err(HandshakeError::Key);
     }
     Ok(accept_key(key))
 }
@@ -171,9 +191,9 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
 
     let accept = match validate_handshake(&parts.method, &parts.headers) {
         Ok(a) => a,
-        Err(resp) => {
+        Err(e) => {
             stats.rejected_handshake.inc();
-            return resp;
+            return e.into_response();
         }
     };
     if wss.is_closing() {
@@ -371,7 +391,7 @@ async fn serve_upgraded<S>(
     let span = tracing::debug_span!("ws", id = %socket.id(), peer = ?socket.remote_addr());
     async {
         tracing::debug!("connected");
-        let mode = if protocol.is_some() {
+        let mode = if protocol.is_some() || opts.frames == super::server::Frames::Raw {
             Mode::Raw
         } else {
             Mode::Envelope

@@ -1,0 +1,142 @@
+//! The bench server of `shared/bench/contract.md`:
+//! - `/ws`: `{"type":"echo","payload":P}` → the same envelope back to the sender;
+//!   `{"type":"broadcast","payload":P}` → broadcast to every client, sender included;
+//! - `/echo`: every message echoed verbatim (what RFC 6455 conformance suites drive);
+//! - flags `--addr`, `--max-connections`, `--heartbeat-ms`, `--max-payload-bytes`,
+//!   `--allowed-origin` (repeatable); `PORT` when `--addr` is absent;
+//! - logs nothing per message; SIGTERM closes every client with 1001 and exits 0.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use street::ws::{
+    ConnectRequest, Frames, RawMessage, Socket, SocketError, WebSocketServer, WsOptions,
+};
+
+struct Flags {
+    addr: String,
+    max_connections: usize,
+    heartbeat_ms: u64,
+    max_payload: usize,
+    origins: Vec<String>,
+}
+
+fn parse() -> Result<Flags, String> {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "9001".into());
+    let mut f = Flags {
+        addr: format!("127.0.0.1:{port}"),
+        max_connections: 100_000,
+        heartbeat_ms: 30_000,
+        max_payload: 524_288,
+        origins: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (a.clone(), None),
+        };
+        let mut val = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{key} needs a value"))
+        };
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{key}: not a number: {v}"))
+        };
+        match key.as_str() {
+            "--addr" => f.addr = val()?,
+            "--max-connections" => f.max_connections = num(val()?)? as usize,
+            "--heartbeat-ms" => f.heartbeat_ms = num(val()?)?,
+            "--max-payload-bytes" => f.max_payload = num(val()?)? as usize,
+            "--allowed-origin" => f.origins.push(val()?),
+            "-h" | "--help" => return Err("usage: bench_server [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] [--max-payload-bytes N] [--allowed-origin ORIGIN]...".into()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(f)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Quiet by default (nothing per message); RUST_LOG=debug for connection-level logs.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let flags = match parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (host, port) = match flags.addr.rsplit_once(':').and_then(|(h, p)| {
+        Some((
+            h.trim_matches(['[', ']']).to_owned(),
+            p.parse::<u16>().ok()?,
+        ))
+    }) {
+        Some(x) => x,
+        None => {
+            eprintln!("--addr must be HOST:PORT");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = WsOptions {
+        max_connections: flags.max_connections,
+        heartbeat_interval: Duration::from_millis(flags.heartbeat_ms),
+        max_payload: flags.max_payload,
+        allowed_origins: flags.origins.clone(),
+        shutdown_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let ws = WebSocketServer::new(WsOptions {
+        path: "/ws".into(),
+        ..opts.clone()
+    });
+    let echo = WebSocketServer::new(WsOptions {
+        path: "/echo".into(),
+        frames: Frames::Raw,
+        ..opts
+    });
+
+    let hub = ws.clone();
+    ws.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        // RawValue: the payload is passed through without being parsed into a tree.
+        socket.on("echo", move |p: Box<RawValue>| s.emit("echo", &p))?;
+        let h = hub.clone();
+        socket.on("broadcast", move |p: Box<RawValue>| {
+            h.broadcast("broadcast", &p)
+        })?;
+        Ok::<_, SocketError>(())
+    });
+    echo.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on_raw(move |m: RawMessage| s.send_raw(m))
+    });
+
+    let app = street::app(street::AppOptions {
+        host,
+        port,
+        ..Default::default()
+    })
+    .websocket(&ws)
+    .websocket(&echo);
+    let server = match app.bind().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("listening on {}", server.local_addr());
+    server.serve(street::app::shutdown_signal()).await;
+    ExitCode::SUCCESS
+}

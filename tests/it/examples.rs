@@ -1,0 +1,273 @@
+//! Each example in `examples/` run as its own process and driven by a real client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::common::*;
+use serde_json::json;
+
+/// A running example process, killed on drop.
+pub struct Example {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn example_path(name: &str) -> PathBuf {
+    // target/<profile>/deps/it-HASH -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; `cargo test` builds examples (run scripts/test)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+pub async fn start(name: &str, env: &[(&str, &str)]) -> Example {
+    let port = free_port();
+    let mut cmd = Command::new(example_path(name));
+    cmd.env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn example");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    // ready when it accepts a connection
+    within("example to listen", async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    Example { child, addr }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body")
+}
+
+#[tokio::test]
+async fn setup_example_echoes_messages() {
+    let ex = start("setup", &[]).await;
+    let mut c = connect(ex.addr).await;
+    send_env(&mut c, "message", json!({"hello": "world"})).await;
+    let r = recv_json(&mut c).await;
+    assert_eq!(r["type"], "echo");
+    assert_eq!(r["payload"], json!({"hello": "world"}));
+}
+
+#[tokio::test]
+async fn chat_example_broadcasts_join_message_leave() {
+    let ex = start("chat", &[]).await;
+    let mut a = connect(ex.addr).await;
+    let mut b = connect(ex.addr).await;
+    send_env(&mut a, "message", json!({"type": "join", "user": "alice"})).await;
+    assert_eq!(recv_json(&mut a).await["payload"]["text"], "alice joined");
+    send_env(&mut b, "message", json!({"type": "join", "user": "bob"})).await;
+    assert_eq!(recv_json(&mut a).await["payload"]["text"], "bob joined");
+    assert_eq!(recv_json(&mut b).await["payload"]["text"], "bob joined");
+    send_env(
+        &mut a,
+        "message",
+        json!({"type": "message", "text": "hi bob"}),
+    )
+    .await;
+    for c in [&mut a, &mut b] {
+        let m = recv_json(c).await;
+        assert_eq!(m["type"], "chat");
+        assert_eq!(m["payload"]["user"], "alice");
+        assert_eq!(m["payload"]["text"], "hi bob");
+    }
+    close(&mut a).await;
+    let m = recv_json(&mut b).await;
+    assert_eq!(
+        (m["payload"]["type"].as_str(), m["payload"]["text"].as_str()),
+        (Some("leave"), Some("alice left"))
+    );
+}
+
+#[tokio::test]
+async fn auth_example_closes_4001_without_or_with_a_bad_token() {
+    let ex = start("auth", &[("STREET_JWT_SECRET", "test-secret-0123456789")]).await;
+    let mut none = connect(ex.addr).await;
+    assert_eq!(recv_close(&mut none).await, (4001, "Unauthorized".into()));
+    let mut bad = connect_path(ex.addr, "/ws?token=not.a.jwt").await;
+    assert_eq!(recv_close(&mut bad).await, (4001, "Invalid token".into()));
+    let token = http_get(ex.addr, "/token?user=u42").await;
+    let mut good = connect_path(ex.addr, &format!("/ws?token={token}")).await;
+    let m = recv_json(&mut good).await;
+    assert_eq!(m["type"], "connected");
+    assert_eq!(m["payload"], json!({"userId": "u42"}));
+}
+
+#[tokio::test]
+async fn stats_example_reports_connections() {
+    let ex = start("stats", &[]).await;
+    let _a = connect(ex.addr).await;
+    let _b = connect(ex.addr).await;
+    let mut body = serde_json::Value::Null;
+    within("two connections counted", async {
+        loop {
+            body = serde_json::from_str(&http_get(ex.addr, "/stats").await).expect("json");
+            if body["connectionCount"] == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let clients = body["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 2);
+    assert!(clients.iter().all(|c| c["state"] == "alive"));
+}
+
+#[tokio::test]
+async fn shutdown_example_sends_1001_on_sigterm_and_exits_0() {
+    let mut ex = start("shutdown", &[]).await;
+    let mut c = connect(ex.addr).await;
+    assert_eq!(recv_json(&mut c).await["type"], "tick");
+    let pid = ex.child.id().to_string();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    assert_eq!(recv_close(&mut c).await, (1001, "Going Away".into()));
+    let status = within("exit", async {
+        loop {
+            if let Some(s) = ex.child.try_wait().expect("wait") {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn bench_server_implements_the_contract() {
+    let mut ex = start("bench_server", &[]).await;
+    let mut a = connect(ex.addr).await;
+    let mut b = connect(ex.addr).await;
+    send_env(&mut a, "echo", json!({"n": [1, 2, 3]})).await;
+    let m = recv_json(&mut a).await;
+    assert_eq!(
+        (m["type"].as_str(), &m["payload"]),
+        (Some("echo"), &json!({"n": [1, 2, 3]}))
+    );
+    assert!(m["ts"].is_i64());
+    send_env(&mut b, "broadcast", json!("hello all")).await;
+    for c in [&mut a, &mut b] {
+        let m = recv_json(c).await;
+        assert_eq!(
+            (m["type"].as_str(), m["payload"].as_str()),
+            (Some("broadcast"), Some("hello all"))
+        );
+    }
+    // raw echo endpoint, text and binary verbatim
+    let mut e = connect_path(ex.addr, "/echo").await;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    e.send(Message::text("plain text, no envelope"))
+        .await
+        .expect("send");
+    assert_eq!(
+        within("echo", e.next()).await.and_then(Result::ok),
+        Some(Message::text("plain text, no envelope"))
+    );
+    e.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(
+        within("echo", e.next()).await.and_then(Result::ok),
+        Some(Message::binary(vec![1u8, 2, 3]))
+    );
+    // SIGTERM: 1001 to every client, exit 0
+    let pid = ex.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    assert_eq!(recv_close(&mut a).await.0, 1001);
+    assert_eq!(recv_close(&mut e).await.0, 1001);
+    let status = within("exit", async {
+        loop {
+            if let Some(s) = ex.child.try_wait().expect("wait") {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn bench_server_flags() {
+    let ex = start("bench_server", &[]).await;
+    drop(ex);
+    let bad = Command::new(example_path("bench_server"))
+        .arg("--nope")
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    let port = free_port();
+    let ex = {
+        let child = Command::new(example_path("bench_server"))
+            .args([
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--max-connections",
+                "1",
+                "--allowed-origin",
+                "https://ok.example",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        within("listen", async {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        Example { child, addr }
+    };
+    assert_eq!(
+        try_connect_with(ex.addr, "/ws", &[("Origin", "https://evil.example")])
+            .await
+            .err(),
+        Some(403)
+    );
+    let _a = try_connect_with(ex.addr, "/ws", &[("Origin", "https://ok.example")])
+        .await
+        .expect("allowed");
+    let mut over = connect(ex.addr).await;
+    assert_eq!(recv_close(&mut over).await.0, 1013);
+}

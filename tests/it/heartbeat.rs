@@ -1,0 +1,85 @@
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer, WsOptions};
+use tokio::sync::mpsc;
+
+fn server(interval: Duration) -> (WebSocketServer, mpsc::UnboundedReceiver<CloseInfo>) {
+    let wss = WebSocketServer::new(WsOptions {
+        heartbeat_interval: interval,
+        ..opts()
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let tx = tx.clone();
+        socket.on_close(move |info: CloseInfo| {
+            let _ = tx.send(info);
+        })
+    });
+    (wss, rx)
+}
+
+#[tokio::test]
+async fn silent_peer_is_reaped_within_two_intervals_and_close_handlers_run() {
+    let interval = Duration::from_millis(300);
+    let (wss, mut closed) = server(interval);
+    let srv = serve(&wss).await;
+    // Completes the handshake, then never reads or answers.
+    let (raw, head) = raw_connect(srv.local_addr(), "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    eventually("registered", || wss.connection_count() == 1).await;
+    let start = Instant::now();
+    let info = within("close handler", closed.recv())
+        .await
+        .expect("closed");
+    let took = start.elapsed();
+    assert_eq!(info.code, 1006);
+    assert_eq!(info.reason, "heartbeat timeout");
+    assert!(
+        took <= interval * 2 + Duration::from_millis(250),
+        "reaped after {took:?}"
+    );
+    assert_eq!(wss.connection_count(), 0);
+    assert_eq!(wss.stats().reaped, 1);
+    drop(raw);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn live_peer_answering_pings_is_never_reaped() {
+    let interval = Duration::from_millis(100);
+    let (wss, mut closed) = server(interval);
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    // tungstenite answers pings while we read; read for 10 intervals.
+    let mut pings = 0;
+    let _ = tokio::time::timeout(interval * 10, async {
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut c).await {
+            if m.is_ping() {
+                pings += 1;
+            }
+        }
+    })
+    .await;
+    assert!(pings >= 5, "expected regular pings, got {pings}");
+    assert!(closed.try_recv().is_err(), "live peer must not be reaped");
+    assert_eq!(wss.connection_count(), 1);
+    assert_eq!(wss.stats().reaped, 0);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_only_sends_messages_counts_as_alive() {
+    let interval = Duration::from_millis(100);
+    let (wss, mut closed) = server(interval);
+    let srv = serve(&wss).await;
+    let (mut raw, _) = raw_connect(srv.local_addr(), "/ws", "").await;
+    // never answers pings, but sends a message every half interval
+    for _ in 0..12 {
+        raw.send(&frame(true, 1, br#"{"type":"x"}"#, true)).await;
+        tokio::time::sleep(interval / 2).await;
+    }
+    assert!(closed.try_recv().is_err());
+    assert_eq!(wss.connection_count(), 1);
+    srv.shutdown().await;
+}

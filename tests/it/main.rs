@@ -1,0 +1,18 @@
+#![allow(unreachable_pub, dead_code)]
+//! Integration tests: real servers on loopback, real clients. One binary, one module per
+//! capability.
+
+mod common;
+
+mod auth;
+mod broadcast;
+mod capacity;
+mod examples;
+mod heartbeat;
+mod http_limits;
+mod node_interop;
+mod origin;
+mod protocol;
+mod shutdown;
+mod socket_api;
+mod wire;

@@ -1,0 +1,303 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use street::ws::{
+    CloseInfo, ConnectRequest, Envelope, ErrorEvent, Socket, SocketError, WebSocketServer,
+};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Deserialize)]
+struct Move {
+    x: i32,
+    y: i32,
+}
+
+#[tokio::test]
+async fn typed_handlers_errors_and_ordering() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on("move", move |m: Move| {
+            s.emit("moved", &json!({"sum": m.x + m.y}))
+        })?;
+        // async handler: slower for smaller n; order must still be kept
+        let s = socket.clone();
+        socket.on("slow", move |n: u64| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50 - n * 10)).await;
+                s.emit("slow-done", &n)
+            }
+        })?;
+        let s = socket.clone();
+        socket.on_error(move |e: ErrorEvent| {
+            let _ = s.emit("error-seen", &e);
+        })?;
+        let s = socket.clone();
+        socket.on("boom", move |_: Value| -> Result<(), String> {
+            let _ = &s;
+            panic!("handler bug")
+        })?;
+        socket.on("fails", |_: Value| Err::<(), _>("nope"))?;
+        Ok::<_, SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+
+    send_env(&mut c, "move", json!({"x": 2, "y": 3})).await;
+    let r = recv_json(&mut c).await;
+    assert_eq!(r["type"], "moved");
+    assert_eq!(r["payload"], json!({"sum": 5}));
+    assert!(r["ts"].as_i64().is_some_and(|t| t > 1_600_000_000_000));
+
+    // wrong payload type: error event, connection stays
+    send_env(&mut c, "move", json!("not a move")).await;
+    let e = recv_json(&mut c).await;
+    assert_eq!(e["type"], "error-seen");
+    assert_eq!(e["payload"]["kind"], "payload");
+    assert_eq!(e["payload"]["event"], "move");
+
+    // malformed JSON and non-envelope JSON
+    send_text(&mut c, "{not json").await;
+    assert_eq!(recv_json(&mut c).await["payload"]["kind"], "malformed_json");
+    send_text(&mut c, "[1,2,3]").await;
+    assert_eq!(recv_json(&mut c).await["payload"]["kind"], "not_envelope");
+
+    // panicking and failing handlers are reported, not fatal
+    send_env(&mut c, "boom", json!(null)).await;
+    let e = recv_json(&mut c).await;
+    assert_eq!(e["payload"]["kind"], "handler");
+    assert!(e["payload"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("handler bug"));
+    send_env(&mut c, "fails", json!(null)).await;
+    assert_eq!(recv_json(&mut c).await["payload"]["message"], "nope");
+
+    // per-socket ordering with async handlers
+    for n in 0..5 {
+        send_env(&mut c, "slow", json!(n)).await;
+    }
+    for n in 0..5 {
+        let r = recv_json(&mut c).await;
+        assert_eq!(
+            (r["type"].as_str(), r["payload"].as_u64()),
+            (Some("slow-done"), Some(n))
+        );
+    }
+    // still alive after all that
+    send_env(&mut c, "move", json!({"x": 1, "y": 1})).await;
+    assert_eq!(recv_json(&mut c).await["payload"]["sum"], 2);
+
+    let st = wss.stats();
+    assert_eq!(st.payload_errors, 1);
+    assert_eq!(st.malformed_json, 1);
+    assert_eq!(st.not_envelope, 1);
+    assert_eq!(st.handler_errors, 2);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn wildcard_off_lifecycle_names_and_listener_limit() {
+    let wss = WebSocketServer::new(opts());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let t = tx.clone();
+        socket.on("*", move |env: Envelope| {
+            let _ = t.send(format!("*:{}:{}", env.event, env.payload));
+        })?;
+        let t = tx.clone();
+        let id = socket.on("ping", move |_: Value| {
+            let _ = t.send("ping-handler".into());
+        })?;
+        let t = tx.clone();
+        socket.on("close", move |_: CloseInfo| {
+            let _ = t.send("close-handler".into());
+        })?;
+        let t = tx.clone();
+        socket.on("error", move |_: ErrorEvent| {
+            let _ = t.send("error-handler".into());
+        })?;
+        let s = socket.clone();
+        socket.on("unping", move |_: Value| {
+            assert!(s.off("ping", id));
+            assert!(!s.off("ping", id));
+        })?;
+        // the 64-listener limit
+        let t = tx.clone();
+        socket.on("many", move |_: Value| {
+            let _ = t.send("many".into());
+        })?;
+        for _ in 1..64 {
+            socket.on("many", |_: Value| {})?;
+        }
+        assert_eq!(socket.listener_count("many"), 64);
+        let err = socket
+            .on("many", |_: Value| {})
+            .expect_err("65th listener must fail");
+        assert!(matches!(
+            err,
+            SocketError::TooManyListeners { limit: 64, .. }
+        ));
+        assert!(err
+            .to_string()
+            .contains("too many listeners for event \"many\""));
+        let _ = socket.emit("ready", &());
+        Ok::<_, SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    assert_eq!(recv_json(&mut c).await["type"], "ready");
+
+    send_env(&mut c, "ping", json!(1)).await;
+    assert_eq!(
+        within("rx", rx.recv()).await.as_deref(),
+        Some("ping-handler")
+    );
+    assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("*:ping:1"));
+    // lifecycle names from the client do not trigger lifecycle handlers (only `*`)
+    send_env(&mut c, "close", json!({"code": 1000, "reason": "x"})).await;
+    assert_eq!(
+        within("rx", rx.recv()).await.as_deref(),
+        Some(r#"*:close:{"code":1000,"reason":"x"}"#)
+    );
+    send_env(
+        &mut c,
+        "error",
+        json!({"kind": "handler", "event": "e", "message": "m"}),
+    )
+    .await;
+    assert_eq!(
+        within("rx", rx.recv()).await.as_deref(),
+        Some(r#"*:error:{"event":"e","kind":"handler","message":"m"}"#)
+    );
+    send_env(&mut c, "unping", json!(null)).await;
+    assert_eq!(
+        within("rx", rx.recv()).await.as_deref(),
+        Some("*:unping:null")
+    );
+    send_env(&mut c, "ping", json!(2)).await;
+    assert_eq!(
+        within("rx", rx.recv()).await.as_deref(),
+        Some("*:ping:2"),
+        "off() removed the handler"
+    );
+    send_env(&mut c, "many", json!(0)).await;
+    assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("many"));
+    assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("*:many:0"));
+    close(&mut c).await;
+    assert_eq!(
+        within("rx", rx.recv()).await.as_deref(),
+        Some("close-handler")
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
+    let wss = WebSocketServer::new(opts());
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, CloseInfo)>();
+    let count = Arc::new(AtomicUsize::new(0));
+    let cnt = count.clone();
+    wss.on_connection(move |socket: Socket, req: ConnectRequest| {
+        let who = req.query_param("who").unwrap_or_default();
+        let (t, c1, w) = (tx.clone(), cnt.clone(), who.clone());
+        socket.on_close(move |info: CloseInfo| {
+            c1.fetch_add(1, Ordering::SeqCst);
+            let _ = t.send((w.clone(), info));
+        })?;
+        let s = socket.clone();
+        socket.on("quit", move |code: u16| s.close(code, "server says bye"))?;
+        Ok::<_, SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+
+    // 1. peer closes
+    let mut a = connect_path(addr, "/ws?who=peer").await;
+    close(&mut a).await;
+    let (w, info) = within("close", rx.recv()).await.expect("info");
+    assert_eq!((w.as_str(), info.code), ("peer", 1000));
+
+    // 2. server closes (with an app code, like the seed's 4001)
+    let mut b = connect_path(addr, "/ws?who=server").await;
+    send_env(&mut b, "quit", json!(4001)).await;
+    assert_eq!(recv_close(&mut b).await, (4001, "server says bye".into()));
+    let (w, info) = within("close", rx.recv()).await.expect("info");
+    assert_eq!(
+        (w.as_str(), info.code, info.reason.as_str()),
+        ("server", 4001, "server says bye")
+    );
+
+    // 3. invalid close codes are refused by the API and do not close
+    let mut c = connect_path(addr, "/ws?who=bad").await;
+    send_env(&mut c, "quit", json!(1006)).await;
+    send_env(&mut c, "quit", json!(1000)).await;
+    assert_eq!(recv_close(&mut c).await.0, 1000);
+    let (w, _) = within("close", rx.recv()).await.expect("info");
+    assert_eq!(w, "bad");
+
+    // 4. peer vanishes (TCP dropped without a close frame)
+    let (raw, _) = raw_connect(addr, "/ws?who=vanish", "").await;
+    eventually("registered", || wss.connection_count() == 1).await;
+    drop(raw);
+    let (w, info) = within("close", rx.recv()).await.expect("info");
+    assert_eq!((w.as_str(), info.code), ("vanish", 1006));
+
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+    assert_eq!(wss.connection_count(), 0);
+    srv.shutdown().await;
+    assert!(rx.try_recv().is_err(), "no handler ran twice");
+}
+
+#[tokio::test]
+async fn typed_per_socket_data_and_clients_subset() {
+    #[derive(Clone, PartialEq, Debug)]
+    struct UserId(String);
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, req: ConnectRequest| {
+        if let Some(u) = req.query_param("user") {
+            socket.set(UserId(u));
+        }
+        let _ = socket.emit("ready", &());
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+    let mut alice = connect_path(addr, "/ws?user=alice").await;
+    let mut bob = connect_path(addr, "/ws?user=bob").await;
+    let mut anon = connect_path(addr, "/ws").await;
+    for c in [&mut alice, &mut bob, &mut anon] {
+        assert_eq!(recv_json(c).await["type"], "ready");
+    }
+    // the seed's "broadcast to a subset" loop
+    let mut sent = 0;
+    for socket in wss.clients() {
+        if socket.get::<UserId>() == Some(UserId("bob".into())) {
+            socket
+                .emit(
+                    "notification",
+                    &json!({"message": "You have a new message"}),
+                )
+                .expect("emit");
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 1);
+    assert_eq!(
+        recv_json(&mut bob).await["payload"]["message"],
+        "You have a new message"
+    );
+    wss.broadcast("tick", &1).expect("broadcast");
+    assert_eq!(
+        recv_json(&mut alice).await["type"],
+        "tick",
+        "alice got nothing before the broadcast"
+    );
+    assert_eq!(recv_json(&mut anon).await["type"], "tick");
+    assert_eq!(wss.connection_count(), 3);
+    srv.shutdown().await;
+}
