@@ -20,17 +20,18 @@ struct UserId(String);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let secret = std::env::var(street::jwt::SECRET_ENV).unwrap_or_else(|_| {
+    // The secret comes from STREET_JWT_SECRET; a development default keeps the example runnable.
+    let jwt = JwtService::from_env().or_else(|_| {
         eprintln!(
             "warning: {} is not set; using a development secret",
             street::jwt::SECRET_ENV
         );
-        "development-secret-change-me".into()
-    });
-    street::container().register(JwtService::new(JwtOptions {
-        secret: Some(secret),
-        ..Default::default()
-    })?);
+        JwtService::new(JwtOptions {
+            secret: Some("development-secret-change-me".into()),
+            ..Default::default()
+        })
+    })?;
+    street::container().register(jwt);
 
     let wss = WebSocketServer::new(WsOptions::default());
     wss.on_connection(|socket: Socket, req: ConnectRequest| {

@@ -325,6 +325,36 @@ mod tests {
         );
     }
 
+    // A throwaway P-256 key pair generated for this test only.
+    const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgdxbd+oxBR2mKVbTo
++BOT6a7tSeIjD/zcZDN4cD/T466hRANCAATgHF1gf/mhBRBy7f0z/cAzEKEc9AbF
+LaFMgcxfWSEYed3g5nRWdK4euvEoQcLc24fOP1TlX93c+K5t+rKpZU+/
+-----END PRIVATE KEY-----
+";
+    const EC_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE4BxdYH/5oQUQcu39M/3AMxChHPQG
+xS2hTIHMX1khGHnd4OZ0VnSuHrrxKEHC3NuHzj9U5V/d3PiubfqyqWVPvw==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn es256_verification_with_a_public_key() {
+        let v = JwtService::verifier_from_pem(Algorithm::ES256, EC_PUBLIC.as_bytes()).unwrap();
+        let key = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+        let claims = serde_json::json!({"sub": "u9", "exp": now_secs() + 60});
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+        assert_eq!(v.verify::<C>(&token).unwrap().sub, "u9");
+        // an HS256 token is refused by an ES256 verifier (no algorithm confusion)
+        let hs = svc().sign(&serde_json::json!({"sub": "u"})).unwrap();
+        assert_eq!(
+            v.verify::<C>(&hs).unwrap_err().kind,
+            JwtErrorKind::WrongAlgorithm
+        );
+        // and a verifier cannot sign
+        assert_eq!(v.sign(&claims).unwrap_err().kind, JwtErrorKind::Signing);
+    }
+
     #[test]
     fn config_errors() {
         let e = JwtService::new(JwtOptions {

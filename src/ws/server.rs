@@ -43,7 +43,8 @@ pub enum Frames {
     Raw,
 }
 
-/// Why the auth hook refused an upgrade. Becomes HTTP 401 with the message as body.
+/// Why the auth hook refused an upgrade. Becomes HTTP 401; the message is logged at
+/// debug level, not sent to the client.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct AuthRejection(pub String);

@@ -19,7 +19,7 @@ use super::close::{CloseCode, CloseInfo};
 use super::connection::{self, Mode};
 use super::handler::run_dispatch;
 use super::origin::{self, OriginVerdict};
-use super::server::{CapacityPolicy, WebSocketServer};
+use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
 use super::socket::Socket;
 
 /// The upgrade request as the auth hook and the connection handler see it.
@@ -248,17 +248,18 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     if permit.is_some() {
         let auth = super::server::read(&shared.auth).clone();
         if let Some(auth) = auth {
-            match auth(request.clone()).await {
+            // A panicking hook is an auth failure (401), never a dropped connection.
+            let fut = std::panic::AssertUnwindSafe(async { auth(request.clone()).await });
+            let verdict = futures_util::FutureExt::catch_unwind(fut)
+                .await
+                .unwrap_or_else(|p| Err(AuthRejection::new(super::handler::panic_message(&p))));
+            match verdict {
                 Ok(ext) => data = ext,
                 Err(rej) => {
                     stats.rejected_auth.inc();
                     tracing::debug!(reason = %rej, "auth hook rejected upgrade");
-                    return (
-                        StatusCode::UNAUTHORIZED,
-                        [(header::CONNECTION, "close")],
-                        rej.0,
-                    )
-                        .into_response();
+                    // The reason goes to the log, not to the client (it may be internal).
+                    return plain(StatusCode::UNAUTHORIZED, "Unauthorized");
                 }
             }
         }

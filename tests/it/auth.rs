@@ -43,6 +43,11 @@ async fn auth_hook_runs_before_the_upgrade_and_its_value_rides_on_the_socket() {
         Some(401)
     );
     assert_eq!(try_connect_with(addr, "/ws", &[]).await.err(), Some(401));
+    // a hook that panics is a 401 too, and the server keeps serving
+    assert_eq!(
+        try_connect_with(addr, "/ws?token=boom", &[]).await.err(),
+        Some(401)
+    );
     let (_, head) = raw_connect(addr, "/ws?token=bad", "").await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 
@@ -54,6 +59,6 @@ async fn auth_hook_runs_before_the_upgrade_and_its_value_rides_on_the_socket() {
         hello["payload"],
         serde_json::json!({"user": "u1", "agent": "test", "loop": true})
     );
-    assert_eq!(wss.stats().rejected_auth, 3);
+    assert_eq!(wss.stats().rejected_auth, 4);
     srv.shutdown().await;
 }

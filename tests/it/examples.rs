@@ -80,6 +80,37 @@ async fn setup_example_echoes_messages() {
 }
 
 #[tokio::test]
+async fn listen_shuts_down_on_sigterm_and_sigint() {
+    for sig in ["-TERM", "-INT"] {
+        let mut ex = start("setup", &[]).await;
+        let mut c = connect(ex.addr).await;
+        send_env(&mut c, "message", json!(1)).await;
+        assert_eq!(recv_json(&mut c).await["type"], "echo");
+        let pid = ex.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success());
+        assert_eq!(
+            recv_close(&mut c).await,
+            (1001, "Going Away".into()),
+            "{sig}"
+        );
+        let status = within("exit", async {
+            loop {
+                if let Some(s) = ex.child.try_wait().expect("wait") {
+                    return s;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(status.success(), "{sig}: {status:?}");
+    }
+}
+
+#[tokio::test]
 async fn chat_example_broadcasts_join_message_leave() {
     let ex = start("chat", &[]).await;
     let mut a = connect(ex.addr).await;

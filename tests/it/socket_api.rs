@@ -301,3 +301,40 @@ async fn typed_per_socket_data_and_clients_subset() {
     assert_eq!(wss.connection_count(), 3);
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn listeners_and_their_captures_are_released_when_the_socket_closes() {
+    let wss = WebSocketServer::new(opts());
+    let sentinel = Arc::new(());
+    let (tx, mut rx) = mpsc::unbounded_channel::<Socket>();
+    let held = sentinel.clone();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        // a handler that captures the socket itself (a reference cycle) and the sentinel
+        let (s, h) = (socket.clone(), held.clone());
+        socket.on("x", move |_: Value| {
+            let _ = (&s, &h);
+        })?;
+        let _ = tx.send(socket.clone());
+        Ok::<_, SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    let socket = within("socket", rx.recv()).await.expect("socket");
+    assert!(!socket.closed());
+    assert_eq!(
+        Arc::strong_count(&sentinel),
+        3,
+        "sentinel + on_connection closure + listener"
+    );
+    close(&mut c).await;
+    eventually("socket finished", || wss.connection_count() == 0).await;
+    assert!(socket.closed());
+    assert_eq!(socket.listener_count("x"), 0);
+    assert_eq!(
+        Arc::strong_count(&sentinel),
+        2,
+        "the listener (and its cycle) was dropped"
+    );
+    assert!(matches!(socket.emit("late", &1), Err(SocketError::Closed)));
+    srv.shutdown().await;
+}
