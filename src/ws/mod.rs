@@ -13,6 +13,7 @@ pub mod envelope;
 mod handler;
 mod heartbeat;
 mod origin;
+mod proto;
 pub mod server;
 pub mod socket;
 mod stats;

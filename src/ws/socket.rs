@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
-use tokio_websockets::Message;
 
 use super::close::{truncate_reason, CloseCode, CloseInfo};
 use super::envelope::{self, EnvelopeError};
@@ -144,7 +143,9 @@ impl Listeners {
 /// An item in the outbound queue.
 #[derive(Debug)]
 pub(crate) enum Outbound {
-    Msg(Message, usize),
+    /// A text or binary message (payload shared, never copied).
+    Data { opcode: u8, payload: Bytes },
+    /// Our close frame.
     Close(CloseCode, String),
 }
 
@@ -161,6 +162,11 @@ pub(crate) struct OutboxState {
     pub(crate) ping: bool,
     /// The close the server initiated (what close handlers see if the peer echoes it).
     pub(crate) sent_close: Option<CloseInfo>,
+    /// A pong to send (payload of the latest ping), ahead of data.
+    pub(crate) pong: Option<Bytes>,
+    /// A close frame payload to send before anything else, after which the connection
+    /// ends: our reply to the peer's close, or a protocol-error close.
+    pub(crate) terminal: Option<Bytes>,
 }
 
 /// The byte-bounded outbound queue. A `Mutex<VecDeque>` allocates nothing while idle,
@@ -285,8 +291,7 @@ impl Socket {
 
     /// Queue an already-encoded text frame (shared bytes; no copy).
     pub(crate) fn send_text_bytes(&self, bytes: Bytes) -> Result<(), SocketError> {
-        let len = bytes.len();
-        self.push(Message::text(bytes), len)
+        self.push(super::proto::OP_TEXT, bytes)
     }
 
     /// Send a raw text frame (for custom subprotocols; no envelope).
@@ -294,9 +299,7 @@ impl Socket {
     /// # Errors
     /// As [`Socket::emit`].
     pub fn send_text(&self, text: impl Into<String>) -> Result<(), SocketError> {
-        let text = text.into();
-        let len = text.len();
-        self.push(Message::text(text), len)
+        self.push(super::proto::OP_TEXT, Bytes::from(text.into()))
     }
 
     /// Send a raw binary frame.
@@ -304,9 +307,7 @@ impl Socket {
     /// # Errors
     /// As [`Socket::emit`].
     pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SocketError> {
-        let data: Bytes = data.into();
-        let len = data.len();
-        self.push(Message::binary(data), len)
+        self.push(super::proto::OP_BINARY, data.into())
     }
 
     /// Send a [`RawMessage`] back as it came (what an echo server does).
@@ -320,7 +321,8 @@ impl Socket {
         }
     }
 
-    fn push(&self, msg: Message, len: usize) -> Result<(), SocketError> {
+    fn push(&self, opcode: u8, payload: Bytes) -> Result<(), SocketError> {
+        let len = payload.len();
         let inner = &self.inner;
         let mut st = inner.outbox.lock();
         if st.closing || st.kill.is_some() || inner.finished.load(Ordering::Acquire) {
@@ -347,7 +349,7 @@ impl Socket {
             });
         }
         st.bytes += len;
-        st.queue.push_back(Outbound::Msg(msg, len));
+        st.queue.push_back(Outbound::Data { opcode, payload });
         drop(st);
         inner.outbox.notify.notify_one();
         Ok(())
@@ -385,6 +387,44 @@ impl Socket {
         }
         drop(st);
         self.inner.outbox.kill_notify.notify_one();
+    }
+
+    /// Answer a ping (the latest ping's payload wins, as RFC 6455 allows).
+    pub(crate) fn queue_pong(&self, payload: Bytes) {
+        let mut st = self.inner.outbox.lock();
+        if st.terminal.is_none() {
+            st.pong = Some(payload);
+        }
+        drop(st);
+        self.inner.outbox.notify.notify_one();
+    }
+
+    /// The peer sent a close: answer it (echoing its code) unless we already sent ours.
+    /// Returns whether a reply was queued.
+    pub(crate) fn queue_close_reply(&self, code: Option<u16>) -> bool {
+        let mut st = self.inner.outbox.lock();
+        let already = st.sent_close.is_some() || st.terminal.is_some();
+        st.closing = true;
+        if !already {
+            st.terminal = Some(match code {
+                Some(c) => super::proto::close_payload(c, ""),
+                None => Bytes::new(),
+            });
+        }
+        drop(st);
+        self.inner.outbox.notify.notify_one();
+        !already
+    }
+
+    /// The peer broke the protocol: send a close with `code` before anything else.
+    pub(crate) fn queue_failure(&self, code: u16, reason: &str) {
+        let mut st = self.inner.outbox.lock();
+        st.closing = true;
+        st.queue.clear();
+        st.bytes = 0;
+        st.terminal = Some(super::proto::close_payload(code, truncate_reason(reason)));
+        drop(st);
+        self.inner.outbox.notify.notify_one();
     }
 
     /// Ask the writer to send a ping ahead of queued data.

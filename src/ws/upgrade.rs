@@ -9,16 +9,18 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_websockets::{Limits, Message, ServerBuilder};
 use tracing::Instrument;
 
 use super::close::{CloseCode, CloseInfo};
 use super::connection::{self, Mode};
 use super::handler::run_dispatch;
 use super::origin::{self, OriginVerdict};
+use super::proto;
 use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
 use super::socket::Socket;
 
@@ -307,15 +309,16 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
                 return;
             }
         };
-        serve_upgraded(
-            task_wss,
-            TokioIo::new(upgraded),
-            permit,
-            request,
-            protocol,
-            data,
-        )
-        .await;
+        // street frames the TCP stream itself (see proto.rs): take it back from hyper,
+        // with any bytes hyper read past the request head.
+        let (stream, pre) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+            Err(_) => {
+                tracing::error!("WebSocket upgrade on a non-TCP connection is not supported");
+                return;
+            }
+        };
+        serve_upgraded(task_wss, stream, pre, permit, request, protocol, data).await;
     });
     resp
 }
@@ -336,25 +339,22 @@ impl Drop for Registered {
     }
 }
 
-async fn serve_upgraded<S>(
+async fn serve_upgraded(
     wss: WebSocketServer,
-    io: S,
+    stream: TcpStream,
+    pre: Bytes,
     permit: Option<OwnedSemaphorePermit>,
     request: ConnectRequest,
     protocol: Option<String>,
     data: http::Extensions,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let shared = &wss.shared;
     let opts = &shared.opts;
-    let limits = Limits::default().max_payload_len(Some(opts.max_payload));
-    let mut ws = ServerBuilder::new().limits(limits).serve(io);
 
     let Some(permit) = permit else {
         shared.stats.rejected_capacity.inc();
         reject_after_handshake(
-            &mut ws,
+            &stream,
             CloseCode::TRY_AGAIN_LATER,
             "Server at capacity",
             opts.close_timeout,
@@ -373,7 +373,7 @@ async fn serve_upgraded<S>(
     if !wss.register(&socket) {
         shared.stats.rejected_shutdown.inc();
         reject_after_handshake(
-            &mut ws,
+            &stream,
             CloseCode::GOING_AWAY,
             "Going Away",
             opts.close_timeout,
@@ -405,7 +405,15 @@ async fn serve_upgraded<S>(
                 let _ = socket.close(CloseCode::INTERNAL_ERROR.0, "internal error");
             }
         }
-        let info = connection::run(ws, &socket, mode, opts.close_timeout).await;
+        let info = connection::run(
+            stream,
+            pre,
+            &socket,
+            mode,
+            opts.max_payload,
+            opts.close_timeout,
+        )
+        .await;
         if info.code == CloseCode::ABNORMAL.0 && info.reason == "heartbeat timeout" {
             tracing::debug!("reaped by heartbeat");
         }
@@ -418,22 +426,41 @@ async fn serve_upgraded<S>(
     drop(guard);
 }
 
-async fn reject_after_handshake<S>(
-    ws: &mut tokio_websockets::WebSocketStream<S>,
+async fn reject_after_handshake(
+    stream: &TcpStream,
     code: CloseCode,
     reason: &str,
     timeout: std::time::Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use futures_util::{SinkExt, StreamExt};
-    let Ok(code) = tokio_websockets::CloseCode::try_from(code.0) else {
-        return;
-    };
+) {
+    // One close frame, then let the client answer; bounded by `timeout`.
+    let (h, n) = proto::header(proto::OP_CLOSE, 2 + reason.len());
+    let mut frame = h[..n].to_vec();
+    frame.extend_from_slice(&proto::close_payload(code.0, reason));
     let _ = tokio::time::timeout(timeout, async {
-        if ws.send(Message::close(Some(code), reason)).await.is_ok() {
-            // Wait for the client's close so it sees a clean closure with our code.
-            while let Some(Ok(_)) = ws.next().await {}
+        let mut written = 0;
+        while written < frame.len() {
+            if stream.writable().await.is_err() {
+                return;
+            }
+            match stream.try_write(&frame[written..]) {
+                Ok(0) => return,
+                Ok(k) => written += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 512];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
         }
     })
     .await;
