@@ -20,6 +20,7 @@ struct Flags {
     heartbeat_ms: u64,
     max_payload: usize,
     origins: Vec<String>,
+    threads: usize,
 }
 
 fn parse() -> Result<Flags, String> {
@@ -30,6 +31,7 @@ fn parse() -> Result<Flags, String> {
         heartbeat_ms: 30_000,
         max_payload: 524_288,
         origins: Vec::new(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,22 +55,15 @@ fn parse() -> Result<Flags, String> {
             "--heartbeat-ms" => f.heartbeat_ms = num(val()?)?,
             "--max-payload-bytes" => f.max_payload = num(val()?)? as usize,
             "--allowed-origin" => f.origins.push(val()?),
-            "-h" | "--help" => return Err("usage: bench_server [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] [--max-payload-bytes N] [--allowed-origin ORIGIN]...".into()),
+            "--threads" => f.threads = (num(val()?)? as usize).max(1),
+            "-h" | "--help" => return Err("usage: bench_server [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N]".into()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
     Ok(f)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    // Quiet by default (nothing per message); RUST_LOG=debug for connection-level logs.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
     let flags = match parse() {
         Ok(f) => f,
         Err(e) => {
@@ -76,6 +71,30 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Worker threads: all cores by default; `--threads 1` when the load generator
+    // shares a small machine (a second worker then only adds context switches).
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(flags.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(flags))
+}
+
+async fn run(flags: Flags) -> ExitCode {
+    // Quiet by default (nothing per message); RUST_LOG=debug for connection-level logs.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let (host, port) = match flags.addr.rsplit_once(':').and_then(|(h, p)| {
         Some((
             h.trim_matches(['[', ']']).to_owned(),

@@ -108,8 +108,15 @@ pub async fn recv_json(c: &mut Client) -> Value {
     }
 }
 
-/// Wait for the close frame; returns (code, reason).
+/// Wait for the close frame; returns (code, reason). Keeps driving the client until the
+/// stream ends, so it answers the close as a real client does.
 pub async fn recv_close(c: &mut Client) -> (u16, String) {
+    let got = recv_close_frame(c).await;
+    let _ = tokio::time::timeout(T, async { while let Some(Ok(_)) = c.next().await {} }).await;
+    got
+}
+
+async fn recv_close_frame(c: &mut Client) -> (u16, String) {
     loop {
         match within("a close frame", c.next()).await {
             Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),

@@ -135,6 +135,37 @@ fn raise_nofile() {
     }
 }
 
+/// CPU samples over the measured window (after connecting and warming up), so setup work
+/// is not charged to the operations counted.
+#[derive(Default)]
+struct Meter {
+    pid: Option<u32>,
+    window: std::sync::Mutex<Option<(f64, Option<f64>, f64, Option<f64>, f64)>>,
+}
+
+impl Meter {
+    fn sample(&self) -> (f64, Option<f64>) {
+        (
+            cpu_seconds("self").unwrap_or(0.0),
+            self.pid.and_then(|p| cpu_seconds(&p.to_string())),
+        )
+    }
+
+    /// Sample at `start` and `end` in the background.
+    fn window(self: &Arc<Self>, start: Instant, end: Instant) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            let (s0, p0) = me.sample();
+            tokio::time::sleep_until(end.into()).await;
+            let (s1, p1) = me.sample();
+            if let Ok(mut w) = me.window.lock() {
+                *w = Some((s0, p0, s1, p1, (end - start).as_secs_f64()));
+            }
+        })
+    }
+}
+
 // ---- connections ----
 
 async fn connect(url: &str) -> Result<Ws, String> {
@@ -225,7 +256,7 @@ fn round(x: f64, digits: i32) -> f64 {
 
 // ---- scenarios ----
 
-async fn echo(a: &Args, r: &mut Report) -> Result<u64, String> {
+async fn echo(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, String> {
     let (conns, failed, _) = open_many(&a.url, a.connections, a.concurrency).await;
     if failed > 0 {
         return Err(format!("{failed} connections failed"));
@@ -234,6 +265,7 @@ async fn echo(a: &Args, r: &mut Report) -> Result<u64, String> {
     let msg = format!(r#"{{"type":"echo","payload":"{payload}"}}"#);
     let start = Instant::now() + a.warmup;
     let end = start + a.duration;
+    let sampler = meter.window(start, end);
     let mut tasks = Vec::new();
     for mut ws in conns {
         let msg = msg.clone();
@@ -271,6 +303,7 @@ async fn echo(a: &Args, r: &mut Report) -> Result<u64, String> {
         h.add(hh).map_err(|e| e.to_string())?;
         total += n;
     }
+    let _ = sampler.await;
     let secs = a.duration.as_secs_f64();
     r.put("round_trips", total);
     r.put("round_trips_per_s", round(total as f64 / secs, 0));
@@ -279,7 +312,7 @@ async fn echo(a: &Args, r: &mut Report) -> Result<u64, String> {
     Ok(total)
 }
 
-async fn fanout(a: &Args, r: &mut Report) -> Result<u64, String> {
+async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, String> {
     const WINDOW: usize = 1024;
     let n = a.connections;
     let (mut conns, failed, _) = open_many(&a.url, n, a.concurrency).await;
@@ -298,6 +331,7 @@ async fn fanout(a: &Args, r: &mut Report) -> Result<u64, String> {
     let measure_from = Arc::new(AtomicU64::new(u64::MAX)); // first id counted
     let start = Instant::now() + a.warmup;
     let end = start + a.duration;
+    let sampler = meter.window(start, end);
 
     let (mut pub_sink, pub_stream) = publisher.split();
     let mut readers = Vec::new();
@@ -368,6 +402,7 @@ async fn fanout(a: &Args, r: &mut Report) -> Result<u64, String> {
             .map_err(|e| e.to_string())?;
         sent += 1;
     }
+    let _ = sampler.await;
     let elapsed = a.duration.as_secs_f64();
     let d = delivered.load(Ordering::Relaxed);
     let c = completed.load(Ordering::Relaxed);
@@ -384,13 +419,29 @@ async fn fanout(a: &Args, r: &mut Report) -> Result<u64, String> {
     Ok(d)
 }
 
+/// The kernel's count of connections dropped because a listen queue was full.
+fn listen_overflows() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = s.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 async fn idle(a: &Args, r: &mut Report) -> Result<u64, String> {
+    let overflows0 = listen_overflows();
     let base = a.server_pid.and_then(rss_kib);
     let (conns, failed, took) = open_many(&a.url, a.connections, a.concurrency).await;
     let ok = conns.len();
     r.put("connections", ok);
     r.put("failed", failed);
     r.put("handshakes_per_s", round(ok as f64 / took.as_secs_f64(), 0));
+    if let (Some(o0), Some(o1)) = (overflows0, listen_overflows()) {
+        r.put("listen_overflows", o1.saturating_sub(o0));
+    }
     // let the server settle, then read its RSS with every connection open
     tokio::time::sleep(Duration::from_secs(1)).await;
     if let (Some(pid), Some(base)) = (a.server_pid, base) {
@@ -480,13 +531,17 @@ fn main() -> std::process::ExitCode {
         r.put("label", a.label.clone());
     }
     r.put("url", a.url.clone());
+    let meter = Arc::new(Meter {
+        pid: a.server_pid,
+        ..Default::default()
+    });
     let self_cpu0 = cpu_seconds("self");
     let srv_cpu0 = a.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
     let wall0 = Instant::now();
     let result = rt.block_on(async {
         match a.scenario.as_str() {
-            "echo" => echo(&a, &mut r).await,
-            "fanout" => fanout(&a, &mut r).await,
+            "echo" => echo(&a, &mut r, &meter).await,
+            "fanout" => fanout(&a, &mut r, &meter).await,
             "idle" => idle(&a, &mut r).await,
             "connect-storm" => connect_storm(&a, &mut r).await,
             other => Err(format!("unknown scenario {other}\n{USAGE}")),
@@ -500,21 +555,28 @@ fn main() -> std::process::ExitCode {
         }
     };
     let wall = wall0.elapsed().as_secs_f64();
-    if let (Some(c0), Some(c1)) = (self_cpu0, cpu_seconds("self")) {
-        r.put("loadgen_cpu_s", round(c1 - c0, 2));
-        r.put(
-            "loadgen_cpu_pct_of_one_core",
-            round(100.0 * (c1 - c0) / wall, 0),
-        );
+    // CPU over the measured window when the scenario has one, else over the whole run.
+    let window = meter.window.lock().ok().and_then(|w| *w);
+    let (self_cpu, srv_cpu, secs) = match window {
+        Some((s0, p0, s1, p1, secs)) => (Some(s1 - s0), p0.zip(p1).map(|(a0, a1)| a1 - a0), secs),
+        None => (
+            self_cpu0.zip(cpu_seconds("self")).map(|(c0, c1)| c1 - c0),
+            a.server_pid
+                .and_then(|p| srv_cpu0.zip(cpu_seconds(&p.to_string())))
+                .map(|(c0, c1)| c1 - c0),
+            wall,
+        ),
+    };
+    if let Some(c) = self_cpu {
+        r.put("loadgen_cpu_s", round(c, 2));
+        r.put("loadgen_cpu_pct_of_one_core", round(100.0 * c / secs, 0));
     }
-    if let (Some(pid), Some(c0)) = (a.server_pid, srv_cpu0) {
-        if let Some(c1) = cpu_seconds(&pid.to_string()) {
-            r.put("server_cpu_s", round(c1 - c0, 2));
+    if let Some(pid) = a.server_pid {
+        if let Some(c) = srv_cpu {
+            r.put("server_cpu_s", round(c, 2));
+            r.put("server_cpu_pct_of_one_core", round(100.0 * c / secs, 0));
             if ops > 0 {
-                r.put(
-                    "server_cpu_us_per_op",
-                    round((c1 - c0) * 1e6 / ops as f64, 2),
-                );
+                r.put("server_cpu_us_per_op", round(c * 1e6 / ops as f64, 2));
             }
         }
         if let Some(rss) = rss_kib(pid) {
