@@ -38,6 +38,7 @@
 pub mod app;
 pub mod container;
 pub mod jwt;
+pub mod sse;
 pub mod ws;
 
 pub use app::{app, App, AppOptions};

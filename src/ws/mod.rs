@@ -31,3 +31,9 @@ pub use stats::StatsSnapshot;
 pub use upgrade::ConnectRequest;
 
 pub(crate) use upgrade::handle as handle_upgrade;
+
+/// The header of an unmasked server frame (for benchmarks; not a stable API).
+#[doc(hidden)]
+pub fn __frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    proto::header(opcode, len)
+}

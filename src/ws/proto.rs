@@ -78,7 +78,8 @@ struct Partial {
 #[derive(Debug)]
 pub(crate) struct Decoder {
     max_payload: usize,
-    partial: Option<Partial>,
+    /// A fragmented message in progress (boxed: rare, and idle decoders stay small).
+    partial: Option<Box<Partial>>,
 }
 
 /// Close codes a peer may send (RFC 6455 §7.4.1 plus the IANA registry's 1012–1014).
@@ -221,11 +222,11 @@ impl Decoder {
                     }))
                 }
                 OP_TEXT | OP_BINARY => {
-                    let mut p = Partial {
+                    let mut p = Box::new(Partial {
                         text: opcode == OP_TEXT,
                         buf: payload,
                         checked: 0,
-                    };
+                    });
                     check_utf8(&mut p, false)?;
                     self.partial = Some(p);
                 }
@@ -237,6 +238,7 @@ impl Decoder {
                     p.buf.extend_from_slice(&payload);
                     check_utf8(&mut p, fin)?;
                     if fin {
+                        let p = *p;
                         let bytes = p.buf.freeze();
                         return Ok(Some(if p.text {
                             Event::Text(bytes)

@@ -1,7 +1,7 @@
 //! The per-connection [`Socket`] handle: typed events, listeners, per-socket data and the
 //! byte-bounded outbound queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +10,6 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
 
 use super::close::{truncate_reason, CloseCode, CloseInfo};
 use super::envelope::{self, EnvelopeError};
@@ -124,19 +123,73 @@ type ErasedClose = Arc<dyn Fn(CloseInfo) -> DispatchOut + Send + Sync>;
 type ErasedError = Arc<dyn Fn(ErrorEvent) -> DispatchOut + Send + Sync>;
 type ErasedRaw = Arc<dyn Fn(RawMessage) -> DispatchOut + Send + Sync>;
 
+/// An event name, stored inline when short (most are), so a listener costs no extra
+/// allocation for its name.
+enum Name {
+    Inline { len: u8, buf: [u8; 22] },
+    Heap(Box<str>),
+}
+
+impl Name {
+    fn new(s: &str) -> Self {
+        let b = s.as_bytes();
+        if b.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..b.len()].copy_from_slice(b);
+            Name::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            Name::Heap(s.into())
+        }
+    }
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Inline { len, buf } => &buf[..usize::from(*len)],
+            Name::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+enum Kind {
+    Event(Name, Erased),
+    Close(ErasedClose),
+    Error(ErasedError),
+    Raw(ErasedRaw),
+}
+
+impl Kind {
+    /// The name `on()`/`off()` use for this listener.
+    fn name(&self) -> &[u8] {
+        match self {
+            Kind::Event(n, _) => n.as_bytes(),
+            Kind::Close(_) => b"close",
+            Kind::Error(_) => b"error",
+            Kind::Raw(_) => b"raw",
+        }
+    }
+}
+
+/// Every listener of a socket in one flat list, in registration order. One small
+/// allocation per socket (a map plus a vector per event cost several); sockets have a
+/// handful of listeners, so a linear scan is as fast as a lookup.
 #[derive(Default)]
 struct Listeners {
     next_id: u64,
-    events: HashMap<Box<str>, Vec<(ListenerId, Erased)>>,
-    close: Vec<(ListenerId, ErasedClose)>,
-    error: Vec<(ListenerId, ErasedError)>,
-    raw: Vec<(ListenerId, ErasedRaw)>,
+    entries: Vec<(ListenerId, Kind)>,
 }
 
 impl Listeners {
     fn id(&mut self) -> ListenerId {
         self.next_id += 1;
         ListenerId(self.next_id)
+    }
+    fn count(&self, name: &str) -> usize {
+        self.entries
+            .iter()
+            .filter(|(_, k)| k.name() == name.as_bytes())
+            .count()
     }
 }
 
@@ -157,16 +210,16 @@ pub(crate) struct OutboxState {
     /// A close frame has been queued: no more data may be queued.
     pub(crate) closing: bool,
     /// Drop the connection now, without a close handshake.
-    pub(crate) kill: Option<CloseInfo>,
+    pub(crate) kill: Option<Box<CloseInfo>>,
     /// A ping should be sent ahead of queued data.
     pub(crate) ping: bool,
     /// The close the server initiated (what close handlers see if the peer echoes it).
-    pub(crate) sent_close: Option<CloseInfo>,
+    pub(crate) sent_close: Option<Box<CloseInfo>>,
     /// A pong to send (payload of the latest ping), ahead of data.
-    pub(crate) pong: Option<Bytes>,
+    pub(crate) pong: Option<Box<Bytes>>,
     /// A close frame payload to send before anything else, after which the connection
     /// ends: our reply to the peer's close, or a protocol-error close.
-    pub(crate) terminal: Option<Bytes>,
+    pub(crate) terminal: Option<Box<Bytes>>,
 }
 
 /// The byte-bounded outbound queue. A `Mutex<VecDeque>` allocates nothing while idle,
@@ -174,11 +227,17 @@ pub(crate) struct OutboxState {
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     pub(crate) state: Mutex<OutboxState>,
-    /// Wakes the writer: data, ping or close queued.
-    pub(crate) notify: Notify,
-    /// Wakes the connection task's kill branch (independent of a writer stuck on a
-    /// peer that does not read).
-    pub(crate) kill_notify: Notify,
+    /// The connection task's waker: woken when data, a ping, a close or a kill is queued.
+    /// (An `AtomicWaker` is 16 bytes; a `Notify` plus its `Notified` future would be
+    /// several times that in every idle connection.)
+    pub(crate) waker: futures_util::task::AtomicWaker,
+}
+
+impl Outbox {
+    /// Wake the connection task.
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
 }
 
 impl Outbox {
@@ -333,17 +392,17 @@ impl Socket {
             st.queue.clear();
             st.bytes = 0;
             st.closing = true;
-            st.sent_close = Some(CloseInfo::new(
+            st.sent_close = Some(Box::new(CloseInfo::new(
                 CloseCode(super::SLOW_CONSUMER_CODE),
                 "slow consumer",
-            ));
+            )));
             st.queue.push_back(Outbound::Close(
                 CloseCode(super::SLOW_CONSUMER_CODE),
                 "slow consumer".into(),
             ));
             drop(st);
             inner.stats.slow_consumers.inc();
-            inner.outbox.notify.notify_one();
+            inner.outbox.wake();
             return Err(SocketError::SlowConsumer {
                 limit: inner.max_queue_bytes,
             });
@@ -351,7 +410,7 @@ impl Socket {
         st.bytes += len;
         st.queue.push_back(Outbound::Data { opcode, payload });
         drop(st);
-        inner.outbox.notify.notify_one();
+        inner.outbox.wake();
         Ok(())
     }
 
@@ -371,10 +430,10 @@ impl Socket {
         }
         st.closing = true;
         let reason = truncate_reason(reason).to_owned();
-        st.sent_close = Some(CloseInfo::new(code, reason.clone()));
+        st.sent_close = Some(Box::new(CloseInfo::new(code, reason.clone())));
         st.queue.push_back(Outbound::Close(code, reason));
         drop(st);
-        self.inner.outbox.notify.notify_one();
+        self.inner.outbox.wake();
         Ok(())
     }
 
@@ -383,20 +442,20 @@ impl Socket {
     pub(crate) fn kill(&self, info: CloseInfo) {
         let mut st = self.inner.outbox.lock();
         if st.kill.is_none() {
-            st.kill = Some(info);
+            st.kill = Some(Box::new(info));
         }
         drop(st);
-        self.inner.outbox.kill_notify.notify_one();
+        self.inner.outbox.wake();
     }
 
     /// Answer a ping (the latest ping's payload wins, as RFC 6455 allows).
     pub(crate) fn queue_pong(&self, payload: Bytes) {
         let mut st = self.inner.outbox.lock();
         if st.terminal.is_none() {
-            st.pong = Some(payload);
+            st.pong = Some(Box::new(payload));
         }
         drop(st);
-        self.inner.outbox.notify.notify_one();
+        self.inner.outbox.wake();
     }
 
     /// The peer sent a close: answer it (echoing its code) unless we already sent ours.
@@ -406,13 +465,13 @@ impl Socket {
         let already = st.sent_close.is_some() || st.terminal.is_some();
         st.closing = true;
         if !already {
-            st.terminal = Some(match code {
+            st.terminal = Some(Box::new(match code {
                 Some(c) => super::proto::close_payload(c, ""),
                 None => Bytes::new(),
-            });
+            }));
         }
         drop(st);
-        self.inner.outbox.notify.notify_one();
+        self.inner.outbox.wake();
         !already
     }
 
@@ -422,15 +481,18 @@ impl Socket {
         st.closing = true;
         st.queue.clear();
         st.bytes = 0;
-        st.terminal = Some(super::proto::close_payload(code, truncate_reason(reason)));
+        st.terminal = Some(Box::new(super::proto::close_payload(
+            code,
+            truncate_reason(reason),
+        )));
         drop(st);
-        self.inner.outbox.notify.notify_one();
+        self.inner.outbox.wake();
     }
 
     /// Ask the writer to send a ping ahead of queued data.
     pub(crate) fn ping(&self) {
         self.inner.outbox.lock().ping = true;
-        self.inner.outbox.notify.notify_one();
+        self.inner.outbox.wake();
     }
 
     /// Bytes queued for this client and not yet written.
@@ -501,16 +563,9 @@ impl Socket {
             }
         });
         let mut l = lock(&self.inner.listeners);
-        let limit = self.inner.max_listeners;
-        let count = l.events.get(event).map_or(0, Vec::len);
-        if count >= limit {
-            return Err(SocketError::TooManyListeners {
-                event: event.to_owned(),
-                limit,
-            });
-        }
+        self.check_limit(event, l.count(event))?;
         let id = l.id();
-        l.events.entry(event.into()).or_default().push((id, erased));
+        l.entries.push((id, Kind::Event(Name::new(event), erased)));
         Ok(id)
     }
 
@@ -547,9 +602,10 @@ impl Socket {
         H: Handler<RawMessage, M>,
     {
         let mut l = lock(&self.inner.listeners);
-        self.check_limit("raw", l.raw.len())?;
+        self.check_limit("raw", l.count("raw"))?;
         let id = l.id();
-        l.raw.push((id, Arc::new(move |m| handler.call(m))));
+        l.entries
+            .push((id, Kind::Raw(Arc::new(move |m| handler.call(m)))));
         Ok(id)
     }
 
@@ -572,52 +628,39 @@ impl Socket {
             spawn_dispatch(out);
             return Ok(ListenerId(0));
         }
-        self.check_limit("close", l.close.len())?;
+        self.check_limit("close", l.count("close"))?;
         let id = l.id();
-        l.close.push((id, h));
+        l.entries.push((id, Kind::Close(h)));
         Ok(id)
     }
 
     fn add_error(&self, h: ErasedError) -> Result<ListenerId, SocketError> {
         let mut l = lock(&self.inner.listeners);
-        self.check_limit("error", l.error.len())?;
+        self.check_limit("error", l.count("error"))?;
         let id = l.id();
-        l.error.push((id, h));
+        l.entries.push((id, Kind::Error(h)));
         Ok(id)
     }
 
     /// Remove a listener registered with `on`, `on_close`, `on_error` or `on_raw`.
     /// Returns whether it was found.
     pub fn off(&self, event: &str, id: ListenerId) -> bool {
-        fn removed<H>(v: &mut Vec<(ListenerId, H)>, id: ListenerId) -> bool {
-            let before = v.len();
-            v.retain(|(i, _)| *i != id);
-            v.len() != before
-        }
         let mut l = lock(&self.inner.listeners);
-        match event {
-            "close" => removed(&mut l.close, id),
-            "error" => removed(&mut l.error, id),
-            "raw" => removed(&mut l.raw, id),
-            _ => {
-                let found = l.events.get_mut(event).is_some_and(|v| removed(v, id));
-                if l.events.get(event).is_some_and(Vec::is_empty) {
-                    l.events.remove(event);
-                }
-                found
-            }
-        }
+        let before = l.entries.len();
+        l.entries
+            .retain(|(i, k)| !(*i == id && k.name() == event.as_bytes()));
+        l.entries.len() != before
     }
 
     /// Number of listeners registered for `event`.
     pub fn listener_count(&self, event: &str) -> usize {
-        let l = lock(&self.inner.listeners);
-        match event {
-            "close" => l.close.len(),
-            "error" => l.error.len(),
-            "raw" => l.raw.len(),
-            _ => l.events.get(event).map_or(0, Vec::len),
-        }
+        lock(&self.inner.listeners).count(event)
+    }
+
+    /// Trim listener storage to its length (called once the connection handler has
+    /// registered its listeners).
+    pub(crate) fn compact(&self) {
+        lock(&self.inner.listeners).entries.shrink_to_fit();
     }
 
     // ---- typed per-socket data ----
@@ -653,35 +696,40 @@ impl Socket {
     /// handlers (unless the name is a lifecycle name), then `*` handlers.
     pub(crate) fn handlers_for(&self, event: &str) -> (Vec<Erased>, Vec<Erased>) {
         let l = lock(&self.inner.listeners);
-        let own = if LIFECYCLE_EVENTS.contains(&event) || event == "*" {
-            Vec::new()
-        } else {
-            l.events
-                .get(event)
-                .map(|v| v.iter().map(|(_, h)| h.clone()).collect())
-                .unwrap_or_default()
-        };
-        let wild = l
-            .events
-            .get("*")
-            .map(|v| v.iter().map(|(_, h)| h.clone()).collect())
-            .unwrap_or_default();
+        let lifecycle = LIFECYCLE_EVENTS.contains(&event) || event == "*";
+        let mut own = Vec::new();
+        let mut wild = Vec::new();
+        for (_, k) in &l.entries {
+            if let Kind::Event(name, h) = k {
+                if name.as_bytes() == b"*" {
+                    wild.push(h.clone());
+                } else if !lifecycle && name.as_bytes() == event.as_bytes() {
+                    own.push(h.clone());
+                }
+            }
+        }
         (own, wild)
     }
 
     pub(crate) fn raw_handlers(&self) -> Vec<ErasedRaw> {
         lock(&self.inner.listeners)
-            .raw
+            .entries
             .iter()
-            .map(|(_, h)| h.clone())
+            .filter_map(|(_, k)| match k {
+                Kind::Raw(h) => Some(h.clone()),
+                _ => None,
+            })
             .collect()
     }
 
     pub(crate) async fn report_error(&self, ev: ErrorEvent) {
         let handlers: Vec<ErasedError> = lock(&self.inner.listeners)
-            .error
+            .entries
             .iter()
-            .map(|(_, h)| h.clone())
+            .filter_map(|(_, k)| match k {
+                Kind::Error(h) => Some(h.clone()),
+                _ => None,
+            })
             .collect();
         if handlers.is_empty() {
             tracing::debug!(socket = %self.id(), error = ?ev, "socket error (no error handler)");
@@ -709,7 +757,11 @@ impl Socket {
             st.queue.clear();
             st.bytes = 0;
         }
-        for (_, h) in listeners.close {
+        let closers = listeners.entries.into_iter().filter_map(|(_, k)| match k {
+            Kind::Close(h) => Some(h),
+            _ => None,
+        });
+        for h in closers {
             let info = info.clone();
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(info))) {
                 Ok(out) => spawn_dispatch(out),

@@ -14,10 +14,9 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::Instrument;
 
 use super::close::{CloseCode, CloseInfo};
-use super::connection::{self, Mode};
+use super::connection::{self, Conn, Mode};
 use super::handler::run_dispatch;
 use super::origin::{self, OriginVerdict};
 use super::proto;
@@ -301,26 +300,29 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     }
 
     let task_wss = wss.clone();
-    wss.shared.tasks.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        // street frames the TCP stream itself (see proto.rs): take it back from hyper,
-        // with any bytes hyper read past the request head.
-        let (stream, pre) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-            Err(_) => {
-                tracing::error!("WebSocket upgrade on a non-TCP connection is not supported");
-                return;
-            }
-        };
-        serve_upgraded(task_wss, stream, pre, permit, request, protocol, data).await;
-    });
+    wss.shared.tasks.spawn(serve_upgraded(
+        task_wss, on_upgrade, permit, request, protocol, data,
+    ));
     resp
+}
+
+/// Wait for hyper to hand over the connection, and take the TCP stream back (street
+/// frames it itself, see `proto.rs`), with any bytes hyper read past the request head.
+async fn take_stream(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, Bytes)> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+        Err(_) => {
+            tracing::error!("WebSocket upgrade on a non-TCP connection is not supported");
+            None
+        }
+    }
 }
 
 /// Drop guard: whatever happens to the connection task (even a panic), the socket leaves
@@ -341,43 +343,54 @@ impl Drop for Registered {
 
 async fn serve_upgraded(
     wss: WebSocketServer,
-    stream: TcpStream,
-    pre: Bytes,
+    on_upgrade: hyper::upgrade::OnUpgrade,
     permit: Option<OwnedSemaphorePermit>,
     request: ConnectRequest,
     protocol: Option<String>,
     data: http::Extensions,
 ) {
+    // This future is the connection's task for its whole life: what it holds across the
+    // long await is what every idle connection costs, so the one-off steps (taking the
+    // stream, rejecting, the connection handler, closing) are boxed.
+    let Some((stream, pre)) = Box::pin(take_stream(on_upgrade)).await else {
+        return;
+    };
     let shared = &wss.shared;
     let opts = &shared.opts;
 
     let Some(permit) = permit else {
         shared.stats.rejected_capacity.inc();
-        reject_after_handshake(
+        Box::pin(reject_after_handshake(
             &stream,
             CloseCode::TRY_AGAIN_LATER,
             "Server at capacity",
             opts.close_timeout,
-        )
+        ))
         .await;
         return;
     };
+    let mode = if protocol.is_some() || opts.frames == super::server::Frames::Raw {
+        Mode::Raw
+    } else {
+        Mode::Envelope
+    };
+    let handler = wss.connection_handler(protocol.as_deref());
     let socket = Socket::new(
         shared.stats.clone(),
         opts.max_queue_bytes,
         opts.max_listeners,
         request.remote_addr(),
-        protocol.as_deref().map(Into::into),
+        protocol.map(String::into_boxed_str),
         data,
     );
     if !wss.register(&socket) {
         shared.stats.rejected_shutdown.inc();
-        reject_after_handshake(
+        Box::pin(reject_after_handshake(
             &stream,
             CloseCode::GOING_AWAY,
             "Going Away",
             opts.close_timeout,
-        )
+        ))
         .await;
         return;
     }
@@ -388,41 +401,38 @@ async fn serve_upgraded(
     };
     shared.stats.accepted.inc();
     super::heartbeat::ensure_started(&wss);
+    tracing::debug!(socket = %socket.id(), peer = ?socket.remote_addr(), "connected");
 
-    let span = tracing::debug_span!("ws", id = %socket.id(), peer = ?socket.remote_addr());
-    async {
-        tracing::debug!("connected");
-        let mode = if protocol.is_some() || opts.frames == super::server::Frames::Raw {
-            Mode::Raw
-        } else {
-            Mode::Envelope
-        };
-        if let Some(handler) = wss.connection_handler(protocol.as_deref()) {
-            let s = socket.clone();
-            if let Err(e) = run_dispatch(move || handler(s, request)).await {
-                shared.stats.handler_errors.inc();
-                tracing::warn!(error = %e, "connection handler failed; closing with 1011");
-                let _ = socket.close(CloseCode::INTERNAL_ERROR.0, "internal error");
-            }
+    if let Some(handler) = handler {
+        let s = socket.clone();
+        if let Err(e) = Box::pin(run_dispatch(move || handler(s, request))).await {
+            shared.stats.handler_errors.inc();
+            tracing::warn!(socket = %socket.id(), error = %e, "connection handler failed; closing with 1011");
+            let _ = socket.close(CloseCode::INTERNAL_ERROR.0, "internal error");
         }
-        let info = connection::run(
-            stream,
-            pre,
-            &socket,
-            mode,
-            opts.max_payload,
-            opts.close_timeout,
-        )
-        .await;
-        if info.code == CloseCode::ABNORMAL.0 && info.reason == "heartbeat timeout" {
-            tracing::debug!("reaped by heartbeat");
-        }
-        tracing::debug!(code = info.code, reason = %info.reason, "disconnected");
-        wss.unregister(socket.id());
-        socket.finish(info);
     }
-    .instrument(span)
+    socket.compact();
+    let mut conn = Conn::new(
+        stream,
+        pre,
+        &socket,
+        mode,
+        opts.max_payload,
+        opts.close_timeout,
+    );
+    let end = (&mut conn).await;
+    let Conn { stream, .. } = conn;
+    let info = Box::pin(connection::conclude(
+        end,
+        &stream,
+        &socket,
+        opts.close_timeout,
+    ))
     .await;
+    drop(stream);
+    tracing::debug!(socket = %socket.id(), code = info.code, reason = %info.reason, "disconnected");
+    wss.unregister(socket.id());
+    socket.finish(info);
     drop(guard);
 }
 
@@ -464,4 +474,25 @@ async fn reject_after_handshake(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The whole per-connection task future (what every idle connection costs besides
+    /// its `Socket`): keep it small.
+    #[test]
+    fn the_connection_task_stays_small() {
+        let wss = super::WebSocketServer::new(Default::default());
+        let f = super::serve_upgraded(
+            wss,
+            hyper::upgrade::on(http::Request::new(())),
+            None,
+            super::ConnectRequest::for_test("/"),
+            None,
+            http::Extensions::new(),
+        );
+        let n = std::mem::size_of_val(&f);
+        eprintln!("sizes: serve_upgraded {n}");
+        assert!(n <= 640, "serve_upgraded future is {n} bytes");
+    }
 }
