@@ -238,12 +238,14 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let request = ConnectRequest::new(
-        parts.method.clone(),
-        parts.uri.clone(),
-        parts.headers.clone(),
+        std::mem::take(&mut parts.method),
+        std::mem::take(&mut parts.uri),
+        std::mem::take(&mut parts.headers),
         remote,
     );
+    let headers = request.headers();
 
     let mut data = http::Extensions::new();
     if permit.is_some() {
@@ -269,8 +271,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     // Subprotocol: the first one the client offers that we serve.
     let protocol = {
         let served = super::server::read(&shared.protocols);
-        parts
-            .headers
+        headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -280,7 +281,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
             .map(str::to_owned)
     };
 
-    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+    let Some(on_upgrade) = on_upgrade else {
         // Not served by a hyper connection with upgrades enabled.
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "upgrade not available");
     };

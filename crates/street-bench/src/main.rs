@@ -431,10 +431,16 @@ fn listen_overflows() -> Option<u64> {
     values.split_whitespace().nth(i)?.parse().ok()
 }
 
-async fn idle(a: &Args, r: &mut Report) -> Result<u64, String> {
+async fn idle(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, String> {
     let overflows0 = listen_overflows();
     let base = a.server_pid.and_then(rss_kib);
+    // CPU is charged over the connect phase only (not the settle time or the teardown)
+    let (s0, p0) = meter.sample();
     let (conns, failed, took) = open_many(&a.url, a.connections, a.concurrency).await;
+    let (s1, p1) = meter.sample();
+    if let Ok(mut w) = meter.window.lock() {
+        *w = Some((s0, p0, s1, p1, took.as_secs_f64()));
+    }
     let ok = conns.len();
     r.put("connections", ok);
     r.put("failed", failed);
@@ -542,7 +548,7 @@ fn main() -> std::process::ExitCode {
         match a.scenario.as_str() {
             "echo" => echo(&a, &mut r, &meter).await,
             "fanout" => fanout(&a, &mut r, &meter).await,
-            "idle" => idle(&a, &mut r).await,
+            "idle" => idle(&a, &mut r, &meter).await,
             "connect-storm" => connect_storm(&a, &mut r).await,
             other => Err(format!("unknown scenario {other}\n{USAGE}")),
         }
