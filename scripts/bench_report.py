@@ -90,10 +90,12 @@ print(f"| idle | listen-queue overflows (street, all rounds) | {sum(o for o in o
 
 print("\nLoad generator CPU (% of one core, median): " + ", ".join(
     f"{case}/{label} {fmt(med(case, label, 'loadgen_cpu_pct_of_one_core'))}"
-    for case in ("echo", "fanout-1k", "fanout-10k") for label in ("street", "streetjs")))
+    for case in ("echo", "fanout-1k", "fanout-10k", "idle") for label in ("street", "streetjs")))
 print("\nServer CPU (% of one core, median): " + ", ".join(
     f"{case}/{label} {fmt(med(case, label, 'server_cpu_pct_of_one_core'))}"
-    for case in ("echo", "fanout-1k", "fanout-10k") for label in ("street", "streetjs")))
+    for case in ("echo", "fanout-1k", "fanout-10k", "idle") for label in ("street", "streetjs")))
+print("\n(idle: CPU over the connect phase. A load generator at or above 100% of a core while the "
+      "server is below it means the handshake rate is the load generator's limit, not the server's.)")
 
 try:
     import matplotlib

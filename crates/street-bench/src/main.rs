@@ -170,8 +170,27 @@ impl Meter {
 
 async fn connect(url: &str) -> Result<Ws, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    // Resolve the address once per process, not per connection: the client's resolver
+    // goes through the blocking pool for every connect, which made the load generator,
+    // not the server, the limit in handshake runs.
+    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+    let addr = match ADDR.get() {
+        Some(a) => *a,
+        None => {
+            let host = uri.host().ok_or("url has no host")?.trim_matches(['[', ']']).to_owned();
+            let port = uri.port_u16().unwrap_or(80);
+            let a = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or("no address")?;
+            *ADDR.get_or_init(|| a)
+        }
+    };
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
     let (ws, _) = ClientBuilder::from_uri(uri)
-        .connect()
+        .connect_on(MaybeTlsStream::Plain(tcp))
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
