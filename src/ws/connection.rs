@@ -216,8 +216,10 @@ impl Conn<'_> {
             self.batch_end = Some(BatchEnd::Terminal);
             return true;
         }
-        if let Some(p) = st.pong.take().map(|b| *b) {
-            self.out.push(Out::new(proto::OP_PONG, p, 0));
+        if let Some(pongs) = st.pongs.take() {
+            for p in *pongs {
+                self.out.push(Out::new(proto::OP_PONG, p, 0));
+            }
         }
         if std::mem::take(&mut st.ping) {
             self.out.push(Out::new(proto::OP_PING, Bytes::new(), 0));

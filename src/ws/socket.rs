@@ -38,6 +38,9 @@ impl std::fmt::Display for SocketId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
 
+/// Pongs queued at most per connection (older ones are dropped under a ping flood).
+const MAX_PENDING_PONGS: usize = 16;
+
 /// Event names with a lifecycle meaning. `on()` with one of these registers a lifecycle
 /// handler; a client frame whose `type` is one of these never triggers lifecycle handlers.
 pub const LIFECYCLE_EVENTS: &[&str] = &["close", "error", "raw"];
@@ -217,8 +220,8 @@ pub(crate) struct OutboxState {
     pub(crate) ping: bool,
     /// The close the server initiated (what close handlers see if the peer echoes it).
     pub(crate) sent_close: Option<Box<CloseInfo>>,
-    /// A pong to send (payload of the latest ping), ahead of data.
-    pub(crate) pong: Option<Box<Bytes>>,
+    /// Pongs to send (one per ping received, bounded), ahead of data.
+    pub(crate) pongs: Option<Box<VecDeque<Bytes>>>,
     /// A close frame payload to send before anything else, after which the connection
     /// ends: our reply to the peer's close, or a protocol-error close.
     pub(crate) terminal: Option<Box<Bytes>>,
@@ -454,7 +457,14 @@ impl Socket {
     pub(crate) fn queue_pong(&self, payload: Bytes) {
         let mut st = self.inner.outbox.lock();
         if st.terminal.is_none() {
-            st.pong = Some(Box::new(payload));
+            // Answer every ping (clients expect it), but keep at most MAX_PENDING_PONGS:
+            // beyond that the oldest are dropped, which RFC 6455 allows, so a ping flood
+            // cannot grow memory.
+            let q = st.pongs.get_or_insert_with(Default::default);
+            if q.len() >= MAX_PENDING_PONGS {
+                q.pop_front();
+            }
+            q.push_back(payload);
         }
         drop(st);
         self.inner.outbox.wake();

@@ -177,7 +177,11 @@ async fn connect(url: &str) -> Result<Ws, String> {
     let addr = match ADDR.get() {
         Some(a) => *a,
         None => {
-            let host = uri.host().ok_or("url has no host")?.trim_matches(['[', ']']).to_owned();
+            let host = uri
+                .host()
+                .ok_or("url has no host")?
+                .trim_matches(['[', ']'])
+                .to_owned();
             let port = uri.port_u16().unwrap_or(80);
             let a = tokio::net::lookup_host((host.as_str(), port))
                 .await
