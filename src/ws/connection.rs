@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use super::close::{CloseCode, CloseInfo};
 use super::envelope;
 use super::handler::{panic_message, run_dispatch, BoxFuture};
+use super::limits::Bucket;
 use super::proto::{self, Decoder, Event};
 use super::socket::{ErrorEvent, Outbound, RawMessage, Socket};
 
@@ -80,14 +81,19 @@ impl<'a> Conn<'a> {
         pre: Bytes,
         socket: &'a Socket,
         mode: Mode,
-        max_payload: usize,
-        close_timeout: Duration,
+        opts: &super::WsOptions,
     ) -> Self {
+        let now = std::time::Instant::now();
+        let (msg_rate, byte_rate) = (opts.max_messages_per_sec, opts.max_bytes_per_sec);
         Conn {
             stream,
             socket,
             mode,
-            decoder: Decoder::new(max_payload),
+            msg_rate,
+            byte_rate,
+            msgs: Bucket::full(msg_rate as f32, now),
+            bytes: Bucket::full(byte_burst(byte_rate, opts.max_payload), now),
+            decoder: Decoder::new(opts.max_payload),
             rbuf: BytesMut::from(pre),
             dispatching: None,
             out: Vec::new(),
@@ -96,8 +102,11 @@ impl<'a> Conn<'a> {
             batch_end: None,
             read_stopped: false,
             pending_end: None,
-            deadline: None,
-            close_timeout,
+            first_pending: opts.first_message_timeout.is_some(),
+            deadline: opts
+                .first_message_timeout
+                .map(|t| Box::pin(tokio::time::sleep(t))),
+            close_timeout_ms: u32::try_from(opts.close_timeout.as_millis()).unwrap_or(u32::MAX),
         }
     }
 }
@@ -147,6 +156,11 @@ pub(crate) struct Conn<'a> {
     pub(crate) stream: TcpStream,
     socket: &'a Socket,
     mode: Mode,
+    /// Inbound rate limits (0 = off) and their buckets.
+    msg_rate: u32,
+    byte_rate: u32,
+    msgs: Bucket,
+    bytes: Bucket,
     decoder: Decoder,
     /// Bytes of frames that have not fully arrived (empty, unallocated, when idle).
     rbuf: BytesMut,
@@ -154,7 +168,7 @@ pub(crate) struct Conn<'a> {
     dispatching: Option<BoxFuture<()>>,
     /// The write batch being written (empty when idle).
     out: Vec<Out>,
-    idx: usize,
+    idx: u32,
     off: usize,
     batch_end: Option<BatchEnd>,
     /// No more reading: a close reply or failure close is on its way.
@@ -162,8 +176,11 @@ pub(crate) struct Conn<'a> {
     /// How the connection ends once the terminal frame is written (boxed: rare).
     pending_end: Option<Box<CloseInfo>>,
     /// Started when a close is under way.
+    /// The first-message deadline while `first_pending`, then the closing deadline.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    close_timeout: Duration,
+    /// `deadline` is the first-message deadline (no message received yet).
+    first_pending: bool,
+    close_timeout_ms: u32,
 }
 
 impl Future for Conn<'_> {
@@ -176,6 +193,15 @@ impl Future for Conn<'_> {
         loop {
             if let Some(info) = this.socket.inner.outbox.lock().kill.clone() {
                 return Poll::Ready(End::Killed(*info));
+            }
+            if let Some(d) = this.deadline.as_mut() {
+                if d.as_mut().poll(cx).is_ready() && this.first_pending {
+                    this.first_pending = false;
+                    this.deadline = None;
+                    this.socket.inner.stats.first_message_timeouts.inc();
+                    this.end_with(1008, "no message received");
+                    continue;
+                }
             }
             if let Some(d) = this.deadline.as_mut() {
                 if d.as_mut().poll(cx).is_ready() {
@@ -202,8 +228,13 @@ impl Future for Conn<'_> {
 
 impl Conn<'_> {
     fn start_deadline(&mut self) {
+        if self.first_pending {
+            self.first_pending = false;
+            self.deadline = None;
+        }
         if self.deadline.is_none() {
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.close_timeout)));
+            let t = Duration::from_millis(u64::from(self.close_timeout_ms));
+            self.deadline = Some(Box::pin(tokio::time::sleep(t)));
         }
     }
 
@@ -256,7 +287,7 @@ impl Conn<'_> {
             if self.out.is_empty() && !self.take_batch() {
                 return Poll::Pending;
             }
-            while self.idx < self.out.len() {
+            while (self.idx as usize) < self.out.len() {
                 match self.stream.poll_write_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -265,7 +296,7 @@ impl Conn<'_> {
                 let res = {
                     let mut slices = [IoSlice::new(&[]); BATCH * 2];
                     let mut n = 0;
-                    for (i, f) in self.out[self.idx..].iter().enumerate() {
+                    for (i, f) in self.out[self.idx as usize..].iter().enumerate() {
                         if n + 2 > slices.len() {
                             break;
                         }
@@ -286,8 +317,8 @@ impl Conn<'_> {
                 match res {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Ok(mut n) => {
-                        while n > 0 && self.idx < self.out.len() {
-                            let left = self.out[self.idx].len() - self.off;
+                        while n > 0 && (self.idx as usize) < self.out.len() {
+                            let left = self.out[self.idx as usize].len() - self.off;
                             if n >= left {
                                 n -= left;
                                 self.idx += 1;
@@ -397,6 +428,15 @@ impl Conn<'_> {
                 Event::Text(b) => {
                     stats.messages_in.inc();
                     stats.bytes_in.add(b.len() as u64);
+                    if self.first_pending {
+                        self.first_pending = false;
+                        self.deadline = None;
+                    }
+                    if !self.within_rate(b.len()) {
+                        stats.rate_limited.inc();
+                        self.end_with(1008, "rate limit exceeded");
+                        return Poll::Ready(None);
+                    }
                     if std::str::from_utf8(&b).is_err() {
                         self.fail(1007, "invalid UTF-8 in text");
                         return Poll::Ready(None);
@@ -410,6 +450,15 @@ impl Conn<'_> {
                 Event::Binary(b) => {
                     stats.messages_in.inc();
                     stats.bytes_in.add(b.len() as u64);
+                    if self.first_pending {
+                        self.first_pending = false;
+                        self.deadline = None;
+                    }
+                    if !self.within_rate(b.len()) {
+                        stats.rate_limited.inc();
+                        self.end_with(1008, "rate limit exceeded");
+                        return Poll::Ready(None);
+                    }
                     self.dispatching = Some(Box::pin(dispatch_raw_owned(socket.clone(), b, true)));
                 }
             }
@@ -417,14 +466,38 @@ impl Conn<'_> {
     }
 
     fn fail(&mut self, code: u16, reason: &str) {
+        self.socket.inner.stats.protocol_errors.inc();
+        tracing::debug!(socket = %self.socket.id(), code, reason, "protocol error");
+        self.end_with(code, reason);
+    }
+
+    /// Whether a message of `len` bytes is within the connection's rate limits.
+    fn within_rate(&mut self, len: usize) -> bool {
+        let now = std::time::Instant::now();
+        let rate = self.msg_rate as f32;
+        let ok_msgs = self.msg_rate == 0 || self.msgs.take(1.0, rate, rate, now);
+        let burst = byte_burst(self.byte_rate, self.decoder.max_payload());
+        let ok_bytes = self.byte_rate == 0
+            || self
+                .bytes
+                .take(len as f32, self.byte_rate as f32, burst, now);
+        ok_msgs && ok_bytes
+    }
+
+    /// Close with `code` before anything else, then end.
+    fn end_with(&mut self, code: u16, reason: &str) {
         let socket = self.socket;
-        socket.inner.stats.protocol_errors.inc();
-        tracing::debug!(socket = %socket.id(), code, reason, "protocol error");
         socket.queue_failure(code, reason);
         self.pending_end = Some(Box::new(CloseInfo::new(CloseCode(code), reason)));
         self.read_stopped = true;
         self.start_deadline();
     }
+}
+
+/// The byte bucket's size: a second at the configured rate, and never less than one
+/// message of the largest allowed size.
+fn byte_burst(rate: u32, max_payload: usize) -> f32 {
+    (rate as f32).max(max_payload as f32)
 }
 
 async fn dispatch_text(socket: Socket, bytes: Bytes) {

@@ -30,6 +30,7 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
                 _ = tick.tick() => {}
             }
             let Some(shared) = weak.upgrade() else { break };
+            shared.per_ip.sweep(std::time::Instant::now());
             let clients = read(&shared.clients);
             for s in clients.values() {
                 if s.inner.alive.swap(false, Ordering::Relaxed) {

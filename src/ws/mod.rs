@@ -12,6 +12,7 @@ mod connection;
 pub mod envelope;
 mod handler;
 mod heartbeat;
+mod limits;
 mod origin;
 mod proto;
 pub mod server;

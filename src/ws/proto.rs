@@ -77,7 +77,8 @@ struct Partial {
 /// Decodes client frames and assembles messages.
 #[derive(Debug)]
 pub(crate) struct Decoder {
-    max_payload: usize,
+    /// `u32` keeps the decoder (in every idle connection) small; larger limits are clamped.
+    max_payload: u32,
     /// A fragmented message in progress (boxed: rare, and idle decoders stay small).
     partial: Option<Box<Partial>>,
 }
@@ -125,9 +126,13 @@ pub(crate) fn unmask(buf: &mut [u8], mask: [u8; 4]) {
 impl Decoder {
     pub(crate) fn new(max_payload: usize) -> Self {
         Self {
-            max_payload,
+            max_payload: u32::try_from(max_payload).unwrap_or(u32::MAX),
             partial: None,
         }
+    }
+
+    pub(crate) fn max_payload(&self) -> usize {
+        self.max_payload as usize
     }
 
     /// Bytes the decoder still needs before `src` holds a whole frame (a hint for how
@@ -189,11 +194,11 @@ impl Decoder {
             };
             let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len());
             let len = match usize::try_from(len) {
-                Ok(l) if !control && so_far.saturating_add(l) > self.max_payload => {
-                    return Err(ProtoError::TooBig(self.max_payload))
+                Ok(l) if !control && so_far.saturating_add(l) > self.max_payload() => {
+                    return Err(ProtoError::TooBig(self.max_payload()))
                 }
                 Ok(l) => l,
-                Err(_) => return Err(ProtoError::TooBig(self.max_payload)),
+                Err(_) => return Err(ProtoError::TooBig(self.max_payload())),
             };
             let header = 2 + len_bytes + 4;
             if src.len() < header + len {

@@ -105,6 +105,22 @@ pub struct WsOptions {
     /// How long [`WebSocketServer::close`] waits for clients to finish their closing
     /// handshakes before dropping them. Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Messages a connection may send per second (token bucket, burst of the same size);
+    /// faster closes it with 1008 "rate limit exceeded". 0 disables. Default 1 000.
+    pub max_messages_per_sec: u32,
+    /// Bytes a connection may send per second (burst: the larger of this and
+    /// `max_payload`); faster closes it with 1008. 0 disables. Default 8 MiB.
+    pub max_bytes_per_sec: u32,
+    /// Simultaneous connections from one IP (IPv6: one /64); more get HTTP 429 before the
+    /// upgrade. 0 disables. Default 1 000 (NAT'd offices share one address).
+    pub max_connections_per_ip: u32,
+    /// Handshakes per second from one IP (burst of the same size); more get HTTP 429 with
+    /// `Retry-After`. 0 disables. Default 100.
+    pub max_handshakes_per_ip_per_sec: u32,
+    /// Close connections that send no message within this time after connecting (1008
+    /// "no message received"): for apps whose clients must authenticate with a first
+    /// message. Default `None` (push-only clients never send anything).
+    pub first_message_timeout: Option<Duration>,
 }
 
 impl Default for WsOptions {
@@ -121,6 +137,11 @@ impl Default for WsOptions {
             allowed_origins: Vec::new(),
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            max_messages_per_sec: 1_000,
+            max_bytes_per_sec: 8 * 1024 * 1024,
+            max_connections_per_ip: 1_000,
+            max_handshakes_per_ip_per_sec: 100,
+            first_message_timeout: None,
         }
     }
 }
@@ -141,6 +162,7 @@ pub(crate) struct Shared {
     pub(crate) auth: RwLock<Option<AuthFn>>,
     pub(crate) close_lock: tokio::sync::Mutex<()>,
     pub(crate) closed_done: Mutex<bool>,
+    pub(crate) per_ip: Arc<super::limits::PerIp>,
 }
 
 /// A bounded WebSocket server: capacity, heartbeat, payload limits, origin and auth gates,
@@ -209,6 +231,10 @@ impl WebSocketServer {
                 auth: RwLock::new(None),
                 close_lock: tokio::sync::Mutex::new(()),
                 closed_done: Mutex::new(false),
+                per_ip: Arc::new(super::limits::PerIp::new(
+                    opts.max_connections_per_ip,
+                    opts.max_handshakes_per_ip_per_sec,
+                )),
                 opts,
             }),
         }
@@ -381,6 +407,15 @@ impl WebSocketServer {
         clients.insert(socket.id(), socket.clone());
         self.shared.stats.observe_connections(clients.len());
         true
+    }
+
+    /// Give back the per-IP count of a connection admitted from `addr`.
+    pub(crate) fn release_ip(&self, addr: Option<std::net::SocketAddr>) {
+        if let Some(a) = addr {
+            if self.shared.per_ip.enabled() {
+                self.shared.per_ip.release(a.ip());
+            }
+        }
     }
 
     pub(crate) fn unregister(&self, id: SocketId) {

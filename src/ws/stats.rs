@@ -60,6 +60,12 @@ stats! {
     rejected_shutdown,
     /// Malformed handshakes (400/426).
     rejected_handshake,
+    /// Upgrades refused by the per-IP connection cap or handshake rate (429/503).
+    rejected_ip,
+    /// Connections closed for sending too fast (1008).
+    rate_limited,
+    /// Connections closed for sending no first message in time (1008).
+    first_message_timeouts,
     /// Text and binary messages received.
     messages_in,
     /// Payload bytes received.

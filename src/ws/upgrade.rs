@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::close::{CloseCode, CloseInfo};
 use super::connection::{self, Conn, Mode};
 use super::handler::run_dispatch;
+use super::limits::IpRefusal;
 use super::origin::{self, OriginVerdict};
 use super::proto;
 use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
@@ -222,6 +223,47 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         }
     }
 
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    // Per-IP connection cap and handshake rate. The count is released by the connection
+    // task when it ends, or below by `AdmittedIp` if this handler returns early.
+    let mut ip_admitted: Option<SocketAddr> = None;
+    match remote {
+        Some(addr) if shared.per_ip.enabled() => {
+            match shared.per_ip.admit(addr.ip(), std::time::Instant::now()) {
+                Ok(()) => ip_admitted = Some(addr),
+                Err(why) => {
+                    stats.rejected_ip.inc();
+                    let (status, body) = match why {
+                        IpRefusal::TooManyConnections => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many connections from this address",
+                        ),
+                        IpRefusal::TooManyHandshakes => (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many connection attempts from this address",
+                        ),
+                        IpRefusal::TableFull => (StatusCode::SERVICE_UNAVAILABLE, "server busy"),
+                    };
+                    return (
+                        status,
+                        [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+                        body,
+                    )
+                        .into_response();
+                }
+            }
+        }
+        _ => {}
+    }
+
+    let ip_guard = AdmittedIp {
+        wss: &wss,
+        addr: ip_admitted,
+    };
+
     // Capacity first: an over-capacity client costs no auth work.
     let permit: Option<OwnedSemaphorePermit> = shared.permits.clone().try_acquire_owned().ok();
     if permit.is_none() && shared.opts.capacity_policy == CapacityPolicy::Http503 {
@@ -234,10 +276,6 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
             .into_response();
     }
 
-    let remote = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let request = ConnectRequest::new(
         std::mem::take(&mut parts.method),
@@ -300,11 +338,26 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         }
     }
 
+    // from here the connection task releases the per-IP count
+    std::mem::forget(ip_guard);
     let task_wss = wss.clone();
     wss.shared.tasks.spawn(serve_upgraded(
         task_wss, on_upgrade, permit, request, protocol, data,
     ));
     resp
+}
+
+/// Releases a per-IP admission if the upgrade handler returns before the connection task
+/// takes it over.
+struct AdmittedIp<'a> {
+    wss: &'a WebSocketServer,
+    addr: Option<SocketAddr>,
+}
+
+impl Drop for AdmittedIp<'_> {
+    fn drop(&mut self) {
+        self.wss.release_ip(self.addr);
+    }
 }
 
 /// Wait for hyper to hand over the connection, and take the TCP stream back (street
@@ -336,6 +389,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.wss.release_ip(self.socket.remote_addr());
         self.wss.unregister(self.socket.id());
         self.socket
             .finish(CloseInfo::new(CloseCode::ABNORMAL, "connection task ended"));
@@ -354,12 +408,14 @@ async fn serve_upgraded(
     // long await is what every idle connection costs, so the one-off steps (taking the
     // stream, rejecting, the connection handler, closing) are boxed.
     let Some((stream, pre)) = Box::pin(take_stream(on_upgrade)).await else {
+        wss.release_ip(request.remote_addr());
         return;
     };
     let shared = &wss.shared;
     let opts = &shared.opts;
 
     let Some(permit) = permit else {
+        wss.release_ip(request.remote_addr());
         shared.stats.rejected_capacity.inc();
         Box::pin(reject_after_handshake(
             &stream,
@@ -385,6 +441,7 @@ async fn serve_upgraded(
         data,
     );
     if !wss.register(&socket) {
+        wss.release_ip(socket.remote_addr());
         shared.stats.rejected_shutdown.inc();
         Box::pin(reject_after_handshake(
             &stream,
@@ -413,14 +470,7 @@ async fn serve_upgraded(
         }
     }
     socket.compact();
-    let mut conn = Conn::new(
-        stream,
-        pre,
-        &socket,
-        mode,
-        opts.max_payload,
-        opts.close_timeout,
-    );
+    let mut conn = Conn::new(stream, pre, &socket, mode, opts);
     let end = (&mut conn).await;
     let Conn { stream, .. } = conn;
     let info = Box::pin(connection::conclude(

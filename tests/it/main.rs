@@ -10,6 +10,7 @@ mod capacity;
 mod examples;
 mod heartbeat;
 mod http_limits;
+mod limits;
 mod node_interop;
 mod origin;
 mod protocol;

@@ -1,0 +1,144 @@
+//! Inbound limits: per-connection message and byte rates, per-IP connection cap and
+//! handshake rate, the first-message timeout.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::json;
+use street::ws::{ConnectRequest, Socket, WebSocketServer, WsOptions};
+
+fn echo(wss: &WebSocketServer) {
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on("echo", move |v: serde_json::Value| s.emit("echo", &v))
+    });
+}
+
+#[tokio::test]
+async fn a_connection_sending_too_many_messages_is_closed_with_1008() {
+    let wss = WebSocketServer::new(WsOptions {
+        max_messages_per_sec: 10,
+        ..opts()
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    for i in 0..30 {
+        send_env(&mut c, "x", json!(i)).await;
+    }
+    assert_eq!(
+        recv_close(&mut c).await,
+        (1008, "rate limit exceeded".into())
+    );
+    assert_eq!(wss.stats().rate_limited, 1);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_sending_too_many_bytes_is_closed_with_1008() {
+    let wss = WebSocketServer::new(WsOptions {
+        max_bytes_per_sec: 2_000,
+        max_payload: 1_000,
+        max_messages_per_sec: 0,
+        ..opts()
+    });
+    echo(&wss);
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    let big = "x".repeat(850);
+    send_env(&mut c, "echo", json!(big)).await; // ~880 bytes: within the burst
+    assert_eq!(recv_json(&mut c).await["type"], "echo");
+    send_env(&mut c, "echo", json!(big)).await;
+    send_env(&mut c, "echo", json!(big)).await; // over 2 000 bytes in the same instant
+    assert_eq!(recv_close(&mut c).await.0, 1008);
+    assert_eq!(wss.stats().rate_limited, 1);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_well_behaved_client_is_never_limited() {
+    // defaults: 1 000 messages/s, 8 MiB/s
+    let wss = WebSocketServer::new(WsOptions {
+        max_connections_per_ip: 1000,
+        ..WsOptions { ..opts() }
+    });
+    echo(&wss);
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    for i in 0..200 {
+        send_env(&mut c, "echo", json!(i)).await;
+        assert_eq!(recv_json(&mut c).await["payload"], json!(i));
+    }
+    assert_eq!(wss.stats().rate_limited, 0);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_ip_connection_cap_gives_429_before_the_upgrade() {
+    let wss = WebSocketServer::new(WsOptions {
+        max_connections_per_ip: 2,
+        ..opts()
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+    let mut a = connect(addr).await;
+    let _b = connect(addr).await;
+    assert_eq!(try_connect_with(addr, "/ws", &[]).await.err(), Some(429));
+    let (_, head) = raw_connect(addr, "/ws", "").await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
+    close(&mut a).await;
+    eventually("slot released", || wss.connection_count() == 1).await;
+    let _c = connect(addr).await;
+    assert_eq!(wss.stats().rejected_ip, 2);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_ip_handshake_rate_gives_429() {
+    let wss = WebSocketServer::new(WsOptions {
+        max_handshakes_per_ip_per_sec: 3,
+        ..opts()
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+    let mut ok = 0;
+    let mut refused = 0;
+    for _ in 0..6 {
+        match try_connect_with(addr, "/ws", &[]).await {
+            Ok(_) => ok += 1,
+            Err(429) => refused += 1,
+            Err(other) => panic!("unexpected status {other}"),
+        }
+    }
+    // a burst of 3, then about 3 per second: a fast loop gets 3 or 4 in
+    assert!((3..=4).contains(&ok), "admitted {ok}");
+    assert_eq!(ok + refused, 6);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_message_timeout_closes_silent_clients_only() {
+    let wss = WebSocketServer::new(WsOptions {
+        first_message_timeout: Some(Duration::from_millis(300)),
+        ..opts()
+    });
+    echo(&wss);
+    let srv = serve(&wss).await;
+    let mut silent = connect(srv.local_addr()).await;
+    let mut talker = connect(srv.local_addr()).await;
+    send_env(&mut talker, "echo", json!("hi")).await;
+    assert_eq!(recv_json(&mut talker).await["payload"], "hi");
+    assert_eq!(
+        recv_close(&mut silent).await,
+        (1008, "no message received".into())
+    );
+    // the talker is past its deadline and still served
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    send_env(&mut talker, "echo", json!("still")).await;
+    assert_eq!(recv_json(&mut talker).await["payload"], "still");
+    assert_eq!(wss.stats().first_message_timeouts, 1);
+    srv.shutdown().await;
+}
