@@ -191,8 +191,17 @@ impl Future for Conn<'_> {
         // Register before looking at the outbox, so no wake-up is lost.
         this.socket.inner.outbox.waker.register(cx.waker());
         loop {
-            if let Some(info) = this.socket.inner.outbox.lock().kill.clone() {
-                return Poll::Ready(End::Killed(*info));
+            let closing = {
+                let st = this.socket.inner.outbox.lock();
+                if let Some(info) = st.kill.clone() {
+                    return Poll::Ready(End::Killed(*info));
+                }
+                st.closing
+            };
+            // A close is under way (ours, a slow-consumer disconnect, a reply): bound it by
+            // `close_timeout` even if the close frame is stuck behind a peer that does not read.
+            if closing && (this.deadline.is_none() || this.first_pending) {
+                this.start_deadline();
             }
             if let Some(d) = this.deadline.as_mut() {
                 if d.as_mut().poll(cx).is_ready() && this.first_pending {

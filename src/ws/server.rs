@@ -121,6 +121,13 @@ pub struct WsOptions {
     /// "no message received"): for apps whose clients must authenticate with a first
     /// message. Default `None` (push-only clients never send anything).
     pub first_message_timeout: Option<Duration>,
+    /// Kernel send buffer (`SO_SNDBUF`) for WebSocket connections. `None` keeps the
+    /// kernel's autotuning, which lets a client that stops reading pin up to
+    /// `net.ipv4.tcp_wmem`'s maximum (often 4 MiB) of kernel memory on top of
+    /// `max_queue_bytes`. Setting it bounds that, and makes slow consumers reach
+    /// `max_queue_bytes` sooner; it also disables autotuning, so leave room for your
+    /// largest bursts. Default `None`.
+    pub send_buffer_bytes: Option<usize>,
 }
 
 impl Default for WsOptions {
@@ -142,6 +149,7 @@ impl Default for WsOptions {
             max_connections_per_ip: 1_000,
             max_handshakes_per_ip_per_sec: 100,
             first_message_timeout: None,
+            send_buffer_bytes: None,
         }
     }
 }
@@ -316,6 +324,26 @@ impl WebSocketServer {
     ) -> Result<usize, EnvelopeError> {
         let bytes = envelope::encode(event, payload)?;
         Ok(self.broadcast_encoded(&bytes))
+    }
+
+    /// Like [`broadcast`](Self::broadcast), but clients whose queue is full skip this
+    /// message (counted as `volatile_dropped`) instead of being disconnected. For data
+    /// where only the latest matters. Returns how many clients it was queued for.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Serialize`] when the payload does not serialize.
+    pub fn broadcast_volatile<P: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        payload: &P,
+    ) -> Result<usize, EnvelopeError> {
+        let bytes = envelope::encode(event, payload)?;
+        self.shared.stats.broadcasts.inc();
+        let clients = read(&self.shared.clients);
+        Ok(clients
+            .values()
+            .filter(|s| s.send_text_bytes_volatile(bytes.clone()).is_ok())
+            .count())
     }
 
     /// Broadcast an already-encoded envelope (see [`envelope::encode`]) to every client.

@@ -62,6 +62,12 @@ pub enum SocketError {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// A volatile message was dropped for this client because its queue was full.
+    #[error("dropped: outbound queue is at its {limit}-byte limit")]
+    Dropped {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
     /// More than the allowed listeners for one event.
     #[error("too many listeners for event \"{event}\" (limit {limit})")]
     TooManyListeners {
@@ -360,6 +366,25 @@ impl Socket {
         self.push(super::proto::OP_TEXT, bytes)
     }
 
+    /// Like [`Socket::emit`], but for data where only the latest matters (positions,
+    /// cursors, live metrics): when this client's queue is full the message is dropped for
+    /// it (counted as `volatile_dropped`) instead of disconnecting it.
+    ///
+    /// # Errors
+    /// [`SocketError::Dropped`] when the message was dropped; otherwise as [`Socket::emit`].
+    pub fn emit_volatile<P: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        payload: &P,
+    ) -> Result<(), SocketError> {
+        let bytes = envelope::encode(event, payload)?;
+        self.push_with(super::proto::OP_TEXT, bytes, true)
+    }
+
+    pub(crate) fn send_text_bytes_volatile(&self, bytes: Bytes) -> Result<(), SocketError> {
+        self.push_with(super::proto::OP_TEXT, bytes, true)
+    }
+
     /// Send a raw text frame (for custom subprotocols; no envelope).
     ///
     /// # Errors
@@ -388,11 +413,24 @@ impl Socket {
     }
 
     fn push(&self, opcode: u8, payload: Bytes) -> Result<(), SocketError> {
+        self.push_with(opcode, payload, false)
+    }
+
+    /// Queue a message; over the queue limit, a volatile message is dropped for this client
+    /// (counted) and a normal one disconnects the client as a slow consumer.
+    fn push_with(&self, opcode: u8, payload: Bytes, volatile: bool) -> Result<(), SocketError> {
         let len = payload.len();
         let inner = &self.inner;
         let mut st = inner.outbox.lock();
         if st.closing || st.kill.is_some() || inner.finished.load(Ordering::Acquire) {
             return Err(SocketError::Closed);
+        }
+        if st.bytes + len > inner.max_queue_bytes && !st.queue.is_empty() && volatile {
+            drop(st);
+            inner.stats.volatile_dropped.inc();
+            return Err(SocketError::Dropped {
+                limit: inner.max_queue_bytes,
+            });
         }
         if st.bytes + len > inner.max_queue_bytes && !st.queue.is_empty() {
             // Slow consumer: drop what is queued and disconnect with a typed close.

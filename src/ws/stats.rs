@@ -88,6 +88,8 @@ stats! {
     reaped,
     /// Clients disconnected because their outbound queue was full.
     slow_consumers,
+    /// Volatile messages dropped for clients whose queue was full.
+    volatile_dropped,
     /// Connections closed for a protocol error (1002), invalid UTF-8 (1007) or size (1009).
     protocol_errors,
     /// Broadcasts sent.

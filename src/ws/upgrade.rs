@@ -413,6 +413,11 @@ async fn serve_upgraded(
     };
     let shared = &wss.shared;
     let opts = &shared.opts;
+    if let Some(n) = opts.send_buffer_bytes {
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
+            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+        }
+    }
 
     let Some(permit) = permit else {
         wss.release_ip(request.remote_addr());

@@ -5,6 +5,7 @@
 mod common;
 
 mod auth;
+mod backpressure;
 mod broadcast;
 mod capacity;
 mod examples;
