@@ -146,3 +146,52 @@ mod tests {
         assert_eq!(&encode_comment("a\nb")[..], b": a\n: b\n\n");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A browser's view of one event (WHATWG "interpret an event stream", for one block).
+    fn parse(frame: &str) -> (Option<String>, Option<String>, String, usize) {
+        let (mut id, mut event, mut data, mut blocks) = (None, None, Vec::new(), 0);
+        let mut lines = frame.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            if line.is_empty() {
+                blocks += 1;
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "id" => id = Some(value.to_owned()),
+                "event" => event = Some(value.to_owned()),
+                "data" => data.push(value.to_owned()),
+                _ => {}
+            }
+        }
+        (id, event, data.join("\n"), blocks)
+    }
+
+    proptest! {
+        /// Whatever the strings, the frame is exactly one event whose data reads back
+        /// with line breaks as `\n`, and whose `id`/`event` lost only CR, LF and NUL.
+        #[test]
+        fn any_strings_make_exactly_one_safe_event(id in ".{0,40}", event in ".{0,40}", data in "(.|\r|\n){0,200}") {
+            let ev = SseEvent { id: Some(id.clone()), event: Some(event.clone()), data: data.clone(), retry: None };
+            let bytes = encode_event(&ev);
+            let text = std::str::from_utf8(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(text.ends_with("\n\n"));
+            prop_assert!(!text.contains('\r'));
+            let body = &text[..text.len() - 2];
+            prop_assert!(!body.contains("\n\n"), "an event must not be split: {text:?}");
+            let (pid, pevent, pdata, _) = parse(body);
+            let clean = |s: &str| s.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')).collect::<String>();
+            prop_assert_eq!(pid, Some(clean(&id)));
+            prop_assert_eq!(pevent, Some(clean(&event)));
+            prop_assert_eq!(pdata, data.replace("\r\n", "\n").replace('\r', "\n"));
+        }
+    }
+}

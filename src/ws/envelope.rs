@@ -187,3 +187,52 @@ mod tests {
         assert_eq!(inc.payload.unwrap().get(), r#"{"t":[1,2,{"x":null}]}"#);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_roundtrips(event in ".{0,30}", payload in json_value(), ts in any::<i64>()) {
+            let b = encode_at(&event, &payload, ts).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let text = std::str::from_utf8(&b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let inc = decode(text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&*inc.event, event.as_str());
+            let back: serde_json::Value = match inc.payload {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|e| TestCaseError::fail(e.to_string()))?,
+                None => serde_json::Value::Null,
+            };
+            prop_assert_eq!(back, payload);
+            let env: Envelope = serde_json::from_str(text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(env.ts, Some(ts));
+        }
+
+        #[test]
+        fn decode_never_panics(text in "(.|\\{|\\}|\"|:|,){0,200}") {
+            let _ = decode(&text);
+        }
+
+        #[test]
+        fn origin_parse_never_panics(s in "(.|:|/|\\[|\\]|@){0,60}") {
+            let _ = crate::ws::Origin::parse(&s);
+        }
+    }
+}

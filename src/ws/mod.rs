@@ -33,6 +33,70 @@ pub use upgrade::ConnectRequest;
 
 pub(crate) use upgrade::handle as handle_upgrade;
 
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod __fuzz {
+    use bytes::BytesMut;
+
+    /// Decode arbitrary client bytes, whole and in 7-byte chunks. Must never panic.
+    pub fn frames(data: &[u8]) {
+        for max in [125usize, 70_000] {
+            let mut d = super::proto::Decoder::new(max);
+            let mut src = BytesMut::from(data);
+            while let Ok(Some(_)) = d.decode(&mut src) {}
+            let mut d = super::proto::Decoder::new(max);
+            let mut src = BytesMut::new();
+            'outer: for chunk in data.chunks(7) {
+                src.extend_from_slice(chunk);
+                loop {
+                    match d.decode(&mut src) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'outer,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Treat `data` as a request head (`METHOD URI` line, then `name: value` lines) and run
+    /// every check street applies before an upgrade. Must never panic.
+    pub fn upgrade_request(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let mut lines = text.split("\r\n");
+        let first = lines.next().unwrap_or("");
+        let mut parts = first.split(' ');
+        let method = http::Method::from_bytes(parts.next().unwrap_or("").as_bytes())
+            .unwrap_or(http::Method::GET);
+        let uri: http::Uri = parts.next().unwrap_or("/").parse().unwrap_or_default();
+        let mut headers = http::HeaderMap::new();
+        for line in lines {
+            if let Some((k, v)) = line.split_once(':') {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(k.trim().as_bytes()),
+                    http::HeaderValue::from_str(v.trim()),
+                ) {
+                    headers.append(k, v);
+                }
+            }
+        }
+        super::upgrade::check_for_fuzz(&method, &headers);
+        let allowed = [super::Origin::parse("https://app.example.com")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        for list in [&allowed[..], &[][..]] {
+            let _ = super::origin::check(
+                headers.get(http::header::ORIGIN),
+                headers.get(http::header::HOST),
+                list,
+            );
+        }
+        let req = super::ConnectRequest::new(method, uri, headers, None);
+        let _ = req.query_param("token");
+    }
+}
+
 /// The header of an unmasked server frame (for benchmarks; not a stable API).
 #[doc(hidden)]
 pub fn __frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {

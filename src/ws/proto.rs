@@ -448,3 +448,88 @@ mod tests {
         assert_eq!(b, (0..23).collect::<Vec<u8>>());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn masked(fin: bool, op: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | op];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len < 65536 {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder; they give events, "need more", or an
+        /// error with a close code.
+        #[test]
+        fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048), max in 0usize..4096) {
+            let mut d = Decoder::new(max);
+            let mut src = BytesMut::from(&bytes[..]);
+            for _ in 0..64 {
+                match d.decode(&mut src) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => { prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009)); break; }
+                }
+            }
+        }
+
+        /// Any message, split into any fragments and fed in any chunks, comes out whole.
+        #[test]
+        fn fragmented_messages_roundtrip(
+            text in ".{0,300}",
+            binary in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(1usize..50, 0..6),
+            chunk in 1usize..97,
+            key in any::<[u8; 4]>(),
+        ) {
+            let mut wire = Vec::new();
+            for (op, data) in [(OP_TEXT, text.as_bytes().to_vec()), (OP_BINARY, binary.clone())] {
+                // split `data` at the cut points into fragments
+                let mut pieces = Vec::new();
+                let mut rest = &data[..];
+                for c in &cuts {
+                    if rest.len() > *c {
+                        pieces.push(&rest[..*c]);
+                        rest = &rest[*c..];
+                    }
+                }
+                pieces.push(rest);
+                let n = pieces.len();
+                for (i, p) in pieces.iter().enumerate() {
+                    let opcode = if i == 0 { op } else { OP_CONTINUATION };
+                    wire.extend(masked(i == n - 1, opcode, p, key));
+                    if i == 0 && n > 1 {
+                        // a control frame in the middle of a fragmented message is allowed
+                        wire.extend(masked(true, OP_PING, b"p", key));
+                    }
+                }
+            }
+            let mut d = Decoder::new(1 << 20);
+            let mut src = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(chunk) {
+                src.extend_from_slice(piece);
+                while let Some(ev) = d.decode(&mut src).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    if !matches!(ev, Event::Ping(_)) {
+                        got.push(ev);
+                    }
+                }
+            }
+            prop_assert_eq!(got, vec![Event::Text(Bytes::from(text.into_bytes())), Event::Binary(Bytes::from(binary))]);
+        }
+    }
+}

@@ -177,6 +177,11 @@ fn validate_handshake(method: &Method, headers: &HeaderMap) -> Result<String, Ha
     Ok(accept_key(key))
 }
 
+/// The handshake checks, for the fuzz target.
+pub(crate) fn check_for_fuzz(method: &Method, headers: &HeaderMap) {
+    let _ = validate_handshake(method, headers);
+}
+
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
 pub(crate) fn accept_key(key: &[u8]) -> String {
     let mut sha = sha1_smol::Sha1::new();
