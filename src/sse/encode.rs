@@ -155,8 +155,7 @@ mod properties {
     /// A browser's view of one event (WHATWG "interpret an event stream", for one block).
     fn parse(frame: &str) -> (Option<String>, Option<String>, String, usize) {
         let (mut id, mut event, mut data, mut blocks) = (None, None, Vec::new(), 0);
-        let mut lines = frame.split('\n').peekable();
-        while let Some(line) = lines.next() {
+        for line in frame.split('\n') {
             if line.is_empty() {
                 blocks += 1;
                 continue;
