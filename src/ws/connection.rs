@@ -379,7 +379,6 @@ impl Conn<'_> {
     /// handler.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<End>> {
         let socket = self.socket;
-        let stats = &socket.inner.stats;
         loop {
             if let Some(f) = self.dispatching.as_mut() {
                 match f.as_mut().poll(cx) {
@@ -435,15 +434,7 @@ impl Conn<'_> {
                     return Poll::Ready(Some(End::PeerClosed(info)));
                 }
                 Event::Text(b) => {
-                    stats.messages_in.inc();
-                    stats.bytes_in.add(b.len() as u64);
-                    if self.first_pending {
-                        self.first_pending = false;
-                        self.deadline = None;
-                    }
-                    if !self.within_rate(b.len()) {
-                        stats.rate_limited.inc();
-                        self.end_with(1008, "rate limit exceeded");
+                    if !self.admit_message(b.len()) {
                         return Poll::Ready(None);
                     }
                     if std::str::from_utf8(&b).is_err() {
@@ -457,15 +448,7 @@ impl Conn<'_> {
                     });
                 }
                 Event::Binary(b) => {
-                    stats.messages_in.inc();
-                    stats.bytes_in.add(b.len() as u64);
-                    if self.first_pending {
-                        self.first_pending = false;
-                        self.deadline = None;
-                    }
-                    if !self.within_rate(b.len()) {
-                        stats.rate_limited.inc();
-                        self.end_with(1008, "rate limit exceeded");
+                    if !self.admit_message(b.len()) {
                         return Poll::Ready(None);
                     }
                     self.dispatching = Some(Box::pin(dispatch_raw_owned(socket.clone(), b, true)));
@@ -478,6 +461,24 @@ impl Conn<'_> {
         self.socket.inner.stats.protocol_errors.inc();
         tracing::debug!(socket = %self.socket.id(), code, reason, "protocol error");
         self.end_with(code, reason);
+    }
+
+    /// Account for an incoming message of `len` bytes: counters, the first-message
+    /// deadline, and the rate limits. False when it broke a limit (a 1008 close is queued).
+    fn admit_message(&mut self, len: usize) -> bool {
+        let stats = &self.socket.inner.stats;
+        stats.messages_in.inc();
+        stats.bytes_in.add(len as u64);
+        if self.first_pending {
+            self.first_pending = false;
+            self.deadline = None;
+        }
+        if !self.within_rate(len) {
+            stats.rate_limited.inc();
+            self.end_with(1008, "rate limit exceeded");
+            return false;
+        }
+        true
     }
 
     /// Whether a message of `len` bytes is within the connection's rate limits.
