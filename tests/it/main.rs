@@ -8,6 +8,7 @@ mod auth;
 mod backpressure;
 mod broadcast;
 mod capacity;
+mod chaos;
 mod examples;
 mod heartbeat;
 mod http_limits;
