@@ -147,3 +147,65 @@ async fn shutdown_while_broadcasting_loses_no_message_emitted_before_close() {
     }
     srv.shutdown().await;
 }
+
+/// 10 000 connections opened and closed three times: the server's RSS with all of them
+/// open stays within 10% of the first cycle (no per-connection leak). The server is the
+/// bench_server example in its own process; the load tool opens the connections.
+#[tokio::test]
+async fn ten_thousand_connections_in_three_cycles_leave_server_rss_flat() {
+    let bench = crate::examples::example_path("bench_server")
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|d| d.join("street-bench"))
+        .expect("target dir");
+    assert!(
+        bench.exists(),
+        "{} is missing: scripts/test builds it",
+        bench.display()
+    );
+    let ex = crate::examples::start("bench_server", &[]).await;
+    let pid = ex.child.id().to_string();
+    let url = format!("ws://{}/ws", ex.addr);
+    let mut rss = Vec::new();
+    for _ in 0..3 {
+        let (bench, url, pid) = (bench.clone(), url.clone(), pid.clone());
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || {
+                Command::new(bench)
+                    .args([
+                        "idle",
+                        "--url",
+                        &url,
+                        "--connections",
+                        "10000",
+                        "--server-pid",
+                        &pid,
+                        "--json",
+                    ])
+                    .output()
+            }),
+        )
+        .await
+        .expect("a cycle within 60 s")
+        .expect("join")
+        .expect("street-bench runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["connections"], 10_000, "{v}");
+        assert_eq!(v["failed"], 0, "{v}");
+        rss.push(v["server_rss_kib"].as_f64().expect("rss"));
+    }
+    assert!(
+        rss[2] <= rss[0] * 1.10,
+        "RSS with 10k open per cycle (KiB): {rss:?}"
+    );
+    assert!(
+        rss[1] <= rss[0] * 1.10,
+        "RSS with 10k open per cycle (KiB): {rss:?}"
+    );
+}

@@ -9,7 +9,7 @@ use serde_json::json;
 
 /// A running example process, killed on drop.
 pub struct Example {
-    child: Child,
+    pub child: Child,
     pub addr: SocketAddr,
 }
 
