@@ -18,4 +18,5 @@ mod origin;
 mod protocol;
 mod shutdown;
 mod socket_api;
+mod sse;
 mod wire;
