@@ -531,7 +531,7 @@ async fn dispatch_raw_owned(socket: Socket, bytes: Bytes, binary: bool) {
 
 /// Shut down our write half and discard input until the peer closes (bounded), so the
 /// connection ends with FIN and the peer can read our last frame.
-async fn linger(stream: &TcpStream, limit: Duration) {
+pub(crate) async fn linger(stream: &TcpStream, limit: Duration) {
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     let _ = tokio::time::timeout(limit, async {
         loop {

@@ -303,7 +303,13 @@ pub(crate) fn close_payload(code: u16, reason: &str) -> Bytes {
 mod tests {
     use super::*;
 
+    /// A masked client frame with the fixed key 1,2,3,4.
     fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        masked(fin, op, payload, [1, 2, 3, 4])
+    }
+
+    /// A masked client frame.
+    pub(super) fn masked(fin: bool, op: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
         let mut out = vec![(u8::from(fin) << 7) | op];
         let len = payload.len();
         if len < 126 {
@@ -315,7 +321,6 @@ mod tests {
             out.push(0x80 | 127);
             out.extend_from_slice(&(len as u64).to_be_bytes());
         }
-        let key = [1, 2, 3, 4];
         out.extend_from_slice(&key);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         out
@@ -451,25 +456,9 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
+    use super::tests::masked;
     use super::*;
     use proptest::prelude::*;
-
-    fn masked(fin: bool, op: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(u8::from(fin) << 7) | op];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len < 65536 {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        out
-    }
 
     proptest! {
         /// Arbitrary bytes never panic the decoder; they give events, "need more", or an

@@ -338,25 +338,29 @@ impl WebSocketServer {
         payload: &P,
     ) -> Result<usize, EnvelopeError> {
         let bytes = envelope::encode(event, payload)?;
-        self.shared.stats.broadcasts.inc();
-        let clients = read(&self.shared.clients);
-        Ok(clients
-            .values()
-            .filter(|s| s.send_text_bytes_volatile(bytes.clone()).is_ok())
-            .count())
+        Ok(self.fan_out(&bytes, true))
     }
 
     /// Broadcast an already-encoded envelope (see [`envelope::encode`]) to every client.
     pub fn broadcast_encoded(&self, bytes: &bytes::Bytes) -> usize {
+        self.fan_out(bytes, false)
+    }
+
+    /// Queue the same bytes for every client (a reference-counted clone each, no copy).
+    fn fan_out(&self, bytes: &bytes::Bytes, volatile: bool) -> usize {
         self.shared.stats.broadcasts.inc();
         let clients = read(&self.shared.clients);
-        let mut n = 0;
-        for s in clients.values() {
-            if s.send_text_bytes(bytes.clone()).is_ok() {
-                n += 1;
-            }
-        }
-        n
+        clients
+            .values()
+            .filter(|s| {
+                let b = bytes.clone();
+                if volatile {
+                    s.send_text_bytes_volatile(b).is_ok()
+                } else {
+                    s.send_text_bytes(b).is_ok()
+                }
+            })
+            .count()
     }
 
     /// The live sockets (a snapshot), for the seed's "broadcast to a subset" loop.

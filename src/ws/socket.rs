@@ -436,15 +436,11 @@ impl Socket {
             // Slow consumer: drop what is queued and disconnect with a typed close.
             st.queue.clear();
             st.bytes = 0;
-            st.closing = true;
-            st.sent_close = Some(Box::new(CloseInfo::new(
+            queue_close(
+                &mut st,
                 CloseCode(super::SLOW_CONSUMER_CODE),
                 "slow consumer",
-            )));
-            st.queue.push_back(Outbound::Close(
-                CloseCode(super::SLOW_CONSUMER_CODE),
-                "slow consumer".into(),
-            ));
+            );
             drop(st);
             inner.stats.slow_consumers.inc();
             inner.outbox.wake();
@@ -473,10 +469,7 @@ impl Socket {
         if st.closing || st.kill.is_some() {
             return Ok(());
         }
-        st.closing = true;
-        let reason = truncate_reason(reason).to_owned();
-        st.sent_close = Some(Box::new(CloseInfo::new(code, reason.clone())));
-        st.queue.push_back(Outbound::Close(code, reason));
+        queue_close(&mut st, code, reason);
         drop(st);
         self.inner.outbox.wake();
         Ok(())
@@ -826,6 +819,14 @@ impl Socket {
         // Listeners dropped here; per-socket data is cleared too.
         lock(&self.inner.data).clear();
     }
+}
+
+/// Queue our close frame after what is queued, and remember it for the close handlers.
+fn queue_close(st: &mut OutboxState, code: CloseCode, reason: &str) {
+    let reason = truncate_reason(reason).to_owned();
+    st.closing = true;
+    st.sent_close = Some(Box::new(CloseInfo::new(code, reason.clone())));
+    st.queue.push_back(Outbound::Close(code, reason));
 }
 
 /// Finish a dispatch in the background (used where nobody can await it).

@@ -108,6 +108,16 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
+/// A refusal the client may retry after 5 seconds (503 or 429).
+fn retry_later(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
+        body,
+    )
+        .into_response()
+}
+
 fn plain(status: StatusCode, body: &'static str) -> Response {
     (status, [(header::CONNECTION, "close")], body).into_response()
 }
@@ -205,12 +215,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     };
     if wss.is_closing() {
         stats.rejected_shutdown.inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
-            "server is shutting down",
-        )
-            .into_response();
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
     match origin::check(
         parts.headers.get(header::ORIGIN),
@@ -252,12 +257,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
                         ),
                         IpRefusal::TableFull => (StatusCode::SERVICE_UNAVAILABLE, "server busy"),
                     };
-                    return (
-                        status,
-                        [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
-                        body,
-                    )
-                        .into_response();
+                    return retry_later(status, body);
                 }
             }
         }
@@ -273,12 +273,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     let permit: Option<OwnedSemaphorePermit> = shared.permits.clone().try_acquire_owned().ok();
     if permit.is_none() && shared.opts.capacity_policy == CapacityPolicy::Http503 {
         stats.rejected_capacity.inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5"), (header::CONNECTION, "close")],
-            "Server at capacity",
-        )
-            .into_response();
+        return retry_later(StatusCode::SERVICE_UNAVAILABLE, "Server at capacity");
     }
 
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
@@ -507,34 +502,26 @@ async fn reject_after_handshake(
     let (h, n) = proto::header(proto::OP_CLOSE, 2 + reason.len());
     let mut frame = h[..n].to_vec();
     frame.extend_from_slice(&proto::close_payload(code.0, reason));
-    let _ = tokio::time::timeout(timeout, async {
+    let written = tokio::time::timeout(timeout, async {
         let mut written = 0;
         while written < frame.len() {
             if stream.writable().await.is_err() {
-                return;
+                return false;
             }
             match stream.try_write(&frame[written..]) {
-                Ok(0) => return,
+                Ok(0) => return false,
                 Ok(k) => written += k,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
-        let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
-        let mut buf = [0u8; 512];
-        loop {
-            if stream.readable().await.is_err() {
-                return;
-            }
-            match stream.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            }
-        }
+        true
     })
     .await;
+    if matches!(written, Ok(true)) {
+        // let the client answer, as after any close we send
+        connection::linger(stream, timeout).await;
+    }
 }
 
 #[cfg(test)]

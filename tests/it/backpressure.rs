@@ -14,6 +14,15 @@ struct Slow;
 
 const LIMIT: usize = 32 * 1024;
 
+/// Every socket the server accepts, as it connects.
+fn sockets(wss: &WebSocketServer) -> tokio::sync::mpsc::UnboundedReceiver<Socket> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Socket>();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let _ = tx.send(socket);
+    });
+    rx
+}
+
 /// A client that completes the handshake with a tiny receive buffer and never reads again.
 async fn slow_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -136,10 +145,7 @@ async fn volatile_messages_are_dropped_for_a_full_queue_instead_of_disconnecting
         max_queue_bytes: 8 * 1024,
         ..opts()
     });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Socket>();
-    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let _ = tx.send(socket);
-    });
+    let mut rx = sockets(&wss);
     let srv = serve(&wss).await;
     let _slow = slow_client(srv.local_addr()).await;
     let socket = within("socket", rx.recv()).await.expect("socket");
@@ -176,10 +182,7 @@ async fn a_slow_consumer_is_released_within_close_timeout() {
         send_buffer_bytes: Some(8 * 1024),
         ..opts()
     });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Socket>();
-    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let _ = tx.send(socket);
-    });
+    let mut rx = sockets(&wss);
     let srv = serve(&wss).await;
     let _slow = slow_client(srv.local_addr()).await;
     let socket = within("socket", rx.recv()).await.expect("socket");

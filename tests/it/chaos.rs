@@ -1,7 +1,6 @@
 //! Chaos: a frozen client process, and shutdown in the middle of a broadcast loop.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,11 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn a_sigstopped_node_client_is_reaped_within_two_heartbeat_intervals() {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/ws").exists(),
-        "run scripts/test (installs Node's ws)"
-    );
+    let js = js_dir();
     let interval = Duration::from_millis(300);
     let wss = WebSocketServer::new(WsOptions {
         heartbeat_interval: interval,

@@ -20,6 +20,16 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Every wait in the tests is bounded by this.
 pub const T: Duration = Duration::from_secs(10);
 
+/// tests/js, where scripts/test installs Node's `ws`.
+pub fn js_dir() -> std::path::PathBuf {
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/ws").exists(),
+        "Node's ws is not installed in tests/js; run scripts/test (it installs it)"
+    );
+    js
+}
+
 pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     match tokio::time::timeout(T, f).await {
         Ok(v) => v,

@@ -13,6 +13,31 @@ pub struct Example {
     pub addr: SocketAddr,
 }
 
+impl Example {
+    /// Wait (bounded) for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        within("exit", async {
+            loop {
+                if let Some(s) = self.child.try_wait().expect("wait") {
+                    return s;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+/// Wait (bounded) until something accepts connections on `addr`.
+async fn wait_listening(addr: SocketAddr) {
+    within("listen", async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 impl Drop for Example {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -51,12 +76,7 @@ pub async fn start(name: &str, env: &[(&str, &str)]) -> Example {
     let child = cmd.spawn().expect("spawn example");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     // ready when it accepts a connection
-    within("example to listen", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_listening(addr).await;
     Example { child, addr }
 }
 
@@ -97,15 +117,7 @@ async fn listen_shuts_down_on_sigterm_and_sigint() {
             (1001, "Going Away".into()),
             "{sig}"
         );
-        let status = within("exit", async {
-            loop {
-                if let Some(s) = ex.child.try_wait().expect("wait") {
-                    return s;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        let status = ex.exited().await;
         assert!(status.success(), "{sig}: {status:?}");
     }
 }
@@ -187,15 +199,7 @@ async fn shutdown_example_sends_1001_on_sigterm_and_exits_0() {
         .expect("kill");
     assert!(st.success());
     assert_eq!(recv_close(&mut c).await, (1001, "Going Away".into()));
-    let status = within("exit", async {
-        loop {
-            if let Some(s) = ex.child.try_wait().expect("wait") {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = ex.exited().await;
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -246,15 +250,7 @@ async fn bench_server_implements_the_contract() {
         .success());
     assert_eq!(recv_close(&mut a).await.0, 1001);
     assert_eq!(recv_close(&mut e).await.0, 1001);
-    let status = within("exit", async {
-        loop {
-            if let Some(s) = ex.child.try_wait().expect("wait") {
-                return s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let status = ex.exited().await;
     assert!(status.success());
 }
 
@@ -282,12 +278,7 @@ async fn bench_server_flags() {
             .spawn()
             .expect("spawn");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        within("listen", async {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        wait_listening(addr).await;
         Example { child, addr }
     };
     assert_eq!(

@@ -1,6 +1,5 @@
 //! Node's `ws` (what `@streetjs/websocket` runs on) as the client.
 
-use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
@@ -8,11 +7,7 @@ use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions
 
 #[tokio::test]
 async fn node_ws_client_emits_receives_broadcasts_and_sees_1013() {
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/ws").exists(),
-        "Node's ws is not installed in tests/js; run scripts/test (it installs it)"
-    );
+    let js = js_dir();
     let wss = WebSocketServer::new(WsOptions {
         max_connections: 2,
         ..opts()

@@ -9,7 +9,8 @@ use serde_json::json;
 use street::sse::{Sse, SseError, SseEvent, SseOptions};
 use tokio::sync::mpsc;
 
-async fn serve_sse(opts: SseOptions, tx: mpsc::UnboundedSender<Sse>) -> street::app::ServerHandle {
+async fn serve_sse(opts: SseOptions) -> (street::app::ServerHandle, mpsc::UnboundedReceiver<Sse>) {
+    let (tx, rx) = mpsc::unbounded_channel();
     let route = axum::routing::get(move || {
         let (tx, opts) = (tx.clone(), opts.clone());
         async move {
@@ -23,30 +24,32 @@ async fn serve_sse(opts: SseOptions, tx: mpsc::UnboundedSender<Sse>) -> street::
         shutdown_timeout: Duration::from_secs(1),
         ..app_opts()
     });
-    serve_app(app.route("/events", route)).await
+    (serve_app(app.route("/events", route)).await, rx)
+}
+
+/// Serve one SSE route and open it with reqwest: the server, the response, the handle.
+async fn open(opts: SseOptions) -> (street::app::ServerHandle, reqwest::Response, Sse) {
+    let (srv, mut rx) = serve_sse(opts).await;
+    let resp = reqwest::get(format!("http://{}/events", srv.local_addr()))
+        .await
+        .expect("get");
+    let sse = within("stream", rx.recv()).await.expect("sse");
+    (srv, resp, sse)
 }
 
 #[tokio::test]
 async fn frames_headers_ids_multiline_data_and_injection_attempts() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let srv = serve_sse(
-        SseOptions {
-            heartbeat: Duration::from_millis(200),
-            retry: Some(Duration::from_millis(1500)),
-            ..Default::default()
-        },
-        tx,
-    )
+    let (srv, resp, sse) = open(SseOptions {
+        heartbeat: Duration::from_millis(200),
+        retry: Some(Duration::from_millis(1500)),
+        ..Default::default()
+    })
     .await;
-    let resp = reqwest::get(format!("http://{}/events", srv.local_addr()))
-        .await
-        .expect("get");
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
     assert_eq!(h["content-type"], "text/event-stream");
     assert_eq!(h["cache-control"], "no-cache, no-transform");
     assert_eq!(h["x-accel-buffering"], "no");
-    let sse = within("stream", rx.recv()).await.expect("sse");
     sse.send("plain string", Some("greet")).expect("send");
     sse.send(&json!({"a": 1}), None).expect("send");
     sse.send_event(SseEvent {
@@ -76,20 +79,12 @@ async fn frames_headers_ids_multiline_data_and_injection_attempts() {
 
 #[tokio::test]
 async fn a_client_going_away_is_seen_within_a_heartbeat() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
     let hb = Duration::from_millis(200);
-    let srv = serve_sse(
-        SseOptions {
-            heartbeat: hb,
-            ..Default::default()
-        },
-        tx,
-    )
+    let (srv, resp, sse) = open(SseOptions {
+        heartbeat: hb,
+        ..Default::default()
+    })
     .await;
-    let resp = reqwest::get(format!("http://{}/events", srv.local_addr()))
-        .await
-        .expect("get");
-    let sse = within("stream", rx.recv()).await.expect("sse");
     sse.send("hello", None).expect("send");
     let mut stream = resp.bytes_stream();
     let _ = within("first event", stream.next()).await;
@@ -104,19 +99,11 @@ async fn a_client_going_away_is_seen_within_a_heartbeat() {
 
 #[tokio::test]
 async fn close_ends_the_response_after_queued_events() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let srv = serve_sse(
-        SseOptions {
-            heartbeat: Duration::ZERO,
-            ..Default::default()
-        },
-        tx,
-    )
+    let (srv, resp, sse) = open(SseOptions {
+        heartbeat: Duration::ZERO,
+        ..Default::default()
+    })
     .await;
-    let resp = reqwest::get(format!("http://{}/events", srv.local_addr()))
-        .await
-        .expect("get");
-    let sse = within("stream", rx.recv()).await.expect("sse");
     sse.send("last", Some("bye")).expect("send");
     sse.close();
     within("gone()", sse.gone()).await;
@@ -127,15 +114,11 @@ async fn close_ends_the_response_after_queued_events() {
 
 #[tokio::test]
 async fn a_reader_that_never_reads_is_ended_not_buffered_forever() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let srv = serve_sse(
-        SseOptions {
-            heartbeat: Duration::ZERO,
-            max_queue_bytes: 16 * 1024,
-            ..Default::default()
-        },
-        tx,
-    )
+    let (srv, mut rx) = serve_sse(SseOptions {
+        heartbeat: Duration::ZERO,
+        max_queue_bytes: 16 * 1024,
+        ..Default::default()
+    })
     .await;
     // a client that sends the request and never reads the response
     let mut s = tokio::net::TcpStream::connect(srv.local_addr())
