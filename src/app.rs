@@ -11,7 +11,8 @@
 //! - the listen backlog is 1024 (Tokio's `TcpListener::bind` uses 128, which overflows
 //!   under a burst of a few hundred concurrent connects);
 //! - on shutdown the listener closes first, WebSocket servers send 1001 and wait for
-//!   their clients, then open HTTP requests get `shutdown_timeout` to finish.
+//!   their clients, SSE streams end after their queued events, then open HTTP requests
+//!   get `shutdown_timeout` to finish.
 //!
 //! A WebSocket keeps its own permit (from [`WsOptions::max_connections`](crate::ws::WsOptions))
 //! after the upgrade, when hyper's connection future has ended and the HTTP permit is
@@ -34,6 +35,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tower::Service;
 
 use crate::container::Container;
+use crate::controller::Controller;
+use crate::sse::SseRegistry;
 use crate::ws::WebSocketServer;
 
 /// Options for [`app`]. Every field has a default; use `..Default::default()`.
@@ -63,6 +66,9 @@ pub struct AppOptions {
     pub backlog: u32,
     /// How long graceful shutdown waits for open HTTP requests. Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Most concurrent SSE streams opened through [`SseRequest`](crate::sse::SseRequest);
+    /// more get 503. Default 10 000.
+    pub max_sse_streams: usize,
 }
 
 impl Default for AppOptions {
@@ -76,6 +82,7 @@ impl Default for AppOptions {
             max_headers: 100,
             backlog: 1024,
             shutdown_timeout: Duration::from_secs(10),
+            max_sse_streams: 10_000,
         }
     }
 }
@@ -126,6 +133,7 @@ pub enum AppError {
 /// ```
 pub fn app(options: AppOptions) -> App {
     App {
+        sse: SseRegistry::new(options.max_sse_streams),
         opts: options,
         router: Router::new(),
         servers: Vec::new(),
@@ -141,9 +149,27 @@ pub struct App {
     router: Router,
     servers: Vec<WebSocketServer>,
     container: Container,
+    sse: SseRegistry,
 }
 
 impl App {
+    /// Mount a [`Controller`]: its routes under its prefix.
+    ///
+    /// # Panics
+    /// As axum, on conflicting routes.
+    #[track_caller]
+    pub fn controller(mut self, controller: Controller) -> Self {
+        self.router = self.router.merge(controller.into_router());
+        self
+    }
+
+    /// The app's SSE streams: counters, and the cap from
+    /// [`AppOptions::max_sse_streams`]. Streams opened with the
+    /// [`SseRequest`](crate::sse::SseRequest) extractor are tracked here.
+    pub fn sse_registry(&self) -> &SseRegistry {
+        &self.sse
+    }
+
     /// Add a route (axum's `Router::route`).
     ///
     /// # Panics
@@ -241,12 +267,16 @@ impl App {
         socket.bind(addr).map_err(bind_err)?;
         let listener = socket.listen(self.opts.backlog).map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
-        let router = self.router.layer(Extension(self.container.clone()));
+        let router = self
+            .router
+            .layer(Extension(self.container.clone()))
+            .layer(Extension(self.sse.clone()));
         Ok(Server {
             listener,
             local_addr,
             router,
             servers: self.servers,
+            sse: self.sse,
             opts: self.opts,
         })
     }
@@ -270,6 +300,7 @@ pub struct Server {
     local_addr: SocketAddr,
     router: Router,
     servers: Vec<WebSocketServer>,
+    sse: SseRegistry,
     opts: AppOptions,
 }
 
@@ -322,6 +353,7 @@ impl Server {
             listener,
             router,
             servers,
+            sse,
             opts,
             ..
         } = self;
@@ -397,6 +429,9 @@ impl Server {
         // WebSockets first: close 1001 and wait for their handshakes (each server has its
         // own deadline).
         futures_util::future::join_all(servers.iter().map(WebSocketServer::close)).await;
+        // SSE streams end after their queued events (browsers reconnect by themselves),
+        // so the HTTP drain below is not held up by them.
+        sse.close_all();
         stop_http.cancel();
         http_tasks.close();
         if tokio::time::timeout(opts.shutdown_timeout, http_tasks.wait())

@@ -9,6 +9,9 @@
 //!   auth gates before the upgrade, broadcast that serializes once;
 //! - [`ws::Socket`]: `emit`, `on` with serde-typed payloads, `off`, `*`, close handlers,
 //!   typed per-socket data;
+//! - [`Controller`]: routes grouped under a prefix, with state and the container;
+//! - [`sse`]: Server-Sent Events with heartbeat, `Last-Event-ID` resume, a fan-out hub,
+//!   a stream cap and shutdown;
 //! - [`Container`] and [`jwt::JwtService`].
 //!
 //! ```no_run
@@ -37,9 +40,11 @@
 
 pub mod app;
 pub mod container;
+pub mod controller;
 pub mod jwt;
 pub mod sse;
 pub mod ws;
 
 pub use app::{app, App, AppOptions};
 pub use container::{container, Container};
+pub use controller::Controller;

@@ -42,6 +42,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::encode::{encode_comment, encode_event, SseEvent};
+use super::registry::{RegistryInner, Slot};
+use std::sync::atomic::Ordering;
 
 /// Options for [`create_with`].
 #[derive(Debug, Clone)]
@@ -95,16 +97,62 @@ struct State {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     waker: AtomicWaker,
     gone: Notify,
     opts: SseOptions,
+    /// The app's registry, for its counters (`None` for an unmanaged stream).
+    registry: Option<Arc<RegistryInner>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closed, slow-reader-ended or gone.
+    pub(crate) fn is_done(&self) -> bool {
+        let st = self.lock();
+        st.closed || st.gone
+    }
+
+    /// End the stream after what is queued (shutdown, `close()`).
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.waker.wake();
+        self.gone.notify_waiters();
+    }
+
+    /// Queue an encoded frame, enforcing the byte cap.
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), SseError> {
+        let st = self.lock();
+        if st.closed || st.gone {
+            return Err(SseError::Closed);
+        }
+        self.push_locked(st, frame)
+    }
+
+    fn push_locked(&self, mut st: MutexGuard<'_, State>, frame: Bytes) -> Result<(), SseError> {
+        let limit = self.opts.max_queue_bytes;
+        if st.bytes + frame.len() > limit && !st.queue.is_empty() {
+            st.queue.clear();
+            st.bytes = 0;
+            st.closed = true;
+            drop(st);
+            if let Some(r) = &self.registry {
+                r.slow_readers.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(limit, "SSE reader too slow; ending its stream");
+            self.waker.wake();
+            self.gone.notify_waiters();
+            return Err(SseError::SlowReader { limit });
+        }
+        st.bytes += frame.len();
+        st.queue.push_back(frame);
+        drop(st);
+        self.waker.wake();
+        Ok(())
     }
 }
 
@@ -114,9 +162,14 @@ pub struct Sse {
     shared: Arc<Shared>,
 }
 
-/// Create a stream with the given heartbeat: a handle, and the response to return from
-/// the handler (`Content-Type: text/event-stream`, `Cache-Control: no-cache,
+/// Create an *unmanaged* stream with the given heartbeat: a handle, and the response to
+/// return from the handler (`Content-Type: text/event-stream`, `Cache-Control: no-cache,
 /// no-transform`, `X-Accel-Buffering: no`).
+///
+/// Inside a street [`App`](crate::App) prefer the [`SseRequest`](super::SseRequest)
+/// extractor and [`SseRequest::create`](super::SseRequest::create): that stream counts
+/// against the app's stream cap, continues ids after `Last-Event-ID`, and ends at
+/// graceful shutdown. This one is none of those (useful with plain `axum::serve`).
 pub fn create(heartbeat: Duration) -> (Sse, Response) {
     create_with(SseOptions {
         heartbeat,
@@ -126,7 +179,15 @@ pub fn create(heartbeat: Duration) -> (Sse, Response) {
 
 /// [`create`] with every option.
 pub fn create_with(opts: SseOptions) -> (Sse, Response) {
-    let mut state = State::default();
+    open(opts, 0, None)
+}
+
+/// Build a stream; ids continue after `last_id`; `slot` ties it to an app's registry.
+pub(crate) fn open(opts: SseOptions, last_id: u64, slot: Option<Slot>) -> (Sse, Response) {
+    let mut state = State {
+        next_id: last_id,
+        ..State::default()
+    };
     if let Some(r) = opts.retry {
         let b = encode_event(&SseEvent {
             retry: Some(u64::try_from(r.as_millis()).unwrap_or(u64::MAX)),
@@ -143,10 +204,15 @@ pub fn create_with(opts: SseOptions) -> (Sse, Response) {
         waker: AtomicWaker::new(),
         gone: Notify::new(),
         opts,
+        registry: slot.as_ref().map(Slot::registry),
     });
+    if let Some(s) = &slot {
+        s.attach(&shared);
+    }
     let body = BodyStream {
         shared: shared.clone(),
         heartbeat: (!heartbeat.is_zero()).then(|| Box::pin(tokio::time::sleep(heartbeat))),
+        _slot: slot,
     };
     let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = StatusCode::OK;
@@ -161,6 +227,12 @@ pub fn create_with(opts: SseOptions) -> (Sse, Response) {
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     (Sse { shared }, resp)
+}
+
+impl Sse {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
 }
 
 impl Sse {
@@ -201,7 +273,7 @@ impl Sse {
             st.next_id += 1;
             ev.id = Some(st.next_id.to_string());
         }
-        self.push(st, encode_event(&ev))
+        self.shared.push_locked(st, encode_event(&ev))
     }
 
     /// Send a comment line (ignored by browsers).
@@ -209,43 +281,18 @@ impl Sse {
     /// # Errors
     /// As [`Sse::send`].
     pub fn comment(&self, text: &str) -> Result<(), SseError> {
-        let st = self.shared.lock();
-        if st.closed || st.gone {
-            return Err(SseError::Closed);
-        }
-        self.push(st, encode_comment(text))
-    }
-
-    fn push(&self, mut st: MutexGuard<'_, State>, frame: Bytes) -> Result<(), SseError> {
-        let limit = self.shared.opts.max_queue_bytes;
-        if st.bytes + frame.len() > limit && !st.queue.is_empty() {
-            st.queue.clear();
-            st.bytes = 0;
-            st.closed = true;
-            drop(st);
-            self.shared.waker.wake();
-            self.shared.gone.notify_waiters();
-            return Err(SseError::SlowReader { limit });
-        }
-        st.bytes += frame.len();
-        st.queue.push_back(frame);
-        drop(st);
-        self.shared.waker.wake();
-        Ok(())
+        self.shared.push(encode_comment(text))
     }
 
     /// Whether the stream is closed (by [`Sse::close`], a slow reader, or the client going
     /// away).
     pub fn closed(&self) -> bool {
-        let st = self.shared.lock();
-        st.closed || st.gone
+        self.shared.is_done()
     }
 
     /// End the stream after the events already queued.
     pub fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.waker.wake();
-        self.shared.gone.notify_waiters();
+        self.shared.close();
     }
 
     /// Resolves once the stream is closed or the client went away (detected at the latest
@@ -265,6 +312,8 @@ impl Sse {
 struct BodyStream {
     shared: Arc<Shared>,
     heartbeat: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Holds the stream's place under the app's cap until the body is dropped.
+    _slot: Option<Slot>,
 }
 
 impl BodyStream {

@@ -14,6 +14,16 @@ pub struct Example {
 }
 
 impl Example {
+    /// Send a signal (`"-TERM"`, `"-INT"`, …) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
     /// Wait (bounded) for the process to exit.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
         within("exit", async {
@@ -64,7 +74,11 @@ fn free_port() -> u16 {
 }
 
 pub async fn start(name: &str, env: &[(&str, &str)]) -> Example {
-    let port = free_port();
+    start_on(name, free_port(), env).await
+}
+
+/// Start an example on a given port (e.g. to restart it where its clients reconnect).
+pub async fn start_on(name: &str, port: u16, env: &[(&str, &str)]) -> Example {
     let mut cmd = Command::new(example_path(name));
     cmd.env("PORT", port.to_string())
         .stdin(Stdio::null())

@@ -1,30 +1,85 @@
 //! Server-Sent Events over real HTTP: exact bytes, heartbeats, disconnect detection,
-//! close, slow readers.
+//! close, slow readers, the stream cap, shutdown, `Last-Event-ID`, the hub's fan-out and
+//! replay, controllers, a 10 000-stream storm, and a browser (headless Chromium).
 
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use street::sse::{Sse, SseError, SseEvent, SseOptions};
+use street::sse::{HubOptions, Sse, SseError, SseEvent, SseHub, SseOptions, SseRequest};
 use tokio::sync::mpsc;
 
 async fn serve_sse(opts: SseOptions) -> (street::app::ServerHandle, mpsc::UnboundedReceiver<Sse>) {
+    serve_sse_app(opts, app_opts()).await
+}
+
+/// An app with `GET /events` creating a stream through the `SseRequest` extractor; each
+/// handle is sent to the test.
+async fn serve_sse_app(
+    opts: SseOptions,
+    app_options: street::AppOptions,
+) -> (street::app::ServerHandle, mpsc::UnboundedReceiver<Sse>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let route = axum::routing::get(move || {
+    let route = axum::routing::get(move |req: SseRequest| {
         let (tx, opts) = (tx.clone(), opts.clone());
         async move {
-            let (sse, resp) = street::sse::create_with(opts);
+            let (sse, resp) = req.create_with(opts);
             let _ = tx.send(sse);
             resp
         }
     });
-    // Ending SSE streams at shutdown is not built yet (issue 5): bound the wait instead.
-    let app = street::app(street::AppOptions {
-        shutdown_timeout: Duration::from_secs(1),
-        ..app_opts()
-    });
+    let app = street::app(app_options);
     (serve_app(app.route("/events", route)).await, rx)
+}
+
+/// Reads a `text/event-stream` body event by event.
+struct Events {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Events {
+    fn new(resp: reqwest::Response) -> Self {
+        Self {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next block (without its blank line), skipping heartbeats; `None` at the end.
+    async fn next(&mut self) -> Option<String> {
+        within("an event", async {
+            loop {
+                if let Some(i) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..i + 2).collect();
+                    let block = block.trim_end_matches('\n').to_owned();
+                    if block.starts_with(": heartbeat") {
+                        continue;
+                    }
+                    return Some(block);
+                }
+                match self.stream.next().await {
+                    Some(Ok(b)) => self.buf.push_str(std::str::from_utf8(&b).expect("utf8")),
+                    _ => return None,
+                }
+            }
+        })
+        .await
+    }
+}
+
+async fn get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    last_id: Option<&str>,
+) -> reqwest::Response {
+    let mut r = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(id) = last_id {
+        r = r.header("Last-Event-ID", id);
+    }
+    within("GET", r.send()).await.expect("get")
 }
 
 /// Serve one SSE route and open it with reqwest: the server, the response, the handle.
@@ -142,4 +197,418 @@ async fn a_reader_that_never_reads_is_ended_not_buffered_forever() {
     assert!(sse.closed());
     drop(s);
     srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_stream_after_its_queued_events() {
+    // a long HTTP drain deadline: only ending the streams lets shutdown finish in time
+    let (srv, mut rx) = serve_sse_app(
+        SseOptions::default(),
+        street::AppOptions {
+            shutdown_timeout: Duration::from_secs(60),
+            ..app_opts()
+        },
+    )
+    .await;
+    let addr = srv.local_addr();
+    let mut readers = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        readers.push(get_with(addr, "/events", None).await);
+        handles.push(within("stream", rx.recv()).await.expect("sse"));
+    }
+    for (i, h) in handles.iter().enumerate() {
+        h.send(&json!({"n": i}), Some("last")).expect("send");
+    }
+    within(
+        "shutdown (streams ended, not drained by the deadline)",
+        srv.shutdown(),
+    )
+    .await;
+    for (i, r) in readers.into_iter().enumerate() {
+        let body = within("body end", r.text()).await.expect("text");
+        assert_eq!(body, format!("id: 1\nevent: last\ndata: {{\"n\":{i}}}\n\n"));
+    }
+    for h in &handles {
+        within("gone()", h.gone()).await;
+        assert_eq!(h.send("late", None), Err(SseError::Closed));
+    }
+}
+
+#[tokio::test]
+async fn over_the_stream_cap_is_a_503_and_a_closed_stream_frees_its_place() {
+    let app = street::app(street::AppOptions {
+        max_sse_streams: 2,
+        ..app_opts()
+    });
+    let registry = app.sse_registry().clone();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = ran.clone();
+    let app = app.route(
+        "/events",
+        axum::routing::get(move |req: SseRequest| {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { req.create(Duration::from_secs(15)).1 }
+        }),
+    );
+    let srv = serve_app(app).await;
+    let addr = srv.local_addr();
+    let a = get_with(addr, "/events", None).await;
+    let b = get_with(addr, "/events", None).await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let c = get_with(addr, "/events", None).await;
+    assert_eq!(c.status(), 503);
+    assert_eq!(c.headers()["retry-after"], "5");
+    assert_eq!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the handler did not run"
+    );
+    let st = registry.stats();
+    assert_eq!((st.open, st.opened, st.rejected), (2, 2, 1));
+    drop(a); // the browser closes one tab
+    eventually("its place freed", || registry.open_streams() == 1).await;
+    let d = get_with(addr, "/events", None).await;
+    assert_eq!(d.status(), 200);
+    drop((b, d));
+    eventually("every place freed", || registry.open_streams() == 0).await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn last_event_id_reaches_the_handler_and_ids_continue_after_it() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = street::app(app_opts()).route(
+        "/events",
+        axum::routing::get(move |req: SseRequest| {
+            let _ = tx.send(req.last_event_id().map(str::to_owned));
+            async move {
+                let (sse, resp) = req.create(Duration::from_secs(15));
+                let _ = sse.send("a", None);
+                let _ = sse.send("b", None);
+                resp
+            }
+        }),
+    );
+    let srv = serve_app(app).await;
+    let addr = srv.local_addr();
+    let mut fresh = Events::new(get_with(addr, "/events", None).await);
+    assert_eq!(rx.recv().await, Some(None));
+    assert_eq!(fresh.next().await.as_deref(), Some("id: 1\ndata: a"));
+    let mut resumed = Events::new(get_with(addr, "/events", Some("41")).await);
+    assert_eq!(rx.recv().await, Some(Some("41".to_owned())));
+    assert_eq!(resumed.next().await.as_deref(), Some("id: 42\ndata: a"));
+    assert_eq!(resumed.next().await.as_deref(), Some("id: 43\ndata: b"));
+    // a non-numeric id is passed through; automatic ids then start at 1
+    let mut odd = Events::new(get_with(addr, "/events", Some("v2-abc")).await);
+    assert_eq!(rx.recv().await, Some(Some("v2-abc".to_owned())));
+    assert_eq!(odd.next().await.as_deref(), Some("id: 1\ndata: a"));
+    srv.shutdown().await;
+}
+
+async fn serve_hub(opts: HubOptions) -> (street::app::ServerHandle, SseHub) {
+    let hub = SseHub::new(opts);
+    let h = hub.clone();
+    let app = street::app(app_opts()).route(
+        "/topics/{topic}",
+        axum::routing::get(
+            move |axum::extract::Path(topic): axum::extract::Path<String>, req: SseRequest| {
+                let h = h.clone();
+                async move { h.subscribe(req, &topic).map(|(_, resp)| resp) }
+            },
+        ),
+    );
+    (serve_app(app).await, hub)
+}
+
+#[tokio::test]
+async fn the_hub_sends_every_subscriber_the_same_bytes_in_order() {
+    let (srv, hub) = serve_hub(HubOptions::default()).await;
+    let addr = srv.local_addr();
+    let mut subs = Vec::new();
+    for _ in 0..50 {
+        subs.push(Events::new(get_with(addr, "/topics/news", None).await));
+    }
+    let mut other = Events::new(get_with(addr, "/topics/sport", None).await);
+    eventually("50 subscribers", || hub.subscriber_count("news") == 50).await;
+    for i in 0..20 {
+        assert_eq!(hub.publish("news", &json!({"i": i}), Some("item")), Ok(50));
+    }
+    assert_eq!(hub.publish("sport", "goal\nscored", None), Ok(1));
+    for s in &mut subs {
+        for i in 0..20 {
+            let want = format!("id: {}\nevent: item\ndata: {{\"i\":{i}}}", i + 1);
+            assert_eq!(s.next().await, Some(want));
+        }
+    }
+    assert_eq!(
+        other.next().await.as_deref(),
+        Some("id: 1\ndata: goal\ndata: scored")
+    );
+    let st = hub.stats();
+    assert_eq!((st.published, st.delivered), (21, 1001));
+    // nobody listening: nothing delivered, and not an error
+    assert_eq!(hub.publish("empty", "x", None), Ok(0));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hub_replays_what_a_reconnecting_client_missed_then_continues_live() {
+    let (srv, hub) = serve_hub(HubOptions {
+        replay_events: 3,
+        ..HubOptions::default()
+    })
+    .await;
+    let addr = srv.local_addr();
+    let mut first = Events::new(get_with(addr, "/topics/t", None).await);
+    eventually("subscribed", || hub.subscriber_count("t") == 1).await;
+    for i in 1..=2 {
+        hub.publish("t", &i, None).expect("publish");
+    }
+    assert_eq!(first.next().await.as_deref(), Some("id: 1\ndata: 1"));
+    assert_eq!(first.next().await.as_deref(), Some("id: 2\ndata: 2"));
+    drop(first); // the connection drops
+    eventually("unsubscribed", || hub.subscriber_count("t") == 0).await;
+    for i in 3..=4 {
+        hub.publish("t", &i, None).expect("publish");
+    }
+    // EventSource reconnects with the last id it saw
+    let mut again = Events::new(get_with(addr, "/topics/t", Some("2")).await);
+    assert_eq!(again.next().await.as_deref(), Some("id: 3\ndata: 3"));
+    assert_eq!(again.next().await.as_deref(), Some("id: 4\ndata: 4"));
+    hub.publish("t", &5, None).expect("publish");
+    assert_eq!(again.next().await.as_deref(), Some("id: 5\ndata: 5"));
+    assert_eq!(hub.stats().replay_gaps, 0);
+    assert_eq!(hub.stats().replayed, 2);
+    // too far behind: the buffer holds ids 3..=5 only; what is there, and a counted gap
+    let mut late = Events::new(get_with(addr, "/topics/t", Some("1")).await);
+    for i in 3..=5 {
+        assert_eq!(late.next().await, Some(format!("id: {i}\ndata: {i}")));
+    }
+    assert_eq!(hub.stats().replay_gaps, 1);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hub_ends_a_slow_subscriber_and_keeps_serving_the_others() {
+    let (srv, hub) = serve_hub(HubOptions {
+        stream: SseOptions {
+            max_queue_bytes: 32 * 1024,
+            heartbeat: Duration::ZERO,
+            ..SseOptions::default()
+        },
+        replay_events: 0,
+        ..HubOptions::default()
+    })
+    .await;
+    let addr = srv.local_addr();
+    // a subscriber that never reads its response
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"GET /topics/t HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut good = Events::new(get_with(addr, "/topics/t", None).await);
+    eventually("2 subscribers", || hub.subscriber_count("t") == 2).await;
+    let chunk = "y".repeat(4096);
+    let mut n = 0;
+    within("the slow one dropped", async {
+        while hub.stats().slow_readers == 0 {
+            n += 1;
+            hub.publish("t", &chunk, None).expect("publish");
+            // the good reader keeps up
+            let ev = good.next().await.expect("event");
+            assert!(ev.starts_with(&format!("id: {n}\n")), "{}", &ev[..20]);
+        }
+    })
+    .await;
+    assert_eq!(hub.subscriber_count("t"), 1);
+    hub.publish("t", "after", None).expect("publish");
+    assert_eq!(
+        good.next().await,
+        Some(format!("id: {}\ndata: after", n + 1))
+    );
+    drop(stuck);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_event_only_ends_its_own_stream() {
+    let (srv, mut rx) = serve_sse(SseOptions {
+        heartbeat: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
+    let addr = srv.local_addr();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let dropped = within("stream", rx.recv()).await.expect("sse");
+    let mut other = Events::new(get_with(addr, "/events", None).await);
+    let kept = within("stream", rx.recv()).await.expect("sse");
+    dropped.send(&"x".repeat(100_000), None).expect("send");
+    // read a little of the big event, then vanish
+    let mut some = [0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut raw, &mut some)
+        .await
+        .expect("read");
+    assert!(n > 0);
+    drop(raw);
+    within("gone()", dropped.gone()).await;
+    kept.send("still here", None).expect("send");
+    assert_eq!(
+        other.next().await.as_deref(),
+        Some("id: 1\ndata: still here")
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_controller_groups_routes_and_reaches_request_container_and_state() {
+    use axum::extract::State;
+    use street::container::Inject;
+    #[derive(Clone)]
+    struct Greeting(&'static str);
+    struct Visits(std::sync::atomic::AtomicU64);
+
+    let container = street::Container::new();
+    container.register(Visits(std::sync::atomic::AtomicU64::new(0)));
+    let api = street::Controller::new("/api/events/")
+        .get(
+            "/hello",
+            |State(g): State<Greeting>, Inject(v): Inject<Visits>, headers: http::HeaderMap| async move {
+                let n = v.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let who = headers.get("x-user").and_then(|h| h.to_str().ok()).unwrap_or("?").to_owned();
+                format!("{} {who} #{n}", g.0)
+            },
+        )
+        .post("/", || async { "created" })
+        .with_state(Greeting("hello"));
+    let srv = serve_app(
+        street::app(app_opts())
+            .with_container(container)
+            .controller(api),
+    )
+    .await;
+    let base = format!("http://{}", srv.local_addr());
+    let c = reqwest::Client::new();
+    for n in 1..=2 {
+        let r = c
+            .get(format!("{base}/api/events/hello"))
+            .header("x-user", "ana")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("text"), format!("hello ana #{n}"));
+    }
+    let r = c
+        .post(format!("{base}/api/events"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.text().await.expect("text"), "created");
+    let r = c.get(format!("{base}/hello")).send().await.expect("get");
+    assert_eq!(r.status(), 404);
+    let r = c
+        .get(format!("{base}/api/events"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 405);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_seed_example_ticks_every_second_with_ids_that_resume() {
+    let ex = crate::examples::start("sse", &[]).await;
+    let page = within("page", reqwest::get(format!("http://{}/", ex.addr)))
+        .await
+        .expect("get");
+    assert!(page
+        .text()
+        .await
+        .expect("text")
+        .contains("new EventSource('/api/events/stream')"));
+    let resp = get_with(ex.addr, "/api/events/stream", Some("7")).await;
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut ev = Events::new(resp);
+    for id in 8..=9 {
+        let block = ev.next().await.expect("tick");
+        let (head, data) = block.split_once("\ndata: ").expect("data line");
+        assert_eq!(head, format!("id: {id}\nevent: tick"));
+        let v: serde_json::Value = serde_json::from_str(data).expect("json");
+        let t = v["time"].as_str().expect("time");
+        // new Date().toISOString(): 2026-11-26T21:44:36.123Z
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.',
+            "{t}"
+        );
+    }
+}
+
+/// Headless Chromium (Debian's package; scripts/test installs it) opens the example's
+/// page, receives ticks, sees the server restart (SIGTERM ends its stream), reconnects by
+/// itself and resumes from its last id: ids 1..=n with no gap and no duplicate.
+#[tokio::test]
+async fn a_browser_event_source_resumes_after_a_server_restart_without_gaps_or_duplicates() {
+    use std::io::{BufRead, Write};
+    let js = js_dir();
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing; scripts/test installs it (apt: chromium)"
+    );
+    let mut ex = crate::examples::start("sse", &[]).await;
+    let port = ex.addr.port();
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sse-browser.png");
+    let mut node = std::process::Command::new("node")
+        .arg(js.join("sse_browser.js"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(&shot)
+        .current_dir(&js)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut lines = std::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        while let Some(Ok(l)) = lines.next() {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = within("browser READY", rx.recv()).await.expect("line");
+    assert!(ready.starts_with("READY "), "{ready}");
+    ex.signal("-TERM");
+    assert!(ex.exited().await.success());
+    let _again = crate::examples::start_on("sse", port, &[]).await;
+    let mut stdin = node.stdin.take().expect("stdin");
+    writeln!(stdin, "RESTARTED").expect("write");
+    let report = tokio::time::timeout(Duration::from_secs(40), rx.recv())
+        .await
+        .expect("browser report within 40 s")
+        .expect("line");
+    let _ = node.wait();
+    assert!(!report.starts_with("ERROR"), "{report}");
+    let v: serde_json::Value = serde_json::from_str(&report).expect("json");
+    let ids: Vec<u64> = v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("id").parse().expect("number"))
+        .collect();
+    let before = v["before"].as_u64().expect("before") as usize;
+    assert!(ids.len() >= before + 3, "{v}");
+    let want: Vec<u64> = (1..=ids.len() as u64).collect();
+    assert_eq!(ids, want, "ids across the restart: no gap, no duplicate");
+    assert_eq!(
+        v["shown"],
+        ids.last().expect("last").to_string(),
+        "the DOM shows the last tick"
+    );
+    assert_eq!(v["state"], "open");
+    assert_eq!(v["errors"], serde_json::json!([]));
 }

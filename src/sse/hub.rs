@@ -1,0 +1,312 @@
+//! SSE fan-out: publish one event to every subscriber of a topic, encoded once, with a
+//! bounded replay buffer so a reconnecting browser gets what it missed.
+//!
+//! ```no_run
+//! use axum::extract::Path;
+//! use street::sse::{HubOptions, SseHub, SseRejection, SseRequest};
+//!
+//! # async fn demo() {
+//! let hub = SseHub::new(HubOptions::default());
+//! let h = hub.clone();
+//! let route = axum::routing::get(move |Path(topic): Path<String>, req: SseRequest| {
+//!     let h = h.clone();
+//!     // replays the events after the browser's Last-Event-ID, then continues live
+//!     async move { h.subscribe(req, &topic).map(|(_sse, response)| response) }
+//! });
+//! // elsewhere: every subscriber of "prices" gets the same bytes
+//! let _ = hub.publish("prices", &serde_json::json!({"EURUSD": 1.08}), Some("price"));
+//! # let _ = route;
+//! # }
+//! ```
+//!
+//! Ids are per topic: 1, 2, 3, … A subscriber whose `Last-Event-ID` is `n` first gets the
+//! buffered events with ids above `n`, then live ones, with no gap or duplicate between
+//! the two (both happen under the topic's lock). When the buffer no longer reaches back
+//! to `n + 1` (older events aged out or were evicted), the subscriber gets what is there
+//! and `replay_gaps` counts it. Ids start again at 1 when the process restarts; keep
+//! state you cannot lose elsewhere.
+//!
+//! Bounds: `max_topics` topics (subscribing to one more is refused with 503), the replay
+//! buffer by count and age, and each subscriber's queue by bytes (a slow reader's stream
+//! ends, counted in `slow_readers`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::encode::{encode_event, SseEvent};
+use super::registry::{SseRejection, SseRequest};
+use super::stream::{open, Shared};
+use super::{Sse, SseError, SseOptions};
+
+/// Options for [`SseHub::new`].
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Options of every subscriber's stream (heartbeat, queue cap, retry hint).
+    pub stream: SseOptions,
+    /// Events kept per topic for replay; 0 turns replay off. Default 256.
+    pub replay_events: usize,
+    /// Events older than this are not replayed. Default 5 minutes.
+    pub replay_age: Duration,
+    /// Most topics held at once (with subscribers or replayable events). Default 10 000.
+    pub max_topics: usize,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            stream: SseOptions::default(),
+            replay_events: 256,
+            replay_age: Duration::from_secs(300),
+            max_topics: 10_000,
+        }
+    }
+}
+
+/// Counters of a hub (see [`SseHub::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Events published.
+    pub published: u64,
+    /// Event deliveries queued to subscribers.
+    pub delivered: u64,
+    /// Subscribers whose stream ended because they read too slowly.
+    pub slow_readers: u64,
+    /// Events re-sent from replay buffers after a `Last-Event-ID`.
+    pub replayed: u64,
+    /// Resumes whose `Last-Event-ID` was older than the buffer reaches.
+    pub replay_gaps: u64,
+    /// Subscriptions refused because `max_topics` was reached.
+    pub rejected_topics: u64,
+}
+
+#[derive(Debug, Default)]
+struct Topic {
+    subs: Vec<Arc<Shared>>,
+    /// Prune closed subscribers when `subs` reaches this length (amortized O(1)).
+    prune_at: usize,
+    /// The last id given out.
+    last_id: u64,
+    /// `(id, when, frame)`, oldest first.
+    replay: VecDeque<(u64, Instant, Bytes)>,
+}
+
+impl Topic {
+    fn expire(&mut self, max_age: Duration, now: Instant) {
+        while let Some((_, at, _)) = self.replay.front() {
+            if now.duration_since(*at) > max_age {
+                self.replay.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.replay.is_empty() && self.subs.iter().all(|s| s.is_done())
+    }
+}
+
+#[derive(Debug)]
+struct HubInner {
+    opts: HubOptions,
+    topics: Mutex<HashMap<String, Arc<Mutex<Topic>>>>,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    slow_readers: AtomicU64,
+    replayed: AtomicU64,
+    replay_gaps: AtomicU64,
+    rejected_topics: AtomicU64,
+}
+
+/// A topic-based SSE fan-out. Cheap to clone. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SseHub {
+    inner: Arc<HubInner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SseHub {
+    /// A hub with these options.
+    pub fn new(opts: HubOptions) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                opts,
+                topics: Mutex::new(HashMap::new()),
+                published: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                slow_readers: AtomicU64::new(0),
+                replayed: AtomicU64::new(0),
+                replay_gaps: AtomicU64::new(0),
+                rejected_topics: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The topic, created if needed (`None` when `max_topics` is reached even after
+    /// dropping idle topics).
+    fn topic(&self, name: &str, create: bool) -> Option<Arc<Mutex<Topic>>> {
+        let mut topics = lock(&self.inner.topics);
+        if let Some(t) = topics.get(name) {
+            return Some(t.clone());
+        }
+        if !create {
+            return None;
+        }
+        if topics.len() >= self.inner.opts.max_topics {
+            let (age, now) = (self.inner.opts.replay_age, Instant::now());
+            topics.retain(|_, t| {
+                let mut t = lock(t);
+                t.expire(age, now);
+                !t.idle()
+            });
+            if topics.len() >= self.inner.opts.max_topics {
+                return None;
+            }
+        }
+        let t = Arc::new(Mutex::new(Topic {
+            prune_at: 16,
+            ..Topic::default()
+        }));
+        topics.insert(name.to_owned(), t.clone());
+        Some(t)
+    }
+
+    /// Subscribe the request to `topic`: replay what it missed after its
+    /// `Last-Event-ID`, then live events. Returns the subscriber's own handle (to send it
+    /// events of its own, or close it) and the response to return.
+    ///
+    /// # Errors
+    /// [`SseRejection::TooManyTopics`] (a 503 response) when the hub is full.
+    pub fn subscribe(&self, req: SseRequest, topic: &str) -> Result<(Sse, Response), SseRejection> {
+        let last = req.last_event_number();
+        let Some(t) = self.topic(topic, true) else {
+            self.inner.rejected_topics.fetch_add(1, Ordering::Relaxed);
+            return Err(SseRejection::TooManyTopics {
+                limit: self.inner.opts.max_topics,
+            });
+        };
+        let (sse, response) = open(self.inner.opts.stream.clone(), 0, req.into_slot());
+        let mut t = lock(&t);
+        if let Some(last) = last {
+            t.expire(self.inner.opts.replay_age, Instant::now());
+            let oldest = t.replay.front().map_or(t.last_id + 1, |(id, _, _)| *id);
+            if last + 1 < oldest && last < t.last_id {
+                self.inner.replay_gaps.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut n = 0;
+            for (id, _, frame) in &t.replay {
+                if *id > last {
+                    if sse.shared().push(frame.clone()).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+            self.inner.replayed.fetch_add(n, Ordering::Relaxed);
+        }
+        if t.subs.len() >= t.prune_at {
+            t.subs.retain(|s| !s.is_done());
+            t.prune_at = (t.subs.len() * 2).max(16);
+        }
+        t.subs.push(sse.shared().clone());
+        Ok((sse, response))
+    }
+
+    /// Publish `data` (a string as-is, anything else as JSON) as event `event` to every
+    /// subscriber of `topic`: encoded once, the bytes shared. Returns the number of
+    /// subscribers it was queued to.
+    ///
+    /// # Errors
+    /// [`SseError::Serialize`] when `data` does not serialize.
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        data: &T,
+        event: Option<&str>,
+    ) -> Result<usize, SseError> {
+        let data =
+            match serde_json::to_value(data).map_err(|e| SseError::Serialize(e.to_string()))? {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+        let replay = self.inner.opts.replay_events > 0;
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        let Some(t) = self.topic(topic, replay) else {
+            return Ok(0);
+        };
+        let mut t = lock(&t);
+        t.last_id += 1;
+        let frame = encode_event(&SseEvent {
+            id: Some(t.last_id.to_string()),
+            event: event.map(Into::into),
+            data,
+            retry: None,
+        });
+        if replay {
+            let now = Instant::now();
+            t.expire(self.inner.opts.replay_age, now);
+            if t.replay.len() >= self.inner.opts.replay_events {
+                t.replay.pop_front();
+            }
+            let id = t.last_id;
+            t.replay.push_back((id, now, frame.clone()));
+        }
+        let (mut sent, mut slow) = (0usize, 0u64);
+        t.subs.retain(|s| match s.push(frame.clone()) {
+            Ok(()) => {
+                sent += 1;
+                true
+            }
+            Err(SseError::SlowReader { .. }) => {
+                slow += 1;
+                false
+            }
+            Err(_) => false,
+        });
+        let idle = t.subs.is_empty() && !replay;
+        drop(t);
+        if idle {
+            lock(&self.inner.topics).remove(topic);
+        }
+        self.inner
+            .delivered
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        self.inner.slow_readers.fetch_add(slow, Ordering::Relaxed);
+        Ok(sent)
+    }
+
+    /// Open subscribers of `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.topic(topic, false)
+            .map_or(0, |t| lock(&t).subs.iter().filter(|s| !s.is_done()).count())
+    }
+
+    /// Topics held (with subscribers or replayable events).
+    pub fn topic_count(&self) -> usize {
+        lock(&self.inner.topics).len()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> HubStats {
+        let i = &self.inner;
+        HubStats {
+            published: i.published.load(Ordering::Relaxed),
+            delivered: i.delivered.load(Ordering::Relaxed),
+            slow_readers: i.slow_readers.load(Ordering::Relaxed),
+            replayed: i.replayed.load(Ordering::Relaxed),
+            replay_gaps: i.replay_gaps.load(Ordering::Relaxed),
+            rejected_topics: i.rejected_topics.load(Ordering::Relaxed),
+        }
+    }
+}
