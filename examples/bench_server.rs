@@ -5,11 +5,17 @@
 //! - flags `--addr`, `--max-connections`, `--heartbeat-ms`, `--max-payload-bytes`,
 //!   `--allowed-origin` (repeatable); `PORT` when `--addr` is absent;
 //! - logs nothing per message; SIGTERM closes every client with 1001 and exits 0.
+//!
+//! Beyond the contract (for street's SSE measurements): `GET /sse` subscribes to the
+//! topic `bench` of an [`SseHub`](street::sse::SseHub) (no replay), and a `/ws` client's
+//! `{"type":"sse","payload":P}` publishes P there; `--max-sse-streams` caps the streams
+//! (default 100 000; more get 503).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use street::sse::{HubOptions, SseHub, SseRequest};
 use street::ws::{
     ConnectRequest, Frames, RawMessage, Socket, SocketError, WebSocketServer, WsOptions,
 };
@@ -21,6 +27,7 @@ struct Flags {
     max_payload: usize,
     origins: Vec<String>,
     threads: usize,
+    max_sse_streams: usize,
 }
 
 fn parse() -> Result<Flags, String> {
@@ -32,6 +39,7 @@ fn parse() -> Result<Flags, String> {
         max_payload: 524_288,
         origins: Vec::new(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        max_sse_streams: 100_000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -56,7 +64,8 @@ fn parse() -> Result<Flags, String> {
             "--max-payload-bytes" => f.max_payload = num(val()?)? as usize,
             "--allowed-origin" => f.origins.push(val()?),
             "--threads" => f.threads = (num(val()?)? as usize).max(1),
-            "-h" | "--help" => return Err("usage: bench_server [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N]".into()),
+            "--max-sse-streams" => f.max_sse_streams = num(val()?)? as usize,
+            "-h" | "--help" => return Err("usage: bench_server [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N] [--max-sse-streams N]".into()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -131,7 +140,12 @@ async fn run(flags: Flags) -> ExitCode {
         ..opts
     });
 
+    let sse = SseHub::new(HubOptions {
+        replay_events: 0,
+        ..HubOptions::default()
+    });
     let hub = ws.clone();
+    let sse_pub = sse.clone();
     ws.on_connection(move |socket: Socket, _: ConnectRequest| {
         let s = socket.clone();
         // RawValue: the payload is passed through without being parsed into a tree.
@@ -139,6 +153,10 @@ async fn run(flags: Flags) -> ExitCode {
         let h = hub.clone();
         socket.on("broadcast", move |p: Box<RawValue>| {
             h.broadcast("broadcast", &p)
+        })?;
+        let sp = sse_pub.clone();
+        socket.on("sse", move |p: Box<RawValue>| {
+            let _ = sp.publish("bench", &p, Some("bench"));
         })?;
         Ok::<_, SocketError>(())
     });
@@ -150,8 +168,18 @@ async fn run(flags: Flags) -> ExitCode {
     let app = street::app(street::AppOptions {
         host,
         port,
+        // HTTP connections (SSE streams are HTTP): as many as WebSockets
+        max_connections: flags.max_connections,
+        max_sse_streams: flags.max_sse_streams,
         ..Default::default()
     })
+    .route(
+        "/sse",
+        axum::routing::get(move |req: SseRequest| {
+            let sse = sse.clone();
+            async move { sse.subscribe(req, "bench").map(|(_, resp)| resp) }
+        }),
+    )
     .websocket(&ws)
     .websocket(&echo);
     let server = match app.bind().await {

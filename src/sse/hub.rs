@@ -8,7 +8,7 @@
 //! # async fn demo() {
 //! let hub = SseHub::new(HubOptions::default());
 //! let h = hub.clone();
-//! let route = axum::routing::get(move |Path(topic): Path<String>, req: SseRequest| {
+//! let route: axum::routing::MethodRouter = axum::routing::get(move |Path(topic): Path<String>, req: SseRequest| {
 //!     let h = h.clone();
 //!     // replays the events after the browser's Last-Event-ID, then continues live
 //!     async move { h.subscribe(req, &topic).map(|(_sse, response)| response) }

@@ -68,7 +68,7 @@ pub fn example_path(name: &str) -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
@@ -79,7 +79,13 @@ pub async fn start(name: &str, env: &[(&str, &str)]) -> Example {
 
 /// Start an example on a given port (e.g. to restart it where its clients reconnect).
 pub async fn start_on(name: &str, port: u16, env: &[(&str, &str)]) -> Example {
+    start_with(name, port, &[], env).await
+}
+
+/// Start an example with command-line arguments.
+pub async fn start_with(name: &str, port: u16, args: &[&str], env: &[(&str, &str)]) -> Example {
     let mut cmd = Command::new(example_path(name));
+    cmd.args(args);
     cmd.env("PORT", port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -612,3 +612,82 @@ async fn a_browser_event_source_resumes_after_a_server_restart_without_gaps_or_d
     assert_eq!(v["state"], "open");
     assert_eq!(v["errors"], serde_json::json!([]));
 }
+
+/// Open `GET path` on a raw socket and read the response head (status line and headers).
+async fn raw_sse(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> std::io::Result<(String, tokio::net::TcpStream)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(b[0]);
+    }
+    Ok((String::from_utf8_lossy(&head).into_owned(), s))
+}
+
+/// 10 000 streams opening at once against bench_server (a separate process, so the two
+/// sides' 20 000 sockets do not share one file-descriptor limit) with a cap of 10 000:
+/// every one is served, the next gets 503, and closing them frees their places.
+#[tokio::test]
+async fn ten_thousand_streams_opening_at_once_are_all_served_and_the_next_gets_503() {
+    const N: usize = 10_000;
+    let port = crate::examples::free_port();
+    let ex =
+        crate::examples::start_with("bench_server", port, &["--max-sse-streams", "10000"], &[])
+            .await;
+    let addr = ex.addr;
+    let opened = tokio::time::timeout(Duration::from_secs(60), async {
+        let tasks: Vec<_> = (0..N)
+            .map(|_| tokio::spawn(raw_sse(addr, "/sse")))
+            .collect();
+        let mut streams = Vec::with_capacity(N);
+        for t in tasks {
+            streams.push(t.await.expect("join"));
+        }
+        streams
+    })
+    .await
+    .expect("10 000 streams within 60 s");
+    let mut ok = Vec::with_capacity(N);
+    let mut other = Vec::new();
+    for r in opened {
+        match r {
+            Ok((head, s)) if head.starts_with("HTTP/1.1 200") => ok.push(s),
+            Ok((head, _)) => other.push(head.lines().next().unwrap_or("").to_owned()),
+            Err(e) => other.push(e.to_string()),
+        }
+    }
+    assert_eq!(
+        ok.len(),
+        N,
+        "not served: {:?}",
+        &other[..other.len().min(5)]
+    );
+    let (head, _) = within("one more", raw_sse(addr, "/sse"))
+        .await
+        .expect("connect");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{head}"
+    );
+    drop(ok); // every browser goes away
+    within("places freed", async {
+        loop {
+            let (head, _s) = raw_sse(addr, "/sse").await.expect("connect");
+            if head.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}

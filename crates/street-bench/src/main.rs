@@ -7,7 +7,9 @@
 //!   broadcast completes when all N received it → broadcasts/s, deliveries/s, completion latency;
 //! - `idle`: N connections opened with C concurrent handshakes → handshakes/s, server RSS per
 //!   connection (needs `--server-pid`);
-//! - `connect-storm`: N connections all at once → admitted, refused (1013/503), errors.
+//! - `connect-storm`: N connections all at once → admitted, refused (1013/503), errors;
+//! - `sse-fanout` (street's bench_server only): N Server-Sent Events readers of `GET /sse`,
+//!   one WebSocket publisher sending `{"type":"sse","payload":ID}`, measured as `fanout`.
 //!
 //! It reports its own CPU time (a load generator that saturates a core understates the
 //! faster server) and, given `--server-pid`, the server's CPU per unit of work and its RSS.
@@ -41,7 +43,8 @@ struct Args {
     label: String,
 }
 
-const USAGE: &str = "usage: street-bench <echo|fanout|idle|connect-storm> --url ws://HOST:PORT/ws
+const USAGE: &str =
+    "usage: street-bench <echo|fanout|idle|connect-storm|sse-fanout> --url ws://HOST:PORT/ws
   [--connections N] [--duration SECS] [--warmup SECS] [--concurrency N] [--outstanding N]
   [--payload-bytes N] [--server-pid PID] [--threads N] [--label NAME] [--json]";
 
@@ -55,7 +58,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         connections: match scenario.as_str() {
             "echo" => 64,
-            "fanout" => 1000,
+            "fanout" | "sse-fanout" => 1000,
             "idle" => 10_000,
             _ => 1000,
         },
@@ -335,13 +338,107 @@ async fn echo(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Strin
     Ok(total)
 }
 
+/// Open an SSE stream at `GET /sse` on the host of the WebSocket `url`; after the
+/// response head, the socket carries the (chunked) event stream.
+async fn open_sse(url: &str) -> Result<TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    let host = uri
+        .authority()
+        .ok_or("url has no host")?
+        .as_str()
+        .to_owned();
+    let mut tcp = TcpStream::connect(&host).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    tcp.write_all(
+        format!("GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    // read the head byte by byte: nothing of the body is consumed
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if tcp.read(&mut b).await.map_err(|e| e.to_string())? == 0 {
+            return Err("eof in response head".into());
+        }
+        head.push(b[0]);
+        if head.len() > 8192 {
+            return Err("response head too long".into());
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        return Err(String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned());
+    }
+    Ok(tcp)
+}
+
+/// Read an SSE stream and call `on_id` with each `data: N` line's number.
+async fn read_sse_ids(mut tcp: TcpStream, on_id: impl Fn(u64)) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let n = match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        carry.extend_from_slice(&buf[..n]);
+        let Some(end) = carry.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        for line in carry[..end].split(|&b| b == b'\n') {
+            if let Some(rest) = line.strip_prefix(b"data: ") {
+                let digits = rest.iter().take_while(|b| b.is_ascii_digit());
+                let mut id = 0u64;
+                let mut any = false;
+                for &d in digits {
+                    id = id * 10 + u64::from(d - b'0');
+                    any = true;
+                }
+                if any {
+                    on_id(id);
+                }
+            }
+        }
+        carry.drain(..=end);
+    }
+}
+
+/// Open `n` SSE readers with at most `concurrency` in flight.
+async fn open_many_sse(url: &str, n: usize, concurrency: usize) -> Result<Vec<TcpStream>, String> {
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = sem.clone().acquire_owned().await;
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let r = open_sse(&url).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut ok = Vec::with_capacity(n);
+    for t in tasks {
+        ok.push(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(ok)
+}
+
 async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, String> {
     const WINDOW: usize = 1024;
+    let sse = a.scenario == "sse-fanout";
     let n = a.connections;
-    let (mut conns, failed, _) = open_many(&a.url, n, a.concurrency).await;
+    let (mut conns, failed, _) = open_many(&a.url, if sse { 1 } else { n }, a.concurrency).await;
     if failed > 0 {
         return Err(format!("{failed} connections failed"));
     }
+    let sse_readers = if sse {
+        open_many_sse(&a.url, n, a.concurrency).await?
+    } else {
+        Vec::new()
+    };
     let publisher = conns.pop().ok_or("no connections")?;
     let t_base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..WINDOW).map(|_| AtomicU64::new(0)).collect());
@@ -358,7 +455,7 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
 
     let (mut pub_sink, pub_stream) = publisher.split();
     let mut readers = Vec::new();
-    let spawn_reader = |mut stream: futures_util::stream::SplitStream<Ws>| {
+    let on_id = {
         let (sent_at, counts, window, hist_all, delivered, completed, measure_from) = (
             sent_at.clone(),
             counts.clone(),
@@ -368,26 +465,31 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
             completed.clone(),
             measure_from.clone(),
         );
+        Arc::new(move |id: u64| {
+            let slot = (id as usize) % WINDOW;
+            let from = measure_from.load(Ordering::Relaxed);
+            if id >= from {
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            if counts[slot].fetch_add(1, Ordering::AcqRel) + 1 == n {
+                let lat = (t_base.elapsed().as_nanos() as u64)
+                    .saturating_sub(sent_at[slot].load(Ordering::Acquire));
+                if id >= from {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut h) = hist_all.lock() {
+                        let _ = h.record((lat / 1000).max(1));
+                    }
+                }
+                window.add_permits(1);
+            }
+        })
+    };
+    let spawn_reader = |mut stream: futures_util::stream::SplitStream<Ws>| {
+        let on_id = on_id.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {
-                let Some(id) = payload_id(m.as_payload()) else {
-                    continue;
-                };
-                let slot = (id as usize) % WINDOW;
-                let from = measure_from.load(Ordering::Relaxed);
-                if id >= from {
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                }
-                if counts[slot].fetch_add(1, Ordering::AcqRel) + 1 == n {
-                    let lat = (t_base.elapsed().as_nanos() as u64)
-                        .saturating_sub(sent_at[slot].load(Ordering::Acquire));
-                    if id >= from {
-                        completed.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut h) = hist_all.lock() {
-                            let _ = h.record((lat / 1000).max(1));
-                        }
-                    }
-                    window.add_permits(1);
+                if let Some(id) = payload_id(m.as_payload()) {
+                    on_id(id);
                 }
             }
         })
@@ -398,7 +500,13 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
         std::mem::forget(_sink);
         readers.push(spawn_reader(stream));
     }
+    for tcp in sse_readers {
+        let on_id = on_id.clone();
+        readers.push(tokio::spawn(read_sse_ids(tcp, move |id| on_id(id))));
+    }
+    // (with SSE the publisher receives nothing: it is not a subscriber)
     readers.push(spawn_reader(pub_stream));
+    let kind = if sse { "sse" } else { "broadcast" };
 
     let mut id: u64 = 0;
     let mut sent = 0u64;
@@ -419,7 +527,7 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
         sent_at[slot].store(t_base.elapsed().as_nanos() as u64, Ordering::Release);
         pub_sink
             .send(Message::text(format!(
-                r#"{{"type":"broadcast","payload":{id}}}"#
+                r#"{{"type":"{kind}","payload":{id}}}"#
             )))
             .await
             .map_err(|e| e.to_string())?;
@@ -570,7 +678,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match a.scenario.as_str() {
             "echo" => echo(&a, &mut r, &meter).await,
-            "fanout" => fanout(&a, &mut r, &meter).await,
+            "fanout" | "sse-fanout" => fanout(&a, &mut r, &meter).await,
             "idle" => idle(&a, &mut r, &meter).await,
             "connect-storm" => connect_storm(&a, &mut r).await,
             other => Err(format!("unknown scenario {other}\n{USAGE}")),
