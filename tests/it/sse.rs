@@ -108,7 +108,7 @@ async fn frames_headers_ids_multiline_data_and_injection_attempts() {
     sse.send("plain string", Some("greet")).expect("send");
     sse.send(&json!({"a": 1}), None).expect("send");
     sse.send_event(SseEvent {
-        id: Some("x\ny".into()),
+        id: Some("x\n\0y\r".into()),
         event: Some("e\r\nevent: admin".into()),
         data: "l1\r\nl2\rl3\nl4".into(),
         retry: None,
@@ -690,4 +690,25 @@ async fn ten_thousand_streams_opening_at_once_are_all_served_and_the_next_gets_5
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn replay_is_bounded_by_age_too() {
+    let age = Duration::from_millis(100);
+    let (srv, hub) = serve_hub(HubOptions {
+        replay_age: age,
+        ..HubOptions::default()
+    })
+    .await;
+    let addr = srv.local_addr();
+    hub.publish("t", "old-1", None).expect("publish");
+    hub.publish("t", "old-2", None).expect("publish");
+    // the buffer's age limit is the condition under test: let it pass
+    tokio::time::sleep(age * 2).await;
+    hub.publish("t", "fresh", None).expect("publish");
+    let mut ev = Events::new(get_with(addr, "/topics/t", Some("0")).await);
+    assert_eq!(ev.next().await.as_deref(), Some("id: 3\ndata: fresh"));
+    assert_eq!(hub.stats().replayed, 1);
+    assert_eq!(hub.stats().replay_gaps, 1);
+    srv.shutdown().await;
 }
