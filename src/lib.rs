@@ -9,6 +9,8 @@
 //!   auth gates before the upgrade, broadcast that serializes once;
 //! - [`ws::Socket`]: `emit`, `on` with serde-typed payloads, `off`, `*`, close handlers,
 //!   typed per-socket data;
+//! - [`rooms`]: rooms, presence and typing; [`cluster`]: fan-out across nodes (in memory,
+//!   or Redis);
 //! - [`Controller`]: routes grouped under a prefix, with state and the container;
 //! - [`sse`]: Server-Sent Events with heartbeat, `Last-Event-ID` resume, a fan-out hub,
 //!   a stream cap and shutdown;
@@ -39,9 +41,11 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod cluster;
 pub mod container;
 pub mod controller;
 pub mod jwt;
+pub mod rooms;
 pub mod sse;
 pub mod ws;
 

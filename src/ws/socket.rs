@@ -28,6 +28,15 @@ impl SocketId {
     }
 }
 
+impl std::str::FromStr for SocketId {
+    type Err = uuid::Error;
+
+    /// Parse the hyphenated form [`Display`](std::fmt::Display) writes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
 impl std::fmt::Display for SocketId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.hyphenated().fmt(f)
@@ -664,7 +673,21 @@ impl Socket {
         Ok(())
     }
 
+    /// A close hook for street's own bookkeeping (rooms): not counted against
+    /// `max_listeners`, runs once like any close handler (at once if already closed).
+    pub(crate) fn on_close_internal(&self, f: impl Fn(CloseInfo) + Send + Sync + 'static) {
+        let h: ErasedClose = Arc::new(move |info| {
+            f(info);
+            DispatchOut(super::handler::Dispatch::Done(Ok(())))
+        });
+        let _ = self.add_close_inner(h, false);
+    }
+
     fn add_close(&self, h: ErasedClose) -> Result<ListenerId, SocketError> {
+        self.add_close_inner(h, true)
+    }
+
+    fn add_close_inner(&self, h: ErasedClose, limited: bool) -> Result<ListenerId, SocketError> {
         let mut l = lock(&self.inner.listeners);
         if self.inner.finished.load(Ordering::Acquire) {
             drop(l);
@@ -673,7 +696,9 @@ impl Socket {
             spawn_dispatch(out);
             return Ok(ListenerId(0));
         }
-        self.check_limit("close", l.count("close"))?;
+        if limited {
+            self.check_limit("close", l.count("close"))?;
+        }
         let id = l.id();
         l.entries.push((id, Kind::Close(h)));
         Ok(id)

@@ -1,0 +1,174 @@
+//! The in-memory broker: nodes in one process share a bus. With a single node (the
+//! default of [`Rooms`](crate::rooms::Rooms)) it is the embedded, zero-dependency mode;
+//! with several ([`MemoryBroker::node`]) it lets tests and examples run a cluster without
+//! any external service.
+//!
+//! Delivery is synchronous: `publish` calls every other node's delivery hook before it
+//! returns, so order per publisher is kept and nothing is queued.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, NodeHooks, PresenceEntry,
+};
+
+type Presence = HashMap<String, HashMap<(Arc<str>, String), usize>>;
+
+type Deliver = Arc<dyn Fn(ClusterMessage) + Send + Sync>;
+
+#[derive(Default)]
+struct Bus {
+    nodes: Mutex<HashMap<Arc<str>, Deliver>>,
+    presence: Mutex<Presence>,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    received: Arc<AtomicU64>,
+}
+
+/// An in-process broker. See the [module docs](self).
+///
+/// ```
+/// use street::cluster::memory::MemoryBroker;
+/// let a = MemoryBroker::new();
+/// let b = a.node(); // a second node on the same bus
+/// # let _ = b;
+/// ```
+pub struct MemoryBroker {
+    bus: Arc<Bus>,
+    me: Mutex<Option<Arc<str>>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("node", &*lock(&self.me))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemoryBroker {
+    /// A broker on a bus of its own.
+    pub fn new() -> Self {
+        Self {
+            bus: Arc::new(Bus::default()),
+            me: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Another broker on the same bus, for another node.
+    pub fn node(&self) -> Self {
+        Self {
+            bus: self.bus.clone(),
+            me: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+
+    fn me(&self) -> Option<Arc<str>> {
+        lock(&self.me).clone()
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn start(&self, node: Arc<str>, hooks: NodeHooks) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let received = self.counters.received.clone();
+        let deliver = hooks.deliver;
+        lock(&self.bus.nodes).insert(
+            node.clone(),
+            Arc::new(move |m| {
+                received.fetch_add(1, Ordering::Relaxed);
+                deliver(m);
+            }),
+        );
+        *lock(&self.me) = Some(node);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn publish(&self, msg: ClusterMessage) {
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        let others: Vec<_> = lock(&self.bus.nodes)
+            .iter()
+            .filter(|(id, _)| **id != msg.origin)
+            .map(|(_, d)| d.clone())
+            .collect();
+        for d in others {
+            d(msg.clone());
+        }
+    }
+
+    fn set_presence(&self, room: &str, member: &str, connections: usize) {
+        let Some(me) = self.me() else { return };
+        let mut p = lock(&self.bus.presence);
+        let key = (me, member.to_owned());
+        if connections == 0 {
+            if let Some(r) = p.get_mut(room) {
+                r.remove(&key);
+                if r.is_empty() {
+                    p.remove(room);
+                }
+            }
+        } else {
+            p.entry(room.to_owned())
+                .or_default()
+                .insert(key, connections);
+        }
+    }
+
+    fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
+        let alive: Vec<Arc<str>> = lock(&self.bus.nodes).keys().cloned().collect();
+        let mut out: Vec<PresenceEntry> = Vec::new();
+        if let Some(r) = lock(&self.bus.presence).get(room) {
+            for ((node, member), n) in r {
+                if !alive.contains(node) {
+                    continue;
+                }
+                match out.iter_mut().find(|e| e.member == *member) {
+                    Some(e) => e.connections += n,
+                    None => out.push(PresenceEntry {
+                        member: member.clone(),
+                        connections: *n,
+                    }),
+                }
+            }
+        }
+        out.sort_by(|a, b| a.member.cmp(&b.member));
+        Box::pin(async move { Ok(out) })
+    }
+
+    fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            published: self.counters.published.load(Ordering::Relaxed),
+            received: self.counters.received.load(Ordering::Relaxed),
+            ..BrokerStats::default()
+        }
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        if let Some(me) = lock(&self.me).take() {
+            lock(&self.bus.nodes).remove(&me);
+            let mut p = lock(&self.bus.presence);
+            for r in p.values_mut() {
+                r.retain(|(node, _), _| *node != me);
+            }
+            p.retain(|_, r| !r.is_empty());
+        }
+        Box::pin(async {})
+    }
+}

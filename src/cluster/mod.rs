@@ -1,0 +1,332 @@
+//! Fan-out across nodes: the [`Broker`] trait, the message that crosses it, and two
+//! brokers — [`memory::MemoryBroker`] (the default: one process, no external service) and
+//! `redis::RedisBroker` (cargo feature `redis`, on by default).
+//!
+//! A node is one [`Rooms`](crate::rooms::Rooms) (with its `WebSocketServer`). What it
+//! publishes — a broadcast, a room message, an emit to a socket id or a member id — is
+//! encoded **once** at the origin into the `{type,payload,ts}` envelope, delivered to the
+//! node's own clients, and handed to the broker as a [`ClusterMessage`]; every other node
+//! delivers the same bytes to its clients. Presence is kept per node in the broker, and
+//! [`Broker::presence`] answers with the union over the nodes that are alive.
+//!
+//! Delivery contract of every broker:
+//! - **at most once**: a message published while the broker is unreachable is lost (and
+//!   counted in [`BrokerStats::dropped`] or [`BrokerStats::publish_errors`]); nothing is
+//!   buffered without bound;
+//! - **ordered per publishing node**: messages one node publishes reach every other node in
+//!   the order it published them;
+//! - a node never receives its own messages back (it delivered them locally already).
+
+pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::ws::SocketId;
+
+/// A boxed future, as brokers return them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Who receives a [`ClusterMessage`] on each node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// Every client of the node's WebSocket server.
+    All,
+    /// The room's connections, minus one connection and/or every connection of one member.
+    Room {
+        /// The room.
+        room: String,
+        /// Skip this connection (usually the sender).
+        except_socket: Option<SocketId>,
+        /// Skip every connection of this member.
+        except_member: Option<String>,
+    },
+    /// One connection, wherever it is.
+    Socket(SocketId),
+    /// Every connection of a member (joined to a room or attached with this member id).
+    Member(String),
+}
+
+/// A message between nodes: where it goes, and the envelope bytes, encoded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMessage {
+    /// The node that published it.
+    pub origin: Arc<str>,
+    /// Who receives it.
+    pub target: Target,
+    /// The encoded `{"type","payload","ts"}` text frame payload.
+    pub envelope: Bytes,
+}
+
+/// Why a cluster message could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed cluster message: {0}")]
+pub struct DecodeError(String);
+
+#[derive(Serialize, Deserialize)]
+struct Header<'a> {
+    /// origin node
+    o: &'a str,
+    /// kind: a(ll), r(oom), s(ocket), m(ember)
+    k: char,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    r: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xs: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xm: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<&'a str>,
+}
+
+impl ClusterMessage {
+    /// The bytes a broker carries: a one-line JSON header, `\n`, then the envelope as is.
+    pub fn encode(&self) -> Bytes {
+        let xs = match &self.target {
+            Target::Room {
+                except_socket: Some(x),
+                ..
+            } => Some(x.to_string()),
+            _ => None,
+        };
+        let s = match &self.target {
+            Target::Socket(id) => Some(id.to_string()),
+            _ => None,
+        };
+        let header = match &self.target {
+            Target::All => Header {
+                o: &self.origin,
+                k: 'a',
+                r: None,
+                xs: None,
+                xm: None,
+                s: None,
+                m: None,
+            },
+            Target::Room {
+                room,
+                except_member,
+                ..
+            } => Header {
+                o: &self.origin,
+                k: 'r',
+                r: Some(room),
+                xs: xs.as_deref(),
+                xm: except_member.as_deref(),
+                s: None,
+                m: None,
+            },
+            Target::Socket(_) => Header {
+                o: &self.origin,
+                k: 's',
+                r: None,
+                xs: None,
+                xm: None,
+                s: s.as_deref(),
+                m: None,
+            },
+            Target::Member(m) => Header {
+                o: &self.origin,
+                k: 'm',
+                r: None,
+                xs: None,
+                xm: None,
+                s: None,
+                m: Some(m),
+            },
+        };
+        let head = serde_json::to_vec(&header).unwrap_or_default();
+        let mut b = BytesMut::with_capacity(head.len() + 1 + self.envelope.len());
+        b.put_slice(&head);
+        b.put_u8(b'\n');
+        b.put_slice(&self.envelope);
+        b.freeze()
+    }
+
+    /// Parse what [`ClusterMessage::encode`] wrote. The envelope is a slice of `bytes`
+    /// (no copy).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on anything else.
+    pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| DecodeError("no header line".into()))?;
+        let h: Header<'_> =
+            serde_json::from_slice(&bytes[..nl]).map_err(|e| DecodeError(e.to_string()))?;
+        let sid = |s: Option<&str>| -> Result<Option<SocketId>, DecodeError> {
+            s.map(|s| {
+                s.parse()
+                    .map_err(|_| DecodeError(format!("bad socket id {s}")))
+            })
+            .transpose()
+        };
+        let need = |v: Option<&str>, what: &str| {
+            v.map(str::to_owned)
+                .ok_or_else(|| DecodeError(format!("missing {what}")))
+        };
+        let target = match h.k {
+            'a' => Target::All,
+            'r' => Target::Room {
+                room: need(h.r, "room")?,
+                except_socket: sid(h.xs)?,
+                except_member: h.xm.map(str::to_owned),
+            },
+            's' => Target::Socket(sid(h.s)?.ok_or_else(|| DecodeError("missing socket".into()))?),
+            'm' => Target::Member(need(h.m, "member")?),
+            k => return Err(DecodeError(format!("unknown kind {k}"))),
+        };
+        Ok(Self {
+            origin: Arc::from(h.o),
+            target,
+            envelope: bytes.slice(nl + 1..),
+        })
+    }
+}
+
+/// One member's connections on the live nodes (see [`Broker::presence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The member id.
+    pub member: String,
+    /// Connections in the room, summed over live nodes.
+    pub connections: usize,
+}
+
+/// Counters of a broker. Every gap in delivery shows up here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Messages handed to the broker by this node.
+    pub published: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Messages dropped because the outgoing or incoming queue was full.
+    pub dropped: u64,
+    /// Messages lost because the broker failed to take them (e.g. Redis down).
+    pub publish_errors: u64,
+    /// Times the connection to the broker was lost (each is a possible gap).
+    pub disconnects: u64,
+    /// Times this node re-sent its whole presence after a reconnect.
+    pub resyncs: u64,
+}
+
+/// Why the broker failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The broker could not be reached (at start, or for a presence query).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a node gives its broker at start: where to deliver messages from other nodes,
+/// and its current presence (to re-send after the broker lost it, e.g. a Redis restart).
+#[derive(Clone)]
+pub struct NodeHooks {
+    /// Deliver a message from another node to local clients. Must not block.
+    pub deliver: Arc<dyn Fn(ClusterMessage) + Send + Sync>,
+    /// This node's presence: `(room, member, connections)` for every local member.
+    pub snapshot: Arc<dyn Fn() -> Vec<(String, String, usize)> + Send + Sync>,
+}
+
+impl std::fmt::Debug for NodeHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHooks").finish_non_exhaustive()
+    }
+}
+
+/// A fan-out backend between nodes. See the [module docs](self) for the delivery
+/// contract every implementation keeps.
+pub trait Broker: Send + Sync + 'static {
+    /// Join the cluster as `node`; from now on messages from other nodes go to
+    /// `hooks.deliver`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the broker cannot be reached and the broker is
+    /// not configured to start degraded.
+    fn start(&self, node: Arc<str>, hooks: NodeHooks) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Send a message to the other nodes. Never blocks: a bounded queue; when it is full
+    /// the message is dropped and counted.
+    fn publish(&self, msg: ClusterMessage);
+
+    /// Record that this node has `connections` connections of `member` in `room` (0
+    /// removes the entry). Never blocks.
+    fn set_presence(&self, room: &str, member: &str, connections: usize);
+
+    /// The room's members on every live node (a crashed node's members are left out once
+    /// its liveness expires).
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the broker cannot be asked.
+    fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>>;
+
+    /// The counters.
+    fn stats(&self) -> BrokerStats;
+
+    /// Leave the cluster: remove this node's presence at once and stop.
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_the_envelope_is_not_copied() {
+        let sid: SocketId = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().expect("id");
+        for target in [
+            Target::All,
+            Target::Room {
+                room: "lobby \"1\"\n".into(),
+                except_socket: Some(sid),
+                except_member: Some("ana".into()),
+            },
+            Target::Room {
+                room: "r".into(),
+                except_socket: None,
+                except_member: None,
+            },
+            Target::Socket(sid),
+            Target::Member("bo\u{e9}".into()),
+        ] {
+            let m = ClusterMessage {
+                origin: Arc::from("node-1"),
+                target,
+                envelope: Bytes::from_static(br#"{"type":"x","payload":"a\nb","ts":1}"#),
+            };
+            let wire = m.encode();
+            let back = ClusterMessage::decode(wire.clone()).expect("decode");
+            assert_eq!(back, m);
+            let at = wire.len() - m.envelope.len();
+            assert_eq!(back.envelope.as_ptr(), wire[at..].as_ptr());
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"no newline",
+            b"{}\n",
+            b"{\"o\":\"n\",\"k\":\"z\"}\n{}",
+            b"{\"o\":\"n\",\"k\":\"s\",\"s\":\"nope\"}\n{}",
+            b"{\"o\":\"n\",\"k\":\"r\"}\n{}",
+            b"\xff\xfe\n",
+        ] {
+            assert!(ClusterMessage::decode(Bytes::copy_from_slice(bad)).is_err());
+        }
+    }
+}

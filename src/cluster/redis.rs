@@ -1,0 +1,608 @@
+//! The Redis broker (cargo feature `redis`): pub/sub for fan-out, hashes for presence,
+//! a key with a TTL per node for liveness.
+//!
+//! - **Fan-out**: every node subscribes to one channel, `{prefix}:bus`, and publishes
+//!   [`ClusterMessage`]s there from a single writer task, so a node's messages arrive in
+//!   the order it sent them. Pub/sub is at most once: what is published while Redis is
+//!   unreachable is lost and counted.
+//! - **Reconnects**: both connections are redis-rs `ConnectionManager`s over RESP3, which
+//!   reconnect by themselves; the subscriber's resubscribes automatically. Each lost
+//!   connection is counted in `disconnects`, and the node then re-sends its whole presence
+//!   (Redis may have restarted empty), counted in `resyncs`.
+//! - **Presence**: `{prefix}:presence:{room}` is a hash of `node␟member → connections`.
+//!   Each node refreshes `{prefix}:node:{id}` every `heartbeat` with a TTL of `heartbeat ×
+//!   liveness` (default 1 s × 3); a query keeps only the fields of nodes whose key exists,
+//!   so a crashed node's members disappear within `liveness` heartbeats, and removes the
+//!   dead fields it saw. A graceful [`Broker::stop`] deletes the node's fields and key at
+//!   once.
+//! - **Bounds**: the writer's queue holds `max_queue` commands (default 10 000) and the
+//!   reader's `max_queue` messages; beyond, messages are dropped and counted. Commands
+//!   time out after `response_timeout` (default 2 s).
+//! - **Redis down at start**: [`RedisOptions::require_at_start`] (default `true`) makes
+//!   `Rooms::new` fail with a clear error; `false` starts degraded — local clients are
+//!   served, cluster messages are dropped and counted — and connects in the background.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, NodeHooks, PresenceEntry,
+};
+
+/// Options for [`RedisBroker::new`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://host:port[/db]`; RESP3 is requested for you. Default
+    /// `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every key and channel, to share one Redis between clusters. Default
+    /// `street`.
+    pub prefix: String,
+    /// How often a node refreshes its liveness key. Default 1 s.
+    pub heartbeat: Duration,
+    /// Missed heartbeats after which a node counts as gone. Default 3.
+    pub liveness: u32,
+    /// Fail at start when Redis is unreachable (`true`, the default), or start degraded
+    /// and connect in the background (`false`).
+    pub require_at_start: bool,
+    /// Bound of the outgoing and incoming queues, in messages. Default 10 000.
+    pub max_queue: usize,
+    /// Timeout of each Redis command. Default 2 s.
+    pub response_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "street".into(),
+            heartbeat: Duration::from_secs(1),
+            liveness: 3,
+            require_at_start: true,
+            max_queue: 10_000,
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Defaults with this URL.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+enum Cmd {
+    Publish(Bytes),
+    Presence {
+        room: String,
+        member: String,
+        connections: usize,
+    },
+    Resync,
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    publish_errors: AtomicU64,
+    disconnects: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+struct Shared {
+    opts: RedisOptions,
+    node: OnceLock<Arc<str>>,
+    tx: OnceLock<mpsc::Sender<Cmd>>,
+    /// A connection for queries (presence); set once connected.
+    query: Mutex<Option<ConnectionManager>>,
+    counters: Counters,
+    /// Redis may have lost our presence: re-send it at the next chance.
+    needs_resync: AtomicBool,
+    /// Our presence fields, to remove at stop: room → members.
+    mine: Mutex<HashMap<String, HashSet<String>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The Redis broker. See the [module docs](self).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use street::cluster::redis::{RedisBroker, RedisOptions};
+/// use street::rooms::{Rooms, RoomsOptions};
+/// # async fn run(wss: street::ws::WebSocketServer) -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = RedisBroker::new(RedisOptions::url("redis://127.0.0.1:6379"));
+/// let rooms = Rooms::new(&wss, RoomsOptions { broker: Some(Arc::new(broker)), ..Default::default() }).await?;
+/// # let _ = rooms; Ok(()) }
+/// ```
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.shared.opts.prefix)
+            .field("node", &self.shared.node.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// A broker with these options (it connects in [`Broker::start`]).
+    pub fn new(opts: RedisOptions) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                opts,
+                node: OnceLock::new(),
+                tx: OnceLock::new(),
+                query: Mutex::new(None),
+                counters: Counters::default(),
+                needs_resync: AtomicBool::new(false),
+                mine: Mutex::new(HashMap::new()),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+impl Shared {
+    fn bus(&self) -> String {
+        format!("{}:bus", self.opts.prefix)
+    }
+    fn presence_key(&self, room: &str) -> String {
+        format!("{}:presence:{room}", self.opts.prefix)
+    }
+    fn node_key(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.opts.prefix)
+    }
+    fn field(node: &str, member: &str) -> String {
+        format!("{node}\u{1f}{member}")
+    }
+
+    fn client(&self) -> Result<redis::Client, BrokerError> {
+        let url = if self.opts.url.contains("protocol=") {
+            self.opts.url.clone()
+        } else if self.opts.url.contains('?') {
+            format!("{}&protocol=resp3", self.opts.url)
+        } else {
+            format!("{}?protocol=resp3", self.opts.url)
+        };
+        redis::Client::open(url).map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    fn config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.opts.response_timeout))
+            .set_response_timeout(Some(self.opts.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    fn send(&self, cmd: Cmd) {
+        match self.tx.get() {
+            Some(tx) => {
+                if tx.try_send(cmd).is_err() {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Connect the command connection, retrying with backoff when `forever`.
+async fn connect(shared: &Shared, forever: bool) -> Result<ConnectionManager, BrokerError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let r = match shared.client() {
+            Ok(c) => ConnectionManager::new_with_config(c, shared.config())
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) if !forever => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Connect the subscriber (RESP3 pushes into `push_tx`) and subscribe to the bus.
+async fn subscribe(
+    shared: &Arc<Shared>,
+    forever: bool,
+    push_tx: mpsc::Sender<PushInfo>,
+) -> Result<ConnectionManager, BrokerError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let s = shared.clone();
+        let tx = push_tx.clone();
+        let cfg = shared
+            .config()
+            .set_automatic_resubscription()
+            .set_push_sender(move |p: PushInfo| {
+                if p.kind == PushKind::Disconnection {
+                    s.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+                    s.needs_resync.store(true, Ordering::Relaxed);
+                }
+                if tx.try_send(p).is_err() {
+                    s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<(), ()>(())
+            });
+        let r = async {
+            let client = shared.client()?;
+            let mut c = ConnectionManager::new_with_config(client, cfg)
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            c.subscribe(shared.bus())
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            Ok::<_, BrokerError>(c)
+        }
+        .await;
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) if !forever => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis subscriber unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The single writer: commands in order.
+async fn writer(
+    shared: Arc<Shared>,
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<Cmd>,
+    hooks: NodeHooks,
+) {
+    let bus = shared.bus();
+    let node = shared.node.get().cloned().unwrap_or_else(|| Arc::from(""));
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            Cmd::Publish(b) => {
+                let r: redis::RedisResult<()> = redis::cmd("PUBLISH")
+                    .arg(&bus)
+                    .arg(&b[..])
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = r {
+                    shared
+                        .counters
+                        .publish_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared.needs_resync.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "redis publish failed");
+                }
+            }
+            Cmd::Presence {
+                room,
+                member,
+                connections,
+            } => {
+                let key = shared.presence_key(&room);
+                let field = Shared::field(&node, &member);
+                let r: redis::RedisResult<()> = if connections == 0 {
+                    redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(&field)
+                        .query_async(&mut conn)
+                        .await
+                } else {
+                    redis::cmd("HSET")
+                        .arg(&key)
+                        .arg(&field)
+                        .arg(connections)
+                        .query_async(&mut conn)
+                        .await
+                };
+                if r.is_err() {
+                    shared.needs_resync.store(true, Ordering::Relaxed);
+                }
+            }
+            Cmd::Resync => {
+                let mut pipe = redis::pipe();
+                for (room, member, n) in (hooks.snapshot)() {
+                    pipe.cmd("HSET")
+                        .arg(shared.presence_key(&room))
+                        .arg(Shared::field(&node, &member))
+                        .arg(n)
+                        .ignore();
+                }
+                let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                if r.is_ok() {
+                    shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    shared.needs_resync.store(true, Ordering::Relaxed);
+                }
+            }
+            Cmd::Stop(done) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("DEL").arg(shared.node_key(&node)).ignore();
+                for (room, members) in lock(&shared.mine).drain() {
+                    for m in members {
+                        pipe.cmd("HDEL")
+                            .arg(shared.presence_key(&room))
+                            .arg(Shared::field(&node, &m))
+                            .ignore();
+                    }
+                }
+                let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Refresh this node's liveness key. When it had expired (first beat, a Redis restart, or
+/// a stall long enough for other nodes to drop our presence), a resync is due.
+async fn beat(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    let node = shared.node.get().cloned().unwrap_or_else(|| Arc::from(""));
+    let ttl = shared.opts.heartbeat * shared.opts.liveness.max(1);
+    let old: Option<String> = redis::cmd("SET")
+        .arg(shared.node_key(&node))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl.as_millis() as u64)
+        .arg("GET")
+        .query_async(conn)
+        .await?;
+    if old.is_none() {
+        shared.needs_resync.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Liveness every `heartbeat`; after a failure or an expiry, queue a presence resync.
+async fn heartbeat(shared: Arc<Shared>, mut conn: ConnectionManager) {
+    let mut tick = tokio::time::interval(shared.opts.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match beat(&shared, &mut conn).await {
+            Err(e) => {
+                tracing::debug!(error = %e, "redis heartbeat failed");
+                shared.needs_resync.store(true, Ordering::Relaxed);
+            }
+            Ok(()) => {
+                if shared.needs_resync.swap(false, Ordering::Relaxed) {
+                    shared.send(Cmd::Resync);
+                }
+            }
+        }
+    }
+}
+
+/// The reader: messages from the bus to local delivery.
+async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<PushInfo>, hooks: NodeHooks) {
+    let node = shared.node.get().cloned().unwrap_or_else(|| Arc::from(""));
+    while let Some(p) = rx.recv().await {
+        if p.kind != PushKind::Message {
+            continue;
+        }
+        let Some(Value::BulkString(data)) = p.data.into_iter().nth(1) else {
+            continue;
+        };
+        match ClusterMessage::decode(Bytes::from(data)) {
+            Ok(m) if m.origin == node => {}
+            Ok(m) => {
+                shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                (hooks.deliver)(m);
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed cluster message"),
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn start(&self, node: Arc<str>, hooks: NodeHooks) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let shared = self.shared.clone();
+            let _ = shared.node.set(node);
+            let degraded = !shared.opts.require_at_start;
+            let (tx, rx) = mpsc::channel(shared.opts.max_queue.max(1));
+            let _ = shared.tx.set(tx);
+            let (push_tx, push_rx) = mpsc::channel(shared.opts.max_queue.max(1));
+            let mut tasks = Vec::new();
+            if degraded {
+                // connect in the background; until then cluster messages are dropped
+                let s = shared.clone();
+                let h = hooks.clone();
+                tasks.push(tokio::spawn(async move {
+                    let Ok(mut conn) = connect(&s, true).await else {
+                        return;
+                    };
+                    let Ok(sub) = subscribe(&s, true, push_tx).await else {
+                        return;
+                    };
+                    let _ = beat(&s, &mut conn).await;
+                    *lock(&s.query) = Some(conn.clone());
+                    {
+                        let mut t = lock(&s.tasks);
+                        t.push(tokio::spawn(heartbeat(s.clone(), conn.clone())));
+                        t.push(tokio::spawn(reader(s.clone(), push_rx, h.clone())));
+                    }
+                    s.needs_resync.store(true, Ordering::Relaxed);
+                    let _keep = sub;
+                    writer(s, conn, rx, h).await;
+                }));
+            } else {
+                let mut conn = connect(&shared, false).await?;
+                let sub = subscribe(&shared, false, push_tx).await?;
+                beat(&shared, &mut conn)
+                    .await
+                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                shared.needs_resync.store(false, Ordering::Relaxed);
+                *lock(&shared.query) = Some(conn.clone());
+                tasks.push(tokio::spawn(heartbeat(shared.clone(), conn.clone())));
+                tasks.push(tokio::spawn(reader(shared.clone(), push_rx, hooks.clone())));
+                let s = shared.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _keep = sub;
+                    writer(s, conn, rx, hooks).await;
+                }));
+            }
+            lock(&shared.tasks).extend(tasks);
+            Ok(())
+        })
+    }
+
+    fn publish(&self, msg: ClusterMessage) {
+        self.shared
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.send(Cmd::Publish(msg.encode()));
+    }
+
+    fn set_presence(&self, room: &str, member: &str, connections: usize) {
+        {
+            let mut mine = lock(&self.shared.mine);
+            if connections == 0 {
+                if let Some(m) = mine.get_mut(room) {
+                    m.remove(member);
+                    if m.is_empty() {
+                        mine.remove(room);
+                    }
+                }
+            } else {
+                mine.entry(room.to_owned())
+                    .or_default()
+                    .insert(member.to_owned());
+            }
+        }
+        self.shared.send(Cmd::Presence {
+            room: room.to_owned(),
+            member: member.to_owned(),
+            connections,
+        });
+    }
+
+    fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
+        let key = self.shared.presence_key(room);
+        Box::pin(async move {
+            let unavailable = |e: redis::RedisError| BrokerError::Unavailable(e.to_string());
+            let Some(mut conn) = lock(&self.shared.query).clone() else {
+                return Err(BrokerError::Unavailable(
+                    "not connected to redis yet".into(),
+                ));
+            };
+            let fields: HashMap<String, usize> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let nodes: Vec<&str> = fields
+                .keys()
+                .filter_map(|f| f.split_once('\u{1f}').map(|(n, _)| n))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let mut alive = HashSet::new();
+            if !nodes.is_empty() {
+                let keys: Vec<String> = nodes.iter().map(|n| self.shared.node_key(n)).collect();
+                let vals: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                for (n, v) in nodes.iter().zip(vals) {
+                    if v.is_some() {
+                        alive.insert(*n);
+                    }
+                }
+            }
+            let mut out: Vec<PresenceEntry> = Vec::new();
+            let mut dead = Vec::new();
+            for (f, n) in &fields {
+                let Some((node, member)) = f.split_once('\u{1f}') else {
+                    continue;
+                };
+                if !alive.contains(node) {
+                    dead.push(f.clone());
+                    continue;
+                }
+                match out.iter_mut().find(|e| e.member == member) {
+                    Some(e) => e.connections += n,
+                    None => out.push(PresenceEntry {
+                        member: member.to_owned(),
+                        connections: *n,
+                    }),
+                }
+            }
+            if !dead.is_empty() {
+                // a crashed node's leftovers: clean them up on the way
+                let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(&dead)
+                    .query_async(&mut conn)
+                    .await;
+            }
+            out.sort_by(|a, b| a.member.cmp(&b.member));
+            Ok(out)
+        })
+    }
+
+    fn stats(&self) -> BrokerStats {
+        let c = &self.shared.counters;
+        BrokerStats {
+            published: c.published.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            publish_errors: c.publish_errors.load(Ordering::Relaxed),
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let (done_tx, done_rx) = oneshot::channel();
+            if let Some(tx) = self.shared.tx.get() {
+                // behind what is queued, so the last leaves are written first
+                let sent = tokio::time::timeout(
+                    self.shared.opts.response_timeout,
+                    tx.send(Cmd::Stop(done_tx)),
+                )
+                .await;
+                if matches!(sent, Ok(Ok(()))) {
+                    let _ =
+                        tokio::time::timeout(self.shared.opts.response_timeout * 2, done_rx).await;
+                }
+            }
+            for t in lock(&self.shared.tasks).drain(..) {
+                t.abort();
+            }
+        })
+    }
+}

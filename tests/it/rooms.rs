@@ -1,0 +1,443 @@
+//! Rooms over real sockets: presence reference-counted per connection, publish with
+//! exceptions, typing with TTL, leaving on close (including a heartbeat reap), name
+//! validation, the opt-in client protocol with authorization, and two nodes on the
+//! in-memory broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{json, Value};
+use street::cluster::memory::MemoryBroker;
+use street::rooms::{PublishOptions, RoomError, Rooms, RoomsOptions};
+use street::ws::{ConnectRequest, Socket, WebSocketServer, WsOptions};
+use tokio::sync::mpsc;
+
+/// A node: a server whose connections attach as `?member=NAME` (client protocol on);
+/// each socket is also handed to the test.
+pub struct Node {
+    pub srv: street::app::ServerHandle,
+    pub wss: WebSocketServer,
+    pub rooms: Rooms,
+    pub sockets: mpsc::UnboundedReceiver<Socket>,
+}
+
+impl Node {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.srv.local_addr()
+    }
+
+    /// Connect as `member` and return the client and its server-side socket.
+    pub async fn client(&mut self, member: &str) -> (Client, Socket) {
+        let c = connect_path(self.addr(), &format!("/ws?member={member}")).await;
+        let s = within("socket", self.sockets.recv()).await.expect("socket");
+        (c, s)
+    }
+}
+
+pub async fn node_with(ws: WsOptions, opts: RoomsOptions) -> Node {
+    let wss = WebSocketServer::new(ws);
+    let rooms = Rooms::new(
+        &wss,
+        RoomsOptions {
+            client_protocol: true,
+            ..opts
+        },
+    )
+    .await
+    .expect("rooms");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let r = rooms.clone();
+    wss.on_connection(move |socket: Socket, req: ConnectRequest| {
+        let member = req.query_param("member").unwrap_or_else(|| "anon".into());
+        let res = r.attach(&socket, &member);
+        let _ = tx.send(socket);
+        res
+    });
+    let srv = serve(&wss).await;
+    Node {
+        srv,
+        wss,
+        rooms,
+        sockets: rx,
+    }
+}
+
+pub async fn node(rooms: RoomsOptions) -> Node {
+    node_with(opts(), rooms).await
+}
+
+/// The next envelope of type `ty`, skipping others (bounded).
+pub async fn recv_type(c: &mut Client, ty: &str) -> Value {
+    loop {
+        let v = recv_json(c).await;
+        if v["type"] == ty {
+            return v["payload"].clone();
+        }
+    }
+}
+
+/// The very next envelope, which must be of type `ty`: what must *not* arrive is checked
+/// by a marker sent after it (delivery is ordered per connection), never by waiting.
+async fn next_is(c: &mut Client, ty: &str) -> Value {
+    let v = recv_json(c).await;
+    assert_eq!(v["type"], ty, "got {v}");
+    v["payload"].clone()
+}
+
+#[tokio::test]
+async fn presence_is_counted_per_connection_and_nobody_sees_their_own_event() {
+    let mut n = node(RoomsOptions::default()).await;
+    let (mut bo, bo_s) = n.client("bo").await;
+    let (mut ana1, ana1_s) = n.client("ana").await;
+    let (mut ana2, ana2_s) = n.client("ana").await;
+    let r = &n.rooms;
+    assert!(r.join(&bo_s, "lobby", "bo").expect("join").newly_present);
+    assert!(r.join(&ana1_s, "lobby", "ana").expect("join").newly_present);
+    assert_eq!(
+        next_is(&mut bo, "presence:join").await,
+        json!({"channel": "lobby", "memberId": "ana"})
+    );
+    // ana's second device: not newly present, no event
+    assert!(!r.join(&ana2_s, "lobby", "ana").expect("join").newly_present);
+    assert_eq!(r.local_presence("lobby"), ["bo", "ana"]);
+    assert_eq!(r.presence("lobby").await.expect("presence"), ["ana", "bo"]);
+    assert_eq!(r.member_count("lobby").await.expect("count"), 2);
+    assert_eq!(r.connection_count("lobby").await.expect("count"), 3);
+    // a marker proves nothing arrived in between
+    r.publish("lobby", "marker", &1, PublishOptions::default())
+        .expect("publish");
+    assert_eq!(next_is(&mut bo, "marker").await, 1);
+    // ana's first connection never got her own presence:join
+    assert_eq!(next_is(&mut ana1, "marker").await, 1);
+    assert_eq!(next_is(&mut ana2, "marker").await, 1);
+    // one device leaves: ana is still present, no event
+    let out = r.leave(&ana1_s, "lobby");
+    assert!(out.left && !out.now_absent);
+    r.publish("lobby", "marker", &2, PublishOptions::default())
+        .expect("publish");
+    assert_eq!(next_is(&mut bo, "marker").await, 2);
+    // the last device closes: presence:leave, to the others only
+    close(&mut ana2).await;
+    assert_eq!(
+        next_is(&mut bo, "presence:leave").await,
+        json!({"channel": "lobby", "memberId": "ana"})
+    );
+    eventually("ana gone", || r.local_presence("lobby") == ["bo"]).await;
+    drop(ana1);
+    close(&mut bo).await;
+    eventually("room dropped", || r.room_names().is_empty()).await;
+    assert_eq!(r.stats().rooms, 0);
+}
+
+/// The payloads of "m" messages up to and including "end".
+async fn collect_until_end(c: &mut Client) -> Vec<String> {
+    let mut v = Vec::new();
+    loop {
+        let p = recv_type(c, "m").await;
+        let s = p.as_str().expect("string payload").to_owned();
+        let end = s == "end";
+        v.push(s);
+        if end {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_skips_a_connection_or_every_connection_of_a_member() {
+    let mut n = node(RoomsOptions::default()).await;
+    let (mut a1, a1_s) = n.client("ana").await;
+    let (mut a2, a2_s) = n.client("ana").await;
+    let (mut b, b_s) = n.client("bo").await;
+    let (mut outsider, _o) = n.client("cy").await;
+    for (s, m) in [(&a1_s, "ana"), (&a2_s, "ana"), (&b_s, "bo")] {
+        n.rooms.join(s, "r", m).expect("join");
+    }
+    let _ = recv_type(&mut a1, "presence:join").await; // bo joined after ana
+    let _ = recv_type(&mut a2, "presence:join").await;
+    let r = &n.rooms;
+    assert_eq!(
+        r.publish("r", "m", &"all", PublishOptions::default()),
+        Ok(3)
+    );
+    assert_eq!(
+        r.publish(
+            "r",
+            "m",
+            &"not a1",
+            PublishOptions::except_socket(a1_s.id())
+        ),
+        Ok(2)
+    );
+    assert_eq!(
+        r.publish("r", "m", &"not ana", PublishOptions::except_member("ana")),
+        Ok(1)
+    );
+    r.publish("r", "m", &"end", PublishOptions::default())
+        .expect("publish");
+    assert_eq!(collect_until_end(&mut a1).await, ["all", "end"]);
+    assert_eq!(collect_until_end(&mut a2).await, ["all", "not a1", "end"]);
+    assert_eq!(
+        collect_until_end(&mut b).await,
+        ["all", "not a1", "not ana", "end"]
+    );
+    // not in the room: nothing (the first thing it gets is a direct marker)
+    assert_eq!(r.emit_to_member("cy", "direct", &1), Ok(1));
+    assert_eq!(next_is(&mut outsider, "direct").await, 1);
+    // to a member's every connection, and to one socket
+    assert_eq!(r.emit_to_member("ana", "dm", &"hi"), Ok(2));
+    assert_eq!(next_is(&mut a1, "dm").await, "hi");
+    assert_eq!(next_is(&mut a2, "dm").await, "hi");
+    assert_eq!(r.emit_to_socket(b_s.id(), "you", &true), Ok(true));
+    assert_eq!(next_is(&mut b, "you").await, true);
+}
+
+#[tokio::test]
+async fn typing_is_sent_on_changes_only_and_clears_itself_after_the_ttl() {
+    let mut n = node(RoomsOptions {
+        typing_ttl: Some(Duration::from_millis(300)),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (mut a, a_s) = n.client("ana").await;
+    let (mut b, b_s) = n.client("bo").await;
+    n.rooms.join(&a_s, "r", "ana").expect("join");
+    n.rooms.join(&b_s, "r", "bo").expect("join");
+    let _ = recv_type(&mut a, "presence:join").await;
+    // a flood of typing from ana's client: one event for bo
+    for _ in 0..50 {
+        send_env(&mut a, "typing", json!({"channel": "r", "typing": true})).await;
+    }
+    assert_eq!(
+        next_is(&mut b, "typing").await,
+        json!({"channel": "r", "memberId": "ana", "typing": true})
+    );
+    eventually("ana typing", || n.rooms.typing_members("r") == ["ana"]).await;
+    // nothing more until the TTL clears it (to everyone, ana included)
+    assert_eq!(
+        next_is(&mut b, "typing").await,
+        json!({"channel": "r", "memberId": "ana", "typing": false})
+    );
+    assert_eq!(
+        next_is(&mut a, "typing").await,
+        json!({"channel": "r", "memberId": "ana", "typing": false})
+    );
+    assert!(n.rooms.typing_members("r").is_empty());
+    // typing in a room one is not in is refused
+    send_env(
+        &mut b,
+        "typing",
+        json!({"channel": "elsewhere", "typing": true}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut b, "room:error").await,
+        json!({"channel": "elsewhere", "action": "typing", "reason": "not in room"})
+    );
+    assert_eq!(
+        n.rooms.set_typing("nope", "bo", true, None),
+        Err(RoomError::NotInRoom {
+            room: "nope".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_reaped_socket_leaves_its_rooms_and_the_others_see_presence_leave() {
+    let ws = WsOptions {
+        heartbeat_interval: Duration::from_millis(200),
+        ..opts()
+    };
+    let mut n = node_with(ws, RoomsOptions::default()).await;
+    let (mut watcher, w_s) = n.client("watcher").await;
+    n.rooms.join(&w_s, "r", "watcher").expect("join");
+    // a raw peer that completes the handshake and then never answers a ping
+    let (raw, _) = raw_connect(n.addr(), "/ws?member=ghost", "").await;
+    let ghost = within("socket", n.sockets.recv()).await.expect("socket");
+    n.rooms.join(&ghost, "r", "ghost").expect("join");
+    n.rooms.join(&ghost, "r2", "ghost").expect("join");
+    assert_eq!(
+        next_is(&mut watcher, "presence:join").await,
+        json!({"channel": "r", "memberId": "ghost"})
+    );
+    // the watcher keeps answering pings (tungstenite does) while it waits
+    assert_eq!(
+        recv_type(&mut watcher, "presence:leave").await,
+        json!({"channel": "r", "memberId": "ghost"})
+    );
+    assert!(n.rooms.rooms_of(&ghost).is_empty());
+    assert_eq!(n.rooms.room_names(), ["r"]);
+    drop(raw);
+}
+
+#[tokio::test]
+async fn bad_names_and_limits_are_clear_errors() {
+    let mut n = node(RoomsOptions {
+        max_rooms_per_socket: 2,
+        max_name_bytes: 8,
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (_c, s) = n.client("ana").await;
+    let r = &n.rooms;
+    assert_eq!(
+        r.join(&s, "", "ana"),
+        Err(RoomError::Empty { what: "room" })
+    );
+    assert_eq!(
+        r.join(&s, "r", ""),
+        Err(RoomError::Empty { what: "member" })
+    );
+    assert_eq!(
+        r.join(&s, "123456789", "ana"),
+        Err(RoomError::TooLong {
+            what: "room",
+            limit: 8
+        })
+    );
+    assert_eq!(
+        r.join(&s, "a\nb", "ana"),
+        Err(RoomError::ControlCharacter { what: "room" })
+    );
+    r.join(&s, "one", "ana").expect("join");
+    r.join(&s, "one", "ana").expect("join again is a no-op");
+    r.join(&s, "two", "ana").expect("join");
+    assert_eq!(
+        r.join(&s, "three", "ana"),
+        Err(RoomError::TooManyRoomsForSocket { limit: 2 })
+    );
+    assert_eq!(r.rooms_of(&s), ["one", "two"]);
+}
+
+#[tokio::test]
+async fn the_client_protocol_joins_publishes_and_refuses_what_is_not_allowed() {
+    let mut n = node(RoomsOptions::default()).await;
+    n.rooms
+        .authorize(|_s, room, member| room != "staff" || member == "boss");
+    let (mut ana, _a) = n.client("ana").await;
+    let (mut bo, _b) = n.client("bo").await;
+    send_env(&mut ana, "room:join", json!({"channel": "general"})).await;
+    assert_eq!(
+        next_is(&mut ana, "room:joined").await,
+        json!({"channel": "general", "members": ["ana"]})
+    );
+    send_env(&mut bo, "room:join", json!({"channel": "general"})).await;
+    assert_eq!(
+        next_is(&mut bo, "room:joined").await,
+        json!({"channel": "general", "members": ["ana", "bo"]})
+    );
+    assert_eq!(
+        next_is(&mut ana, "presence:join").await,
+        json!({"channel": "general", "memberId": "bo"})
+    );
+    // denied: an error event, nothing joined
+    send_env(&mut ana, "room:join", json!({"channel": "staff"})).await;
+    assert_eq!(
+        next_is(&mut ana, "room:error").await,
+        json!({"channel": "staff", "action": "join", "reason": "forbidden"})
+    );
+    assert!(n.rooms.local_presence("staff").is_empty());
+    assert_eq!(n.rooms.stats().denied, 1);
+    // publish: to the others, with the sender's member id (not one the client claims)
+    send_env(
+        &mut ana,
+        "room:publish",
+        json!({"channel": "general", "event": "chat", "payload": {"text": "<b>hi</b>", "memberId": "boss"}}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut bo, "chat").await,
+        json!({"channel": "general", "memberId": "ana", "payload": {"text": "<b>hi</b>", "memberId": "boss"}})
+    );
+    // impersonating server events is refused
+    send_env(
+        &mut ana,
+        "room:publish",
+        json!({"channel": "general", "event": "presence:leave", "payload": {}}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut ana, "room:error").await["reason"],
+        "reserved event name"
+    );
+    // publishing to a room one is not in is refused
+    send_env(
+        &mut ana,
+        "room:publish",
+        json!({"channel": "staff", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut ana, "room:error").await["reason"],
+        "not in room"
+    );
+    // bad names come back as errors too
+    send_env(&mut ana, "room:join", json!({"channel": ""})).await;
+    assert_eq!(
+        next_is(&mut ana, "room:error").await["reason"],
+        "room must not be empty"
+    );
+    // leave
+    send_env(&mut bo, "room:leave", json!({"channel": "general"})).await;
+    assert_eq!(
+        next_is(&mut bo, "room:left").await,
+        json!({"channel": "general"})
+    );
+    assert_eq!(
+        next_is(&mut ana, "presence:leave").await,
+        json!({"channel": "general", "memberId": "bo"})
+    );
+}
+
+#[tokio::test]
+async fn two_nodes_on_the_memory_broker_share_rooms_presence_and_targets() {
+    let bus = MemoryBroker::new();
+    let second = bus.node();
+    let mut a = node(RoomsOptions {
+        broker: Some(Arc::new(bus)),
+        node_id: Some("a".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let mut b = node(RoomsOptions {
+        broker: Some(Arc::new(second)),
+        node_id: Some("b".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (mut ana, ana_s) = a.client("ana").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    // bo's join on node b reaches ana on node a
+    assert_eq!(
+        next_is(&mut ana, "presence:join").await,
+        json!({"channel": "r", "memberId": "bo"})
+    );
+    assert_eq!(
+        a.rooms.presence("r").await.expect("presence"),
+        ["ana", "bo"]
+    );
+    assert_eq!(b.rooms.connection_count("r").await.expect("count"), 2);
+    a.rooms
+        .publish("r", "m", &1, PublishOptions::default())
+        .expect("publish");
+    assert_eq!(next_is(&mut ana, "m").await, 1);
+    assert_eq!(next_is(&mut bo, "m").await, 1);
+    a.rooms.broadcast("all", &2).expect("broadcast");
+    assert_eq!(next_is(&mut ana, "all").await, 2);
+    assert_eq!(next_is(&mut bo, "all").await, 2);
+    assert_eq!(a.rooms.emit_to_socket(bo_s.id(), "you", &3), Ok(false));
+    assert_eq!(next_is(&mut bo, "you").await, 3);
+    a.rooms.emit_to_member("bo", "dm", &4).expect("emit");
+    assert_eq!(next_is(&mut bo, "dm").await, 4);
+    // node b leaves the cluster: its members are gone from the union at once
+    b.wss.close().await;
+    b.rooms.shutdown().await;
+    assert_eq!(a.rooms.presence("r").await.expect("presence"), ["ana"]);
+    assert_eq!(
+        next_is(&mut ana, "presence:leave").await,
+        json!({"channel": "r", "memberId": "bo"})
+    );
+}
