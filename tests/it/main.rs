@@ -16,6 +16,7 @@ mod limits;
 mod node_interop;
 mod origin;
 mod protocol;
+mod redis_cluster;
 mod rooms;
 mod shutdown;
 mod socket_api;

@@ -79,7 +79,7 @@ pub async fn recv_type(c: &mut Client, ty: &str) -> Value {
 
 /// The very next envelope, which must be of type `ty`: what must *not* arrive is checked
 /// by a marker sent after it (delivery is ordered per connection), never by waiting.
-async fn next_is(c: &mut Client, ty: &str) -> Value {
+pub async fn next_is(c: &mut Client, ty: &str) -> Value {
     let v = recv_json(c).await;
     assert_eq!(v["type"], ty, "got {v}");
     v["payload"].clone()

@@ -1,0 +1,133 @@
+//! A cluster node: the bench contract of `shared/bench/contract.md` (same endpoints, same
+//! flags) joined to the other nodes through Redis when `REDIS_URL` is set, plus rooms.
+//!
+//! - `/ws`: `echo` → the sender; `broadcast` → every client **of every node**; and the
+//!   rooms client protocol (`room:join`, `room:leave`, `room:publish`, `typing`) as the
+//!   member named by `?member=NAME` (default `guest-…`);
+//! - `/echo`: raw echo, as in `bench_server`;
+//! - `--cluster-heartbeat-ms` (default 1000): how often the node proves it is alive; its
+//!   members leave everyone's presence within 3 of them after a crash, at once after
+//!   SIGTERM.
+//!
+//! ```text
+//! redis-server --port 6379 &
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example cluster -- --addr 127.0.0.1:9001 &
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example cluster -- --addr 127.0.0.1:9002 &
+//! ```
+//!
+//! Without `REDIS_URL` it is a single node (in-memory broker).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use street::cluster::redis::{RedisBroker, RedisOptions};
+use street::cluster::Broker;
+use street::rooms::{Rooms, RoomsOptions};
+use street::ws::{ConnectRequest, Frames, RawMessage, Socket, WebSocketServer, WsOptions};
+
+mod support {
+    pub(crate) mod contract;
+}
+use support::contract::{self, Flags};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    contract::main(run)
+}
+
+async fn run(flags: Flags) -> ExitCode {
+    let (host, port) = match contract::host_port(&flags) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = contract::ws_options(&flags);
+    let ws = WebSocketServer::new(WsOptions {
+        path: "/ws".into(),
+        ..opts.clone()
+    });
+    let echo = WebSocketServer::new(WsOptions {
+        path: "/echo".into(),
+        frames: Frames::Raw,
+        ..opts
+    });
+
+    let broker: Option<Arc<dyn Broker>> = std::env::var("REDIS_URL").ok().map(|url| {
+        Arc::new(RedisBroker::new(RedisOptions {
+            heartbeat: Duration::from_millis(flags.cluster_heartbeat_ms),
+            ..RedisOptions::url(url)
+        })) as Arc<dyn Broker>
+    });
+    let clustered = broker.is_some();
+    let rooms = match Rooms::new(
+        &ws,
+        RoomsOptions {
+            broker,
+            client_protocol: true,
+            ..RoomsOptions::default()
+        },
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot join the cluster: {e} (is Redis running at REDIS_URL?)");
+            return ExitCode::from(1);
+        }
+    };
+
+    let r = rooms.clone();
+    ws.on_connection(move |socket: Socket, req: ConnectRequest| {
+        let member = req
+            .query_param("member")
+            .unwrap_or_else(|| format!("guest-{}", &socket.id().to_string()[..8]));
+        r.attach(&socket, &member)?;
+        let s = socket.clone();
+        // RawValue: the payload is passed through without being parsed into a tree.
+        socket.on("echo", move |p: Box<RawValue>| s.emit("echo", &p))?;
+        let r2 = r.clone();
+        socket.on("broadcast", move |p: Box<RawValue>| {
+            r2.broadcast("broadcast", &p)
+        })?;
+        Ok::<_, BoxError>(())
+    });
+    echo.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on_raw(move |m: RawMessage| s.send_raw(m))
+    });
+
+    let app = street::app(street::AppOptions {
+        host,
+        port,
+        max_connections: flags.max_connections,
+        ..Default::default()
+    })
+    .websocket(&ws)
+    .websocket(&echo);
+    let server = match app.bind().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "node {} listening on {} ({})",
+        rooms.node_id(),
+        server.local_addr(),
+        if clustered {
+            "cluster via Redis"
+        } else {
+            "single node"
+        }
+    );
+    server.serve(street::app::shutdown_signal()).await;
+    // clients got 1001 and left their rooms; now leave the cluster's presence at once
+    rooms.shutdown().await;
+    ExitCode::SUCCESS
+}

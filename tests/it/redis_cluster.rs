@@ -1,0 +1,404 @@
+//! The Redis broker against a real `redis-server` (Debian's package; scripts/test
+//! installs it): each test starts its own instance on a free port and stops it after.
+//! Nodes are street servers in this process (each with its own broker connections) or,
+//! to kill one without a goodbye, `examples/cluster.rs` as a child process.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::rooms::{next_is, node, recv_type, Node};
+use serde_json::json;
+use street::cluster::redis::{RedisBroker, RedisOptions};
+use street::cluster::BrokerError;
+use street::rooms::{PublishOptions, Rooms, RoomsOptions};
+use street::ws::{WebSocketServer, WsOptions};
+
+/// A `redis-server` on a free port, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        Self::start_on(crate::examples::free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        assert!(
+            std::path::Path::new("/usr/bin/redis-server").exists()
+                || Command::new("redis-server")
+                    .arg("--version")
+                    .output()
+                    .is_ok(),
+            "redis-server is missing; scripts/test installs it (apt: redis-server)"
+        );
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let r = Self {
+            child: Some(child),
+            port,
+        };
+        within("redis-server to answer PING", async {
+            loop {
+                if r.ping().await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        r
+    }
+
+    async fn ping(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        if s.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut b = [0u8; 7];
+        s.read_exact(&mut b).await.is_ok() && &b == b"+PONG\r\n"
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL the server (no save: it comes back empty).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn redis_opts(url: &str, prefix: &str) -> RedisOptions {
+    RedisOptions {
+        url: url.to_owned(),
+        prefix: prefix.to_owned(),
+        heartbeat: Duration::from_millis(200),
+        response_timeout: Duration::from_millis(500),
+        ..RedisOptions::default()
+    }
+}
+
+async fn redis_node(url: &str, id: &str) -> Node {
+    node(RoomsOptions {
+        broker: Some(Arc::new(RedisBroker::new(redis_opts(url, "t")))),
+        node_id: Some(id.into()),
+        ..RoomsOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn broadcast_room_publish_and_targeted_emits_reach_every_node() {
+    let redis = Redis::start().await;
+    let mut a = redis_node(&redis.url(), "a").await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let mut c = redis_node(&redis.url(), "c").await;
+    let (mut ana, ana_s) = a.client("ana").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    let (mut cy, cy_s) = c.client("cy").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    // cy is on node c but not in the room
+    assert_eq!(
+        next_is(&mut ana, "presence:join").await,
+        json!({"channel": "r", "memberId": "bo"})
+    );
+    b.rooms
+        .publish("r", "m", &"hello", PublishOptions::except_socket(bo_s.id()))
+        .expect("publish");
+    assert_eq!(next_is(&mut ana, "m").await, "hello");
+    c.rooms.broadcast("all", &1).expect("broadcast");
+    for cl in [&mut ana, &mut bo, &mut cy] {
+        // (bo may first see ana's presence:join: it crossed Redis after bo joined)
+        assert_eq!(recv_type(cl, "all").await, 1);
+    }
+    // except a member who is on another node
+    a.rooms
+        .publish("r", "m", &"not bo", PublishOptions::except_member("bo"))
+        .expect("publish");
+    a.rooms
+        .publish("r", "m", &"all", PublishOptions::default())
+        .expect("publish");
+    assert_eq!(next_is(&mut bo, "m").await, "all");
+    assert_eq!(next_is(&mut ana, "m").await, "not bo");
+    assert_eq!(next_is(&mut ana, "m").await, "all");
+    // to a socket and to a member on other nodes
+    assert_eq!(a.rooms.emit_to_socket(cy_s.id(), "you", &2), Ok(false));
+    assert_eq!(next_is(&mut cy, "you").await, 2);
+    c.rooms.emit_to_member("ana", "dm", &3).expect("emit");
+    assert_eq!(next_is(&mut ana, "dm").await, 3);
+    // presence is the union
+    assert_eq!(
+        c.rooms.presence("r").await.expect("presence"),
+        ["ana", "bo"]
+    );
+    assert_eq!(c.rooms.connection_count("r").await.expect("count"), 2);
+    let st = a.rooms.stats().broker;
+    assert!(st.published > 0 && st.received > 0, "{st:?}");
+    assert_eq!((st.dropped, st.publish_errors), (0, 0), "{st:?}");
+}
+
+#[tokio::test]
+async fn messages_from_one_publisher_to_a_room_arrive_in_order_on_every_node() {
+    const N: u64 = 2_000;
+    let redis = Redis::start().await;
+    let a = redis_node(&redis.url(), "a").await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let mut c = redis_node(&redis.url(), "c").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    let (mut cy, cy_s) = c.client("cy").await;
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    c.rooms.join(&cy_s, "r", "cy").expect("join");
+    let _ = recv_type(&mut bo, "presence:join").await; // cy's join proves c's subscription
+    for i in 0..N {
+        a.rooms
+            .publish("r", "n", &i, PublishOptions::default())
+            .expect("publish");
+    }
+    for cl in [&mut bo, &mut cy] {
+        for i in 0..N {
+            assert_eq!(recv_type(cl, "n").await, i);
+        }
+    }
+}
+
+#[tokio::test]
+async fn gracefully_stopped_node_leaves_presence_at_once() {
+    let redis = Redis::start().await;
+    let mut a = redis_node(&redis.url(), "a").await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let (_ana, ana_s) = a.client("ana").await;
+    let (_bo, bo_s) = b.client("bo").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    eventually_async("both present", || async {
+        a.rooms.presence("r").await.ok() == Some(vec!["ana".into(), "bo".into()])
+    })
+    .await;
+    b.wss.close().await;
+    b.rooms.shutdown().await;
+    assert_eq!(a.rooms.presence("r").await.expect("presence"), ["ana"]);
+}
+
+/// Poll an async condition (bounded).
+pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    within(what, async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_down_and_back_local_clients_keep_going_and_fan_out_resumes() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let mut a = redis_node(&redis.url(), "a").await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let (mut ana, ana_s) = a.client("ana").await;
+    let (mut al, al_s) = a.client("al").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    a.rooms.join(&al_s, "r", "al").expect("join");
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    let _ = recv_type(&mut ana, "presence:join").await;
+    a.rooms
+        .publish("r", "m", &0, PublishOptions::default())
+        .expect("publish");
+    assert_eq!(recv_type(&mut bo, "m").await, 0);
+    assert_eq!(recv_type(&mut al, "m").await, 0);
+
+    redis.kill();
+    // node a keeps serving its own clients while Redis is gone
+    for i in 1..=20 {
+        a.rooms
+            .publish("r", "m", &i, PublishOptions::except_socket(ana_s.id()))
+            .expect("publish");
+        assert_eq!(recv_type(&mut al, "m").await, i);
+    }
+    let _restarted = Redis::start_on(port).await;
+    // fan-out resumes by itself: publish until bo sees one (messages during the gap are lost)
+    within("fan-out to resume", async {
+        let mut i = 1000;
+        loop {
+            i += 1;
+            a.rooms
+                .publish("r", "m", &i, PublishOptions::default())
+                .expect("publish");
+            let got =
+                tokio::time::timeout(Duration::from_millis(200), recv_type(&mut bo, "m")).await;
+            if got.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    // and presence is back in the (empty) new Redis: both nodes re-sent theirs
+    eventually_async("presence resynced", || async {
+        b.rooms.presence("r").await.ok() == Some(vec!["al".into(), "ana".into(), "bo".into()])
+    })
+    .await;
+    let st = a.rooms.stats().broker;
+    assert!(st.disconnects >= 1, "{st:?}");
+    assert!(st.resyncs >= 1, "{st:?}");
+    assert!(
+        st.publish_errors + st.dropped >= 1,
+        "the gap is counted: {st:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_unavailable_at_start_is_an_error_or_a_documented_degraded_start() {
+    let port = crate::examples::free_port(); // nothing listens there
+    let wss = WebSocketServer::new(WsOptions::default());
+    let strict = Rooms::new(
+        &wss,
+        RoomsOptions {
+            broker: Some(Arc::new(RedisBroker::new(redis_opts(
+                &format!("redis://127.0.0.1:{port}"),
+                "t",
+            )))),
+            ..RoomsOptions::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(strict, Err(BrokerError::Unavailable(_))),
+        "{strict:?}"
+    );
+
+    // degraded: starts, serves local clients, joins the cluster once Redis is there
+    let mut a = node(RoomsOptions {
+        broker: Some(Arc::new(RedisBroker::new(RedisOptions {
+            require_at_start: false,
+            ..redis_opts(&format!("redis://127.0.0.1:{port}"), "t")
+        }))),
+        node_id: Some("a".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (mut ana, ana_s) = a.client("ana").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    a.rooms
+        .publish("r", "m", &1, PublishOptions::default())
+        .expect("publish");
+    assert_eq!(recv_type(&mut ana, "m").await, 1);
+    assert!(a.rooms.presence("r").await.is_err(), "no Redis yet");
+    let redis = Redis::start_on(port).await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    within("a to join the cluster", async {
+        let mut i = 1;
+        loop {
+            i += 1;
+            a.rooms
+                .publish("r", "m", &i, PublishOptions::default())
+                .expect("publish");
+            if tokio::time::timeout(Duration::from_millis(200), recv_type(&mut bo, "m"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    eventually_async("a's presence in Redis", || async {
+        b.rooms.presence("r").await.ok() == Some(vec!["ana".into(), "bo".into()])
+    })
+    .await;
+}
+
+/// A node process killed with SIGKILL: its members disappear from the union within the
+/// liveness window (3 heartbeats of 200 ms here), and the survivors clean up after it.
+#[tokio::test]
+async fn a_killed_node_disappears_from_presence_within_three_heartbeats() {
+    let redis = Redis::start().await;
+    let mut a = node(RoomsOptions {
+        broker: Some(Arc::new(RedisBroker::new(redis_opts(
+            &redis.url(),
+            "street",
+        )))),
+        node_id: Some("a".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let port = crate::examples::free_port();
+    let url = redis.url();
+    let child = crate::examples::start_with(
+        "cluster",
+        port,
+        &["--cluster-heartbeat-ms", "200"],
+        &[("REDIS_URL", url.as_str())],
+    )
+    .await;
+    let b_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (_ana, ana_s) = a.client("ana").await;
+    a.rooms.join(&ana_s, "lobby", "ana").expect("join");
+    // two clients of the child node join the lobby through the client protocol
+    let mut kids = Vec::new();
+    for who in ["kim", "lou"] {
+        let mut k = connect_path(b_addr, &format!("/ws?member={who}")).await;
+        send_env(&mut k, "room:join", json!({"channel": "lobby"})).await;
+        assert_eq!(recv_type(&mut k, "room:joined").await["channel"], "lobby");
+        kids.push(k);
+    }
+    assert_eq!(
+        a.rooms.presence("lobby").await.expect("presence"),
+        ["ana", "kim", "lou"]
+    );
+    let mut child = child;
+    let _ = child.child.kill(); // SIGKILL: no goodbye
+    let killed = std::time::Instant::now();
+    eventually_async("the dead node's members to disappear", || async {
+        a.rooms.presence("lobby").await.ok() == Some(vec!["ana".into()])
+    })
+    .await;
+    let took = killed.elapsed();
+    println!("presence converged {took:?} after SIGKILL (liveness 3 x 200 ms)");
+    // the bound is the liveness TTL (600 ms from the last beat before the kill); the
+    // slack only covers this test's polling on a busy machine
+    assert!(
+        took <= Duration::from_millis(1200),
+        "converged after {took:?}"
+    );
+    drop(kids);
+}
