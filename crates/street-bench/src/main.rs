@@ -34,6 +34,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 struct Args {
     scenario: String,
     url: String,
+    /// `--url` given more than once: `fanout` spreads its subscribers over all of them.
+    more_urls: Vec<String>,
     connections: usize,
     duration: Duration,
     warmup: Duration,
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         },
         scenario,
         url: "ws://127.0.0.1:9001/ws".into(),
+        more_urls: Vec::new(),
         duration: Duration::from_secs(5),
         warmup: Duration::from_secs(1),
         concurrency: 256,
@@ -81,11 +84,16 @@ fn parse_args() -> Result<Args, String> {
         reconnect_window: Duration::from_secs(2),
         timeout: Duration::from_secs(60),
     };
+    let mut url_given = false;
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         let num = |v: String| v.parse::<f64>().map_err(|_| format!("not a number: {v}"));
         match flag.as_str() {
-            "--url" => a.url = val()?,
+            "--url" if url_given => a.more_urls.push(val()?),
+            "--url" => {
+                a.url = val()?;
+                url_given = true;
+            }
             "--connections" | "-n" => a.connections = num(val()?)? as usize,
             "--duration" => a.duration = Duration::from_secs_f64(num(val()?)?),
             "--warmup" => a.warmup = Duration::from_secs_f64(num(val()?)?),
@@ -184,12 +192,16 @@ impl Meter {
 
 async fn connect(url: &str) -> Result<Ws, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
-    // Resolve the address once per process, not per connection: the client's resolver
+    // Resolve each address once per process, not per connection: the client's resolver
     // goes through the blocking pool for every connect, which made the load generator,
     // not the server, the limit in handshake runs.
-    static ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
-    let addr = match ADDR.get() {
-        Some(a) => *a,
+    static ADDRS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::net::SocketAddr>>,
+    > = std::sync::OnceLock::new();
+    let cache = ADDRS.get_or_init(Default::default);
+    let known = cache.lock().ok().and_then(|m| m.get(url).copied());
+    let addr = match known {
+        Some(a) => a,
         None => {
             let host = uri
                 .host()
@@ -202,7 +214,10 @@ async fn connect(url: &str) -> Result<Ws, String> {
                 .map_err(|e| e.to_string())?
                 .next()
                 .ok_or("no address")?;
-            *ADDR.get_or_init(|| a)
+            if let Ok(mut m) = cache.lock() {
+                m.insert(url.to_owned(), a);
+            }
+            a
         }
     };
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -216,12 +231,17 @@ async fn connect(url: &str) -> Result<Ws, String> {
 
 /// Open `n` connections with at most `concurrency` handshakes in flight.
 async fn open_many(url: &str, n: usize, concurrency: usize) -> (Vec<Ws>, usize, Duration) {
+    open_spread(&[url.to_owned()], n, concurrency).await
+}
+
+/// Open `n` connections spread round-robin over `urls` (connection `i` to `urls[i % k]`).
+async fn open_spread(urls: &[String], n: usize, concurrency: usize) -> (Vec<Ws>, usize, Duration) {
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let permit = sem.clone().acquire_owned().await;
-        let url = url.to_owned();
+        let url = urls[i % urls.len().max(1)].clone();
         tasks.push(tokio::spawn(async move {
             let r = connect(&url).await;
             drop(permit);
@@ -441,7 +461,11 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
     const WINDOW: usize = 1024;
     let sse = a.scenario == "sse-fanout";
     let n = a.connections;
-    let (mut conns, failed, _) = open_many(&a.url, if sse { 1 } else { n }, a.concurrency).await;
+    // subscribers spread over every --url; the publisher is the first connection (on the
+    // first url), popped from the front below
+    let mut urls = vec![a.url.clone()];
+    urls.extend(a.more_urls.iter().cloned());
+    let (mut conns, failed, _) = open_spread(&urls, if sse { 1 } else { n }, a.concurrency).await;
     if failed > 0 {
         return Err(format!("{failed} connections failed"));
     }
@@ -450,7 +474,10 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
     } else {
         Vec::new()
     };
-    let publisher = conns.pop().ok_or("no connections")?;
+    if conns.is_empty() {
+        return Err("no connections".into());
+    }
+    let publisher = conns.swap_remove(0);
     let t_base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..WINDOW).map(|_| AtomicU64::new(0)).collect());
     let counts: Arc<Vec<AtomicUsize>> =
@@ -553,6 +580,7 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
         t.abort();
     }
     r.put("subscribers", n);
+    r.put("nodes", urls.len());
     r.put("broadcasts_sent", sent);
     r.put("broadcasts_per_s", round(c as f64 / elapsed, 1));
     r.put("deliveries_per_s", round(d as f64 / elapsed, 0));
