@@ -75,10 +75,11 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                     refuse(&s, &req.channel, "join", &e.to_string());
                     return;
                 }
-                let members = r
-                    .presence(&req.channel)
-                    .await
-                    .unwrap_or_else(|_| r.local_presence(&req.channel));
+                // the cluster's view, plus this node's (its own writes may still be queued)
+                let mut members = r.presence(&req.channel).await.unwrap_or_default();
+                members.extend(r.local_presence(&req.channel));
+                members.sort();
+                members.dedup();
                 let _ = s.emit(
                     "room:joined",
                     &serde_json::json!({ "channel": req.channel, "members": members }),
