@@ -18,12 +18,14 @@ pub(crate) struct Flags {
     pub(crate) max_sse_streams: usize,
     /// `cluster`: the Redis liveness heartbeat.
     pub(crate) cluster_heartbeat_ms: u64,
+    /// A reconnect hint in the 1001/1013 close reasons (`WsOptions::reconnect_hint`).
+    pub(crate) reconnect_hint_ms: Option<u64>,
 }
 
 pub(crate) const USAGE: &str =
     "flags: [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] \
 [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N] [--max-sse-streams N] \
-[--cluster-heartbeat-ms MS]";
+[--cluster-heartbeat-ms MS] [--reconnect-hint-ms MS]";
 
 pub(crate) fn parse() -> Result<Flags, String> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "9001".into());
@@ -36,6 +38,7 @@ pub(crate) fn parse() -> Result<Flags, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_sse_streams: 100_000,
         cluster_heartbeat_ms: 1000,
+        reconnect_hint_ms: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -62,6 +65,7 @@ pub(crate) fn parse() -> Result<Flags, String> {
             "--threads" => f.threads = (num(val()?)? as usize).max(1),
             "--max-sse-streams" => f.max_sse_streams = num(val()?)? as usize,
             "--cluster-heartbeat-ms" => f.cluster_heartbeat_ms = num(val()?)?.max(1),
+            "--reconnect-hint-ms" => f.reconnect_hint_ms = Some(num(val()?)?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -131,6 +135,7 @@ pub(crate) fn ws_options(flags: &Flags) -> WsOptions {
         max_handshakes_per_ip_per_sec: 0,
         max_messages_per_sec: 0,
         max_bytes_per_sec: 0,
+        reconnect_hint: flags.reconnect_hint_ms.map(Duration::from_millis),
         ..Default::default()
     }
 }

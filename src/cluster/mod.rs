@@ -21,6 +21,7 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,22 +71,24 @@ pub struct ClusterMessage {
 #[error("malformed cluster message: {0}")]
 pub struct DecodeError(String);
 
+/// The header line. Strings are `Cow`: borrowed unless JSON escapes forced a copy.
 #[derive(Serialize, Deserialize)]
 struct Header<'a> {
     /// origin node
-    o: &'a str,
+    #[serde(borrow)]
+    o: Cow<'a, str>,
     /// kind: a(ll), r(oom), s(ocket), m(ember)
     k: char,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    r: Option<&'a str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    xs: Option<&'a str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    xm: Option<&'a str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    s: Option<&'a str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    m: Option<&'a str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    r: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    xs: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    xm: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    s: Option<Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    m: Option<Cow<'a, str>>,
 }
 
 impl ClusterMessage {
@@ -104,7 +107,7 @@ impl ClusterMessage {
         };
         let header = match &self.target {
             Target::All => Header {
-                o: &self.origin,
+                o: Cow::Borrowed(&self.origin),
                 k: 'a',
                 r: None,
                 xs: None,
@@ -117,31 +120,31 @@ impl ClusterMessage {
                 except_member,
                 ..
             } => Header {
-                o: &self.origin,
+                o: Cow::Borrowed(&self.origin),
                 k: 'r',
-                r: Some(room),
-                xs: xs.as_deref(),
-                xm: except_member.as_deref(),
+                r: Some(Cow::Borrowed(room)),
+                xs: xs.as_deref().map(Cow::Borrowed),
+                xm: except_member.as_deref().map(Cow::Borrowed),
                 s: None,
                 m: None,
             },
             Target::Socket(_) => Header {
-                o: &self.origin,
+                o: Cow::Borrowed(&self.origin),
                 k: 's',
                 r: None,
                 xs: None,
                 xm: None,
-                s: s.as_deref(),
+                s: s.as_deref().map(Cow::Borrowed),
                 m: None,
             },
             Target::Member(m) => Header {
-                o: &self.origin,
+                o: Cow::Borrowed(&self.origin),
                 k: 'm',
                 r: None,
                 xs: None,
                 xm: None,
                 s: None,
-                m: Some(m),
+                m: Some(Cow::Borrowed(m)),
             },
         };
         let head = serde_json::to_vec(&header).unwrap_or_default();
@@ -164,15 +167,15 @@ impl ClusterMessage {
             .ok_or_else(|| DecodeError("no header line".into()))?;
         let h: Header<'_> =
             serde_json::from_slice(&bytes[..nl]).map_err(|e| DecodeError(e.to_string()))?;
-        let sid = |s: Option<&str>| -> Result<Option<SocketId>, DecodeError> {
+        let sid = |s: Option<Cow<'_, str>>| -> Result<Option<SocketId>, DecodeError> {
             s.map(|s| {
                 s.parse()
                     .map_err(|_| DecodeError(format!("bad socket id {s}")))
             })
             .transpose()
         };
-        let need = |v: Option<&str>, what: &str| {
-            v.map(str::to_owned)
+        let need = |v: Option<Cow<'_, str>>, what: &str| {
+            v.map(Cow::into_owned)
                 .ok_or_else(|| DecodeError(format!("missing {what}")))
         };
         let target = match h.k {
@@ -180,14 +183,14 @@ impl ClusterMessage {
             'r' => Target::Room {
                 room: need(h.r, "room")?,
                 except_socket: sid(h.xs)?,
-                except_member: h.xm.map(str::to_owned),
+                except_member: h.xm.map(Cow::into_owned),
             },
             's' => Target::Socket(sid(h.s)?.ok_or_else(|| DecodeError("missing socket".into()))?),
             'm' => Target::Member(need(h.m, "member")?),
             k => return Err(DecodeError(format!("unknown kind {k}"))),
         };
         Ok(Self {
-            origin: Arc::from(h.o),
+            origin: Arc::from(h.o.as_ref()),
             target,
             envelope: bytes.slice(nl + 1..),
         })

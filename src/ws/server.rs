@@ -128,6 +128,21 @@ pub struct WsOptions {
     /// `max_queue_bytes` sooner; it also disables autotuning, so leave room for your
     /// largest bursts. Default `None`.
     pub send_buffer_bytes: Option<usize>,
+    /// A reconnect hint for clients: when set, the reasons of close 1001 (shutdown) and
+    /// 1013 (at capacity) end with `" retry=MS"` (e.g. `"Going Away retry=2000"`), which
+    /// `street.js` honours (waiting that long plus jitter). Default `None`: the reasons are
+    /// exactly StreetJS's.
+    pub reconnect_hint: Option<Duration>,
+}
+
+impl WsOptions {
+    /// `base`, with the reconnect hint when one is set.
+    pub(crate) fn close_reason(&self, base: &'static str) -> std::borrow::Cow<'static, str> {
+        match self.reconnect_hint {
+            Some(d) => format!("{base} retry={}", d.as_millis()).into(),
+            None => base.into(),
+        }
+    }
 }
 
 impl Default for WsOptions {
@@ -150,6 +165,7 @@ impl Default for WsOptions {
             max_handshakes_per_ip_per_sec: 100,
             first_message_timeout: None,
             send_buffer_bytes: None,
+            reconnect_hint: None,
         }
     }
 }
@@ -403,7 +419,10 @@ impl WebSocketServer {
             let clients = write(&self.shared.clients);
             self.shared.closing.store(true, Ordering::Release);
             for s in clients.values() {
-                let _ = s.close(CloseCode::GOING_AWAY.0, "Going Away");
+                let _ = s.close(
+                    CloseCode::GOING_AWAY.0,
+                    &self.shared.opts.close_reason("Going Away"),
+                );
             }
         }
         self.shared.shutdown.cancel();

@@ -425,7 +425,7 @@ async fn serve_upgraded(
         Box::pin(reject_after_handshake(
             &stream,
             CloseCode::TRY_AGAIN_LATER,
-            "Server at capacity",
+            &opts.close_reason("Server at capacity"),
             opts.close_timeout,
         ))
         .await;
@@ -451,7 +451,7 @@ async fn serve_upgraded(
         Box::pin(reject_after_handshake(
             &stream,
             CloseCode::GOING_AWAY,
-            "Going Away",
+            &opts.close_reason("Going Away"),
             opts.close_timeout,
         ))
         .await;

@@ -21,4 +21,5 @@ mod rooms;
 mod shutdown;
 mod socket_api;
 mod sse;
+mod street_js;
 mod wire;

@@ -1,6 +1,7 @@
 // The baseline peer for side-by-side runs: @streetjs/websocket 1.0.0 on Node, wired as
 // shared/bench/contract.md says (its README's wiring). scripts/bench-compare installs the
-// package into a cache folder outside the repository and runs this file from there.
+// package into a cache folder outside the repository and runs this file from there; the
+// tests run it from tests/js (street.js against StreetJS, tests/it/street_js.rs).
 //   node streetjs-server.mjs --addr 127.0.0.1:9101
 // Only the /ws envelope endpoint: StreetJS's attach() destroys upgrades on any other path,
 // so the raw /echo endpoint of the contract cannot share its server (conformance runs
