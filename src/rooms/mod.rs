@@ -972,6 +972,7 @@ mod tests {
 
     fn socket() -> Socket {
         Socket::new(
+            SocketId::new(),
             Arc::default(),
             1 << 20,
             64,

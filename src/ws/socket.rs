@@ -311,6 +311,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Socket {
     pub(crate) fn new(
+        id: SocketId,
         stats: Arc<Stats>,
         max_queue_bytes: usize,
         max_listeners: usize,
@@ -320,7 +321,7 @@ impl Socket {
     ) -> Self {
         Self {
             inner: Arc::new(SocketInner {
-                id: SocketId::new(),
+                id,
                 outbox: Outbox::default(),
                 listeners: Mutex::new(Listeners::default()),
                 data: Mutex::new(data),

@@ -14,6 +14,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::close::{CloseCode, CloseInfo};
 use super::connection::{self, Conn, Mode};
@@ -22,7 +23,7 @@ use super::limits::IpRefusal;
 use super::origin::{self, OriginVerdict};
 use super::proto;
 use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
-use super::socket::Socket;
+use super::socket::{Socket, SocketId};
 
 /// The upgrade request as the auth hook and the connection handler see it.
 /// Cheap to clone.
@@ -341,9 +342,13 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     // from here the connection task releases the per-IP count
     std::mem::forget(ip_guard);
     let task_wss = wss.clone();
-    wss.shared.tasks.spawn(serve_upgraded(
-        task_wss, on_upgrade, permit, request, protocol, data,
-    ));
+    // Everything the connection logs — street's events and the app's handlers, which run
+    // inside this task — carries the connection id.
+    let id = SocketId::new();
+    let span = tracing::info_span!("ws", conn = %id);
+    wss.shared.tasks.spawn(
+        serve_upgraded(task_wss, on_upgrade, permit, request, protocol, data, id).instrument(span),
+    );
     resp
 }
 
@@ -403,6 +408,7 @@ async fn serve_upgraded(
     request: ConnectRequest,
     protocol: Option<String>,
     data: http::Extensions,
+    id: SocketId,
 ) {
     // This future is the connection's task for its whole life: what it holds across the
     // long await is what every idle connection costs, so the one-off steps (taking the
@@ -438,6 +444,7 @@ async fn serve_upgraded(
     };
     let handler = wss.connection_handler(protocol.as_deref());
     let socket = Socket::new(
+        id,
         shared.stats.clone(),
         opts.max_queue_bytes,
         opts.max_listeners,
@@ -531,6 +538,8 @@ mod size_tests {
     #[test]
     fn the_connection_task_stays_small() {
         let wss = super::WebSocketServer::new(Default::default());
+        use tracing::Instrument;
+        let id = super::SocketId::new();
         let f = super::serve_upgraded(
             wss,
             hyper::upgrade::on(http::Request::new(())),
@@ -538,9 +547,86 @@ mod size_tests {
             super::ConnectRequest::for_test("/"),
             None,
             http::Extensions::new(),
-        );
+            id,
+        )
+        .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);
         eprintln!("sizes: serve_upgraded {n}");
         assert!(n <= 640, "serve_upgraded future is {n} bytes");
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use std::sync::{Arc, Mutex};
+
+    /// Captures formatted log lines.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What an app's handler logs carries the connection id (the `ws{conn=…}` span).
+    #[test]
+    fn handler_logs_carry_the_connection_id() {
+        let cap = Capture::default();
+        let writer = cap.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let id = tracing::subscriber::with_default(subscriber, || {
+            rt.block_on(async {
+                let wss = crate::ws::WebSocketServer::new(crate::ws::WsOptions::default());
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let tx = Mutex::new(Some(tx));
+                wss.on_connection(move |s: crate::ws::Socket, _: crate::ws::ConnectRequest| {
+                    tracing::info!("handler says hi");
+                    if let Some(tx) = tx.lock().ok().and_then(|mut t| t.take()) {
+                        let _ = tx.send(s.id());
+                    }
+                });
+                let app = crate::app(crate::AppOptions {
+                    port: 0,
+                    host: "127.0.0.1".into(),
+                    ..Default::default()
+                })
+                .websocket(&wss);
+                let srv = app.bind().await.expect("bind").spawn();
+                let url = format!("ws://{}/ws", srv.local_addr());
+                let (c, _) = tokio_tungstenite::connect_async(url)
+                    .await
+                    .expect("connect");
+                let id = tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+                    .await
+                    .expect("in time")
+                    .expect("id");
+                drop(c);
+                srv.shutdown().await;
+                id
+            })
+        });
+        let text = String::from_utf8(cap.0.lock().expect("lock").clone()).expect("utf8");
+        let line = text
+            .lines()
+            .find(|l| l.contains("handler says hi"))
+            .unwrap_or_else(|| panic!("no handler line in:\n{text}"));
+        assert!(line.contains(&format!("ws{{conn={id}}}")), "{line}");
     }
 }
