@@ -45,6 +45,7 @@ pub mod cluster;
 pub mod container;
 pub mod controller;
 pub mod jwt;
+pub mod metrics;
 pub mod rooms;
 pub mod sse;
 pub mod ws;

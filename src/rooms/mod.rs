@@ -716,6 +716,7 @@ impl Rooms {
 
     /// Queue `bytes` for the local connections `target` names.
     fn deliver_local(&self, target: &Target, bytes: &Bytes) -> usize {
+        let started = std::time::Instant::now();
         let recipients: Vec<Socket> = match target {
             Target::All => {
                 let n = self.inner.wss.broadcast_encoded(bytes);
@@ -753,6 +754,9 @@ impl Rooms {
             .filter(|s| s.send_text_bytes(bytes.clone()).is_ok())
             .count();
         self.inner.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        if matches!(target, Target::Room { .. }) {
+            self.inner.wss.observe_fanout(started.elapsed());
+        }
         n
     }
 

@@ -364,9 +364,10 @@ impl WebSocketServer {
 
     /// Queue the same bytes for every client (a reference-counted clone each, no copy).
     fn fan_out(&self, bytes: &bytes::Bytes, volatile: bool) -> usize {
+        let started = std::time::Instant::now();
         self.shared.stats.broadcasts.inc();
         let clients = read(&self.shared.clients);
-        clients
+        let n = clients
             .values()
             .filter(|s| {
                 let b = bytes.clone();
@@ -376,7 +377,20 @@ impl WebSocketServer {
                     s.send_text_bytes(b).is_ok()
                 }
             })
-            .count()
+            .count();
+        drop(clients);
+        self.shared.stats.fanout.observe(started.elapsed());
+        n
+    }
+
+    /// How long broadcasts (and room messages, see [`crate::rooms`]) took to queue for
+    /// every local recipient.
+    pub fn fanout_histogram(&self) -> crate::metrics::HistogramSnapshot {
+        self.shared.stats.fanout.snapshot()
+    }
+
+    pub(crate) fn observe_fanout(&self, d: std::time::Duration) {
+        self.shared.stats.fanout.observe(d);
     }
 
     /// The live sockets (a snapshot), for the seed's "broadcast to a subset" loop.

@@ -22,7 +22,12 @@ impl Counter {
 macro_rules! stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         #[derive(Debug, Default)]
-        pub(crate) struct Stats { $(pub(crate) $name: Counter,)* pub(crate) peak: AtomicU64 }
+        pub(crate) struct Stats {
+            $(pub(crate) $name: Counter,)*
+            pub(crate) peak: AtomicU64,
+            /// Time to queue a broadcast or room message for every local recipient.
+            pub(crate) fanout: crate::metrics::Histogram,
+        }
 
         /// A snapshot of a server's counters.
         #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

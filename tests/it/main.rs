@@ -13,6 +13,7 @@ mod examples;
 mod heartbeat;
 mod http_limits;
 mod limits;
+mod metrics;
 mod node_interop;
 mod origin;
 mod protocol;
