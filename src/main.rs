@@ -1,7 +1,7 @@
-//! The demo server: `cargo run --release` serves HTTP and the chat gateway on `/ws`
-//! (port 3000, or `PORT`).
-
-use street::ws::{WebSocketServer, WsOptions};
+//! The demo server: `cargo run --release`, then open http://localhost:3000 — a chat with
+//! rooms, presence and typing over WebSockets with JWT login, and a live dashboard over
+//! SSE at /dashboard. Port from `PORT` (default 3000); `REDIS_URL` makes it a cluster node;
+//! `STREET_JWT_SECRET` sets the token secret (a development secret otherwise).
 
 mod demo;
 
@@ -13,16 +13,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,street=info".into()),
         )
         .init();
-    let wss = WebSocketServer::new(WsOptions::default());
-    demo::chat_gateway(&wss);
-    let app = street::app(street::AppOptions::from_env())
-        .route(
-            "/",
-            axum::routing::get(|| async { axum::response::Html(demo::INDEX) }),
-        )
-        .route("/health", axum::routing::get(|| async { "ok" }))
-        .websocket(&wss);
-    match app.listen().await {
+    match demo::run(demo::Config::from_env()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("street: {e}");

@@ -9,6 +9,7 @@ mod backpressure;
 mod broadcast;
 mod capacity;
 mod chaos;
+mod demo;
 mod examples;
 mod heartbeat;
 mod http_limits;

@@ -1,0 +1,212 @@
+//! The chat: login, the authenticated WebSocket (the seed's pattern: verify the token in
+//! the connection handler, close 4001 when it is bad), rooms with history.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use street::rooms::PublishOptions;
+use street::ws::{ConnectRequest, Socket};
+
+use super::Demo;
+
+/// Rooms anyone may join; `staff` is listed by the page but closed (joins are refused).
+pub(crate) const OPEN_ROOMS: [&str; 3] = ["general", "random", "help"];
+const CLOSED_ROOMS: [&str; 1] = ["staff"];
+/// Longest display name, in characters.
+const MAX_NAME: usize = 32;
+/// Longest message, in characters.
+const MAX_TEXT: usize = 1000;
+/// Connections closed with 4001 (shown by the dashboard).
+pub(crate) static AUTH_REJECTED: AtomicU64 = AtomicU64::new(0);
+/// Messages kept per room for people who join later (per node).
+const HISTORY: usize = 50;
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// The validated display name, or why not.
+fn valid_name(raw: &str) -> Result<String, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.chars().count() > MAX_NAME {
+        return Err(format!("name is longer than {MAX_NAME} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name contains control characters".into());
+    }
+    Ok(name.to_owned())
+}
+
+async fn login(
+    State(demo): State<Demo>,
+    Json(body): Json<Login>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let name = match valid_name(&body.name) {
+        Ok(n) => n,
+        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))),
+    };
+    match demo.jwt.sign(&json!({ "sub": name })) {
+        Ok(token) => {
+            demo.metrics.track("logins", 1);
+            (
+                StatusCode::OK,
+                Json(json!({ "token": token, "name": name })),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign a token");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": "cannot sign a token" })),
+            )
+        }
+    }
+}
+
+pub(crate) fn routes(demo: Demo) -> Router {
+    Router::new()
+        .route("/api/login", post(login))
+        .with_state(demo)
+}
+
+/// One chat message as clients see it.
+#[derive(Clone, Serialize)]
+struct ChatOut {
+    /// Unique across nodes and restarts: the node id (random per process) and a counter.
+    id: String,
+    channel: String,
+    #[serde(rename = "memberId")]
+    member_id: String,
+    text: String,
+    ts: i64,
+}
+
+/// The last messages of each room (this node's).
+#[derive(Clone, Default)]
+pub(crate) struct History {
+    rooms: Arc<Mutex<HashMap<String, VecDeque<ChatOut>>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl History {
+    fn push(&self, m: ChatOut) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let q = rooms.entry(m.channel.clone()).or_default();
+        if q.len() >= HISTORY {
+            q.pop_front();
+        }
+        q.push_back(m);
+    }
+
+    fn of(&self, room: &str) -> Vec<ChatOut> {
+        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .get(room)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatIn {
+    channel: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct JoinIn {
+    channel: String,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) fn wire(demo: &Demo) {
+    let d = demo.clone();
+    demo.wss.on_connection(move |socket: Socket, req: ConnectRequest| {
+        let d = d.clone();
+        // The seed's authenticated connection: verify the token before anything else.
+        let token = req.query_param("token").unwrap_or_default();
+        let name = match d.jwt.verify::<Claims>(&token) {
+            Ok(c) => match valid_name(&c.sub) {
+                Ok(n) => n,
+                Err(_) => return reject(&socket, "Unauthorized: bad name in token"),
+            },
+            Err(e) => {
+                let why = match e.kind {
+                    street::jwt::JwtErrorKind::Expired => "Unauthorized: token expired",
+                    _ => "Unauthorized: invalid token",
+                };
+                return reject(&socket, why);
+            }
+        };
+        // identity comes from the token only; nothing the client sends can change it
+        d.rooms.attach(&socket, &name)?;
+        socket.emit(
+            "welcome",
+            &json!({ "memberId": name, "rooms": OPEN_ROOMS, "closedRooms": CLOSED_ROOMS, "node": d.rooms.node_id() }),
+        )?;
+
+        // after the rooms protocol handled a join (listeners run in order): the history
+        let (s, dd) = (socket.clone(), d.clone());
+        socket.on("room:join", move |j: JoinIn| {
+            if dd.rooms.rooms_of(&s).contains(&j.channel) {
+                let _ = s.emit("room:history", &json!({ "channel": j.channel, "messages": dd.history.of(&j.channel) }));
+            }
+        })?;
+
+        let (s, dd, who) = (socket.clone(), d.clone(), name);
+        socket.on("chat", move |m: ChatIn| {
+            let text = m.text.trim();
+            let refuse = |reason: &str| {
+                let _ = s.emit("chat:error", &json!({ "channel": m.channel, "reason": reason }));
+            };
+            if text.is_empty() {
+                return;
+            }
+            if text.chars().count() > MAX_TEXT {
+                return refuse(&format!("message is longer than {MAX_TEXT} characters"));
+            }
+            if !dd.rooms.rooms_of(&s).contains(&m.channel) {
+                return refuse("join the room first");
+            }
+            let out = ChatOut {
+                id: format!(
+                    "{}-{}",
+                    dd.rooms.node_id(),
+                    dd.history.next_id.fetch_add(1, Ordering::Relaxed) + 1
+                ),
+                channel: m.channel.clone(),
+                member_id: who.clone(),
+                text: text.to_owned(),
+                ts: street::ws::envelope::now_ms(),
+            };
+            dd.history.push(out.clone());
+            dd.metrics.track("chat_messages", 1);
+            let _ = dd.rooms.publish(&m.channel, "chat", &out, PublishOptions::default());
+        })?;
+        Ok::<_, BoxError>(())
+    });
+}
+
+fn reject(socket: &Socket, reason: &str) -> Result<(), BoxError> {
+    tracing::info!(reason, "closing an unauthenticated connection with 4001");
+    AUTH_REJECTED.fetch_add(1, Ordering::Relaxed);
+    socket.close(4001, reason)?;
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The demo (`cargo run --release`) as a process: its HTTP API and WebSocket rules over
+//! real sockets, then the whole thing in headless Chromium (two people chatting, the
+//! dashboard, a restart), which also takes the README's screenshots.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use crate::rooms::{next_is, recv_type};
+use serde_json::{json, Value};
+
+const SECRET: &str = "a-test-secret-for-the-demo-0123456789";
+
+struct Demo {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_demo(port: u16) -> Demo {
+    let child = Command::new(env!("CARGO_BIN_EXE_street"))
+        .env("PORT", port.to_string())
+        .env("STREET_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the demo");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    within("the demo to listen", async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    Demo { child, addr }
+}
+
+async fn login(addr: SocketAddr, name: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/api/login"))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .expect("post");
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+async fn token(addr: SocketAddr, name: &str) -> String {
+    let (status, body) = login(addr, name).await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// Connect with a token (and any extra query) and read the welcome.
+async fn chat_client(addr: SocketAddr, token: &str, extra: &str) -> (Client, Value) {
+    let mut c = connect_path(addr, &format!("/ws?token={token}{extra}")).await;
+    let w = next_is(&mut c, "welcome").await;
+    (c, w)
+}
+
+#[tokio::test]
+async fn demo_login_and_connection_rules() {
+    let demo = start_demo(crate::examples::free_port()).await;
+    let addr = demo.addr;
+    // names: empty, too long, control characters → 400; markup is just a name
+    assert_eq!(login(addr, "  ").await.0, 400);
+    let (status, body) = login(addr, &"n".repeat(33)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("name is longer than 32 characters"))
+    );
+    assert_eq!(login(addr, "a\u{7}b").await.0, 400);
+    let (status, body) = login(addr, "<b>Zed</b>").await;
+    assert_eq!((status, body["name"].as_str()), (200, Some("<b>Zed</b>")));
+
+    // a bad or expired token: close 4001 with the reason
+    let mut bad = connect_path(addr, "/ws?token=not.a.token").await;
+    assert_eq!(
+        recv_close(&mut bad).await,
+        (4001, "Unauthorized: invalid token".into())
+    );
+    let jwt = street::jwt::JwtService::new(street::jwt::JwtOptions {
+        secret: Some(SECRET.into()),
+        ..Default::default()
+    })
+    .expect("jwt");
+    let expired = jwt.sign(&json!({ "sub": "ana", "exp": 1 })).expect("sign");
+    let mut old = connect_path(addr, &format!("/ws?token={expired}")).await;
+    assert_eq!(
+        recv_close(&mut old).await,
+        (4001, "Unauthorized: token expired".into())
+    );
+    let forged = street::jwt::JwtService::new(street::jwt::JwtOptions {
+        secret: Some("another-secret-of-enough-length".into()),
+        ..Default::default()
+    })
+    .expect("jwt")
+    .sign(&json!({ "sub": "ana" }))
+    .expect("sign");
+    let mut f = connect_path(addr, &format!("/ws?token={forged}")).await;
+    assert_eq!(recv_close(&mut f).await.0, 4001);
+
+    // identity is the token's: a claimed member in the query or payload changes nothing
+    let ana_token = token(addr, "ana").await;
+    let (mut ana, w) = chat_client(addr, &ana_token, "&member=bo").await;
+    assert_eq!(w["memberId"], "ana");
+    let (mut bo, _) = chat_client(addr, &token(addr, "bo").await, "").await;
+    for c in [&mut ana, &mut bo] {
+        send_env(c, "room:join", json!({ "channel": "general" })).await;
+        let _ = recv_type(c, "room:joined").await;
+    }
+    send_env(
+        &mut ana,
+        "chat",
+        json!({ "channel": "general", "text": "hi", "memberId": "bo" }),
+    )
+    .await;
+    let m = recv_type(&mut bo, "chat").await;
+    assert_eq!(
+        (m["memberId"].as_str(), m["text"].as_str()),
+        (Some("ana"), Some("hi"))
+    );
+
+    // a typing flood is one event for the others
+    for _ in 0..100 {
+        send_env(
+            &mut ana,
+            "typing",
+            json!({ "channel": "general", "typing": true }),
+        )
+        .await;
+    }
+    send_env(
+        &mut ana,
+        "chat",
+        json!({ "channel": "general", "text": "marker" }),
+    )
+    .await;
+    let mut typing_events = 0;
+    loop {
+        let v = recv_json(&mut bo).await;
+        match v["type"].as_str() {
+            Some("typing") => typing_events += 1,
+            Some("chat") if v["payload"]["text"] == "marker" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(typing_events, 1);
+
+    // a too-long message, a closed room, a room one is not in
+    send_env(
+        &mut ana,
+        "chat",
+        json!({ "channel": "general", "text": "x".repeat(1001) }),
+    )
+    .await;
+    assert_eq!(
+        recv_type(&mut ana, "chat:error").await["reason"],
+        "message is longer than 1000 characters"
+    );
+    send_env(&mut ana, "room:join", json!({ "channel": "staff" })).await;
+    assert_eq!(
+        recv_type(&mut ana, "room:error").await,
+        json!({ "channel": "staff", "action": "join", "reason": "forbidden" })
+    );
+    send_env(
+        &mut ana,
+        "chat",
+        json!({ "channel": "random", "text": "hello?" }),
+    )
+    .await;
+    assert_eq!(
+        recv_type(&mut ana, "chat:error").await["reason"],
+        "join the room first"
+    );
+
+    // history for a latecomer
+    let (mut cy, _) = chat_client(addr, &token(addr, "cy").await, "").await;
+    send_env(&mut cy, "room:join", json!({ "channel": "general" })).await;
+    let h = recv_type(&mut cy, "room:history").await;
+    let texts: Vec<&str> = h["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["hi", "marker"]);
+
+    // the Prometheus route and the dashboard feed
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("street_ws_connections{server=\"chat\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("street_app_events_total{event=\"chat_messages\"} 2"),
+        "{text}"
+    );
+    let mut feed = reqwest::get(format!("http://{addr}/api/metrics/stream"))
+        .await
+        .expect("get");
+    let first = within("a dashboard sample", feed.chunk())
+        .await
+        .expect("chunk")
+        .expect("data");
+    let first = String::from_utf8_lossy(&first);
+    assert!(
+        first.contains("event: metrics") && first.contains("\"connections\":3"),
+        "{first}"
+    );
+}
+
+/// The browser's next line (bounded); an "ERROR …" line fails the test.
+async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    let l = tokio::time::timeout(Duration::from_secs(90), rx.recv())
+        .await
+        .expect("the browser to report within 90 s")
+        .expect("a line");
+    assert!(!l.starts_with("ERROR"), "{l}");
+    l
+}
+
+/// Two people in headless Chromium, the dashboard, and a restart (see
+/// tests/js/demo_browser.js). `UPDATE_SCREENSHOTS=1` writes the README's pictures to
+/// docs/; otherwise they go to target/screenshots/.
+#[tokio::test]
+async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
+    let js = js_dir();
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing; scripts/test installs it (apt: chromium)"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shots = if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        root.join("docs")
+    } else {
+        root.join("target/screenshots")
+    };
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let port = crate::examples::free_port();
+    let mut demo = start_demo(port).await;
+    let mut node = Command::new("node")
+        .arg(js.join("demo_browser.js"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&shots)
+        .current_dir(&js)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let out = node.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(next_line(&mut rx).await, "RESTART");
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = demo.child.wait();
+        (s, demo)
+    })
+    .await
+    .expect("join");
+    assert!(status.0.expect("wait").success());
+    drop(status.1);
+    let _again = start_demo(port).await;
+    writeln!(node.stdin.take().expect("stdin"), "RESTARTED").expect("write");
+    let report = next_line(&mut rx).await;
+    let _ = node.wait();
+    println!("browser report: {report}");
+    let v: Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(v["presenceAna"], "Ana (you)Bo", "{v}");
+    assert_eq!(v["presenceBo"], "AnaBo (you)", "{v}");
+    assert_eq!(v["me"], "signed in as Ana", "{v}");
+    assert_eq!(v["typing"], "Bo is typing…", "{v}");
+    assert_eq!(
+        v["markupShown"], "<img src=x onerror=\"window.pwned=1\"><b>bold?</b>",
+        "{v}"
+    );
+    assert_eq!(
+        (v["markupImgs"].as_u64(), v["pwned"].as_str()),
+        (Some(0), Some("no")),
+        "{v}"
+    );
+    assert_eq!(v["typingAfterSend"], "", "{v}");
+    assert!(
+        v["boSaw"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Anahello from Ana")),
+        "{v}"
+    );
+    assert_eq!(v["closedRoom"], "Cannot join #staff: forbidden", "{v}");
+    assert_eq!(
+        v["longMessage"], "message is longer than 1000 characters",
+        "{v}"
+    );
+    assert!(v["history"].as_u64().is_some_and(|n| n >= 2), "{v}");
+    assert_eq!(v["longName"], "name is longer than 32 characters", "{v}");
+    assert!(
+        v["badToken"]
+            .as_str()
+            .is_some_and(|s| s.contains("Unauthorized: invalid token")),
+        "{v}"
+    );
+    assert_eq!(v["badTokenState"], "closed", "{v}");
+    assert!(v["dashConnections"].as_u64().is_some_and(|n| n >= 2), "{v}");
+    let chat = v["dashChat"].as_array().expect("dashChat");
+    assert!(chat[1].as_u64() >= chat[0].as_u64().map(|n| n + 3), "{v}");
+    assert!(v["dashMaxIn"].as_f64().is_some_and(|n| n > 0.0), "{v}");
+    assert!(
+        v["afterRestart"]
+            .as_str()
+            .is_some_and(|s| s.contains("after the restart")),
+        "{v}"
+    );
+    assert_eq!(v["dashboardResumed"], true, "{v}");
+    assert!(shots.join("chat.png").exists() && shots.join("dashboard.png").exists());
+}
