@@ -7,8 +7,9 @@
 //! - logs nothing per message; SIGTERM closes every client with 1001 and exits 0.
 //!
 //! Beyond the contract (for street's SSE measurements): `GET /sse` subscribes to the
-//! topic `bench` of an [`SseHub`](street::sse::SseHub) (no replay), and a `/ws` client's
-//! `{"type":"sse","payload":P}` publishes P there; `--max-sse-streams` caps the streams
+//! topic `bench` of an [`SseHub`](street::sse::SseHub) (no replay), and a client of
+//! `/sse/publish` sending `{"type":"sse","payload":P}` publishes P there (a separate
+//! endpoint, so `/ws` connections carry only the contract's two listeners); `--max-sse-streams` caps the streams
 //! (default 100 000; more get 503).
 
 use std::process::ExitCode;
@@ -44,7 +45,7 @@ async fn run(flags: Flags) -> ExitCode {
     let echo = WebSocketServer::new(WsOptions {
         path: "/echo".into(),
         frames: Frames::Raw,
-        ..opts
+        ..opts.clone()
     });
 
     let sse = SseHub::new(HubOptions {
@@ -52,7 +53,17 @@ async fn run(flags: Flags) -> ExitCode {
         ..HubOptions::default()
     });
     let hub = ws.clone();
+    let publisher = WebSocketServer::new(WsOptions {
+        path: "/sse/publish".into(),
+        ..opts.clone()
+    });
     let sse_pub = sse.clone();
+    publisher.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let sp = sse_pub.clone();
+        socket.on("sse", move |p: Box<RawValue>| {
+            let _ = sp.publish("bench", &p, Some("bench"));
+        })
+    });
     ws.on_connection(move |socket: Socket, _: ConnectRequest| {
         let s = socket.clone();
         // RawValue: the payload is passed through without being parsed into a tree.
@@ -60,10 +71,6 @@ async fn run(flags: Flags) -> ExitCode {
         let h = hub.clone();
         socket.on("broadcast", move |p: Box<RawValue>| {
             h.broadcast("broadcast", &p)
-        })?;
-        let sp = sse_pub.clone();
-        socket.on("sse", move |p: Box<RawValue>| {
-            let _ = sp.publish("bench", &p, Some("bench"));
         })?;
         Ok::<_, SocketError>(())
     });
@@ -88,6 +95,7 @@ async fn run(flags: Flags) -> ExitCode {
         }),
     )
     .websocket(&ws)
+    .websocket(&publisher)
     .websocket(&echo);
     let server = match app.bind().await {
         Ok(s) => s,

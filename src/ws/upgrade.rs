@@ -344,11 +344,16 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     let task_wss = wss.clone();
     // Everything the connection logs — street's events and the app's handlers, which run
     // inside this task — carries the connection id.
+    // (Only when a subscriber wants the span: a disabled one would still cost 72 bytes in
+    // every connection's task.)
     let id = SocketId::new();
     let span = tracing::info_span!("ws", conn = %id);
-    wss.shared.tasks.spawn(
-        serve_upgraded(task_wss, on_upgrade, permit, request, protocol, data, id).instrument(span),
-    );
+    let task = serve_upgraded(task_wss, on_upgrade, permit, request, protocol, data, id);
+    if span.is_disabled() {
+        wss.shared.tasks.spawn(task);
+    } else {
+        wss.shared.tasks.spawn(task.instrument(span));
+    }
     resp
 }
 

@@ -12,7 +12,8 @@
 //!   with exponential backoff and full jitter (`--reconnect-window-ms` is the first delay's
 //!   range); prints `READY` once connected, then reports how the reconnects spread;
 //! - `sse-fanout` (street's bench_server only): N Server-Sent Events readers of `GET /sse`,
-//!   one WebSocket publisher sending `{"type":"sse","payload":ID}`, measured as `fanout`.
+//!   one WebSocket publisher (`/sse/publish`) sending `{"type":"sse","payload":ID}`,
+//!   measured as `fanout`.
 //!
 //! It reports its own CPU time (a load generator that saturates a core understates the
 //! faster server) and, given `--server-pid`, the server's CPU per unit of work and its RSS.
@@ -465,7 +466,16 @@ async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, Str
     // first url), popped from the front below
     let mut urls = vec![a.url.clone()];
     urls.extend(a.more_urls.iter().cloned());
-    let (mut conns, failed, _) = open_spread(&urls, if sse { 1 } else { n }, a.concurrency).await;
+    // with SSE the publisher is a client of bench_server's /sse/publish endpoint
+    let pub_urls = if sse {
+        let uri: http::Uri = a.url.parse().map_err(|e| format!("bad url: {e}"))?;
+        let auth = uri.authority().ok_or("url has no host")?;
+        vec![format!("ws://{auth}/sse/publish")]
+    } else {
+        urls.clone()
+    };
+    let (mut conns, failed, _) =
+        open_spread(&pub_urls, if sse { 1 } else { n }, a.concurrency).await;
     if failed > 0 {
         return Err(format!("{failed} connections failed"));
     }
