@@ -556,7 +556,10 @@ mod size_tests {
         )
         .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);
-        eprintln!("sizes: serve_upgraded {n}");
+        eprintln!(
+            "sizes: serve_upgraded {n} (span {})",
+            std::mem::size_of::<tracing::Span>()
+        );
         assert!(n <= 640, "serve_upgraded future is {n} bytes");
     }
 }
