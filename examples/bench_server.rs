@@ -16,9 +16,7 @@ use std::process::ExitCode;
 
 use serde_json::value::RawValue;
 use street::sse::{HubOptions, SseHub, SseRequest};
-use street::ws::{
-    ConnectRequest, Frames, RawMessage, Socket, SocketError, WebSocketServer, WsOptions,
-};
+use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
 
 mod support {
     pub(crate) mod contract;
@@ -30,32 +28,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(flags: Flags) -> ExitCode {
-    let (host, port) = match contract::host_port(&flags) {
-        Ok(x) => x,
+    let app = match contract::app_options(&flags) {
+        Ok(o) => street::app(o),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let opts = contract::ws_options(&flags);
-    let ws = WebSocketServer::new(WsOptions {
-        path: "/ws".into(),
-        ..opts.clone()
-    });
-    let echo = WebSocketServer::new(WsOptions {
-        path: "/echo".into(),
-        frames: Frames::Raw,
-        ..opts.clone()
-    });
+    let (ws, echo) = contract::endpoints(&flags);
 
     let sse = SseHub::new(HubOptions {
         replay_events: 0,
         ..HubOptions::default()
     });
-    let hub = ws.clone();
     let publisher = WebSocketServer::new(WsOptions {
         path: "/sse/publish".into(),
-        ..opts.clone()
+        ..contract::ws_options(&flags)
     });
     let sse_pub = sse.clone();
     publisher.on_connection(move |socket: Socket, _: ConnectRequest| {
@@ -64,6 +52,7 @@ async fn run(flags: Flags) -> ExitCode {
             let _ = sp.publish("bench", &p, Some("bench"));
         })
     });
+    let hub = ws.clone();
     ws.on_connection(move |socket: Socket, _: ConnectRequest| {
         let s = socket.clone();
         // RawValue: the payload is passed through without being parsed into a tree.
@@ -74,37 +63,17 @@ async fn run(flags: Flags) -> ExitCode {
         })?;
         Ok::<_, SocketError>(())
     });
-    echo.on_connection(|socket: Socket, _: ConnectRequest| {
-        let s = socket.clone();
-        socket.on_raw(move |m: RawMessage| s.send_raw(m))
-    });
 
-    let app = street::app(street::AppOptions {
-        host,
-        port,
-        // HTTP connections (SSE streams are HTTP): as many as WebSockets
-        max_connections: flags.max_connections,
-        max_sse_streams: flags.max_sse_streams,
-        ..Default::default()
-    })
-    .route(
-        "/sse",
-        axum::routing::get(move |req: SseRequest| {
-            let sse = sse.clone();
-            async move { sse.subscribe(req, "bench").map(|(_, resp)| resp) }
-        }),
-    )
-    .websocket(&ws)
-    .websocket(&publisher)
-    .websocket(&echo);
-    let server = match app.bind().await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
-    };
-    println!("listening on {}", server.local_addr());
-    server.serve(street::app::shutdown_signal()).await;
-    ExitCode::SUCCESS
+    let app = app
+        .route(
+            "/sse",
+            axum::routing::get(move |req: SseRequest| {
+                let sse = sse.clone();
+                async move { sse.subscribe(req, "bench").map(|(_, resp)| resp) }
+            }),
+        )
+        .websocket(&ws)
+        .websocket(&publisher)
+        .websocket(&echo);
+    contract::serve(app, |addr| format!("listening on {addr}")).await
 }

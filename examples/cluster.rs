@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use street::cluster::redis::{RedisBroker, RedisOptions};
 use street::cluster::Broker;
 use street::rooms::{Rooms, RoomsOptions};
-use street::ws::{ConnectRequest, Frames, RawMessage, Socket, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket};
 
 mod support {
     pub(crate) mod contract;
@@ -39,23 +39,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(flags: Flags) -> ExitCode {
-    let (host, port) = match contract::host_port(&flags) {
-        Ok(x) => x,
+    let app = match contract::app_options(&flags) {
+        Ok(o) => street::app(o),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let opts = contract::ws_options(&flags);
-    let ws = WebSocketServer::new(WsOptions {
-        path: "/ws".into(),
-        ..opts.clone()
-    });
-    let echo = WebSocketServer::new(WsOptions {
-        path: "/echo".into(),
-        frames: Frames::Raw,
-        ..opts
-    });
+    let (ws, echo) = contract::endpoints(&flags);
 
     let broker: Option<Arc<dyn Broker>> = std::env::var("REDIS_URL").ok().map(|url| {
         Arc::new(RedisBroker::new(RedisOptions {
@@ -96,38 +87,19 @@ async fn run(flags: Flags) -> ExitCode {
         })?;
         Ok::<_, BoxError>(())
     });
-    echo.on_connection(|socket: Socket, _: ConnectRequest| {
-        let s = socket.clone();
-        socket.on_raw(move |m: RawMessage| s.send_raw(m))
-    });
 
-    let app = street::app(street::AppOptions {
-        host,
-        port,
-        max_connections: flags.max_connections,
-        ..Default::default()
-    })
-    .websocket(&ws)
-    .websocket(&echo);
-    let server = match app.bind().await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
+    let app = app.websocket(&ws).websocket(&echo);
+    let node = rooms.node_id().to_owned();
+    let mode = if clustered {
+        "cluster via Redis"
+    } else {
+        "single node"
     };
-    println!(
-        "node {} listening on {} ({})",
-        rooms.node_id(),
-        server.local_addr(),
-        if clustered {
-            "cluster via Redis"
-        } else {
-            "single node"
-        }
-    );
-    server.serve(street::app::shutdown_signal()).await;
+    let code = contract::serve(app, |addr| {
+        format!("node {node} listening on {addr} ({mode})")
+    })
+    .await;
     // clients got 1001 and left their rooms; now leave the cluster's presence at once
     rooms.shutdown().await;
-    ExitCode::SUCCESS
+    code
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use street::ws::WsOptions;
+use street::ws::{ConnectRequest, Frames, RawMessage, Socket, WebSocketServer, WsOptions};
 
 /// The contract's flags (plus the extras of street's examples).
 pub(crate) struct Flags {
@@ -112,13 +112,59 @@ where
     })
 }
 
-/// `--addr` as (host, port).
-pub(crate) fn host_port(flags: &Flags) -> Result<(String, u16), String> {
-    flags
+/// The app's options: `--addr` and, for HTTP connections too (SSE streams are HTTP),
+/// `--max-connections`.
+pub(crate) fn app_options(flags: &Flags) -> Result<street::AppOptions, String> {
+    let (host, port) = flags
         .addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
-        .ok_or_else(|| "--addr must be HOST:PORT".to_owned())
+        .ok_or_else(|| "--addr must be HOST:PORT".to_owned())?;
+    Ok(street::AppOptions {
+        host,
+        port,
+        max_connections: flags.max_connections,
+        max_sse_streams: flags.max_sse_streams,
+        ..Default::default()
+    })
+}
+
+/// The contract's endpoints: `/ws` (envelopes; the caller adds its handlers) and `/echo`
+/// (every message echoed verbatim, wired here).
+pub(crate) fn endpoints(flags: &Flags) -> (WebSocketServer, WebSocketServer) {
+    let opts = ws_options(flags);
+    let ws = WebSocketServer::new(WsOptions {
+        path: "/ws".into(),
+        ..opts.clone()
+    });
+    let echo = WebSocketServer::new(WsOptions {
+        path: "/echo".into(),
+        frames: Frames::Raw,
+        ..opts
+    });
+    echo.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on_raw(move |m: RawMessage| s.send_raw(m))
+    });
+    (ws, echo)
+}
+
+/// Bind, print `banner(addr)` (harnesses wait for a line), serve until SIGTERM/SIGINT.
+pub(crate) async fn serve(
+    app: street::App,
+    banner: impl FnOnce(std::net::SocketAddr) -> String,
+) -> ExitCode {
+    match app.bind().await {
+        Ok(server) => {
+            println!("{}", banner(server.local_addr()));
+            server.serve(street::app::shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Options of the contract's endpoints.

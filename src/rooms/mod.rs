@@ -833,22 +833,16 @@ impl Rooms {
 
     /// Members flagged as typing in `room` on this node.
     pub fn typing_members(&self, room: &str) -> Vec<String> {
-        let st = lock(&self.inner.state);
-        let Some(r) = st.rooms.get(room) else {
-            return Vec::new();
-        };
-        let mut v: Vec<(u64, String)> = r
-            .members
-            .iter()
-            .filter(|(_, m)| m.typing % 2 == 1)
-            .map(|(k, m)| (m.order, k.to_string()))
-            .collect();
-        v.sort();
-        v.into_iter().map(|(_, k)| k).collect()
+        self.members_where(room, |m| m.typing % 2 == 1)
     }
 
     /// Members present in `room` on this node, in the order they became present.
     pub fn local_presence(&self, room: &str) -> Vec<String> {
+        self.members_where(room, |_| true)
+    }
+
+    /// The room's members that `keep` accepts, in the order they became present.
+    fn members_where(&self, room: &str, keep: impl Fn(&Member) -> bool) -> Vec<String> {
         let st = lock(&self.inner.state);
         let Some(r) = st.rooms.get(room) else {
             return Vec::new();
@@ -856,6 +850,7 @@ impl Rooms {
         let mut v: Vec<(u64, String)> = r
             .members
             .iter()
+            .filter(|(_, m)| keep(m))
             .map(|(k, m)| (m.order, k.to_string()))
             .collect();
         v.sort();

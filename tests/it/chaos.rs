@@ -218,36 +218,22 @@ async fn ten_thousand_connections_in_three_cycles_leave_server_rss_flat() {
 /// record; the assertions are on counts and on the shape of the spread.
 #[tokio::test]
 async fn a_restart_under_5000_connections_sends_1001_and_reconnects_spread_by_jitter() {
-    use std::io::BufRead;
     const N: u64 = 5_000;
     let bench = street_bench();
     let port = crate::examples::free_port();
     let mut old = crate::examples::start_on("bench_server", port, &[]).await;
-    let mut tool = Command::new(bench)
-        .args([
-            "restart",
-            "--url",
-            &format!("ws://127.0.0.1:{port}/ws"),
-            "--connections",
-            &N.to_string(),
-            "--reconnect-window-ms",
-            "2000",
-            "--timeout",
-            "40",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("street-bench");
-    let mut lines = std::io::BufReader::new(tool.stdout.take().expect("stdout")).lines();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        while let Some(Ok(l)) = lines.next() {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut tool, mut rx) = spawn_lines(Command::new(bench).args([
+        "restart",
+        "--url",
+        &format!("ws://127.0.0.1:{port}/ws"),
+        "--connections",
+        &N.to_string(),
+        "--reconnect-window-ms",
+        "2000",
+        "--timeout",
+        "40",
+        "--json",
+    ]));
     let ready = tokio::time::timeout(Duration::from_secs(60), rx.recv())
         .await
         .expect("5 000 connected within 60 s")

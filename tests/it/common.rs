@@ -345,3 +345,29 @@ pub async fn http_status(addr: SocketAddr, request: &str) -> Option<u16> {
     let text = String::from_utf8_lossy(&buf);
     text.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Spawn a child with piped stdout (and stdin, for protocols that answer it) and forward
+/// its stdout lines to a channel, read on a thread so no test blocks on a pipe.
+pub fn spawn_lines(
+    cmd: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn a child process");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}

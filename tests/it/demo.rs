@@ -2,7 +2,7 @@
 //! real sockets, then the whole thing in headless Chromium (two people chatting, the
 //! dashboard, a restart), which also takes the README's screenshots.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -316,24 +316,13 @@ async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let port = crate::examples::free_port();
     let mut demo = start_demo(port).await;
-    let mut node = Command::new("node")
-        .arg(js.join("demo_browser.js"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(&shots)
-        .current_dir(&js)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let out = node.stdout.take().expect("stdout");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut node, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("demo_browser.js"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(&shots)
+            .current_dir(&js),
+    );
     assert_eq!(next_line(&mut rx).await, "RESTART");
     let _ = Command::new("kill")
         .args(["-TERM", &demo.child.id().to_string()])

@@ -553,7 +553,7 @@ async fn the_seed_example_ticks_every_second_with_ids_that_resume() {
 /// itself and resumes from its last id: ids 1..=n with no gap and no duplicate.
 #[tokio::test]
 async fn a_browser_event_source_resumes_after_a_server_restart_without_gaps_or_duplicates() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let js = js_dir();
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
@@ -562,24 +562,13 @@ async fn a_browser_event_source_resumes_after_a_server_restart_without_gaps_or_d
     let mut ex = crate::examples::start("sse", &[]).await;
     let port = ex.addr.port();
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sse-browser.png");
-    let mut node = std::process::Command::new("node")
-        .arg(js.join("sse_browser.js"))
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .arg(&shot)
-        .current_dir(&js)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut lines = std::io::BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        while let Some(Ok(l)) = lines.next() {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut node, mut rx) = spawn_lines(
+        std::process::Command::new("node")
+            .arg(js.join("sse_browser.js"))
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .arg(&shot)
+            .current_dir(&js),
+    );
     let ready = within("browser READY", rx.recv()).await.expect("line");
     assert!(ready.starts_with("READY "), "{ready}");
     ex.signal("-TERM");

@@ -2,7 +2,6 @@
 //! `@streetjs/websocket` wire to the real StreetJS server, and a thousand of them come
 //! back after a restart honouring the server's retry hint, spread by jitter.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -16,23 +15,12 @@ fn street_client(
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let js = js_dir();
-    let mut child = Command::new("node")
-        .arg(js.join("street_client.js"))
-        .args(args)
-        .current_dir(&js)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
+    spawn_lines(
+        Command::new("node")
+            .arg(js.join("street_client.js"))
+            .args(args)
+            .current_dir(&js),
+    )
 }
 
 async fn line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, within_s: u64) -> String {
