@@ -269,8 +269,11 @@ impl App {
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let router = self
             .router
-            .layer(Extension(self.container.clone()))
-            .layer(Extension(self.sse.clone()));
+            // one extension per request for both (each insert is an allocation)
+            .layer(Extension(AppContext {
+                container: self.container.clone(),
+                sse: self.sse.clone(),
+            }));
         Ok(Server {
             listener,
             local_addr,
@@ -291,6 +294,13 @@ impl App {
         server.serve(shutdown_signal()).await;
         Ok(())
     }
+}
+
+/// What every request of an app carries for street's extractors (`Inject`, `SseRequest`).
+#[derive(Debug, Clone)]
+pub(crate) struct AppContext {
+    pub(crate) container: Container,
+    pub(crate) sse: SseRegistry,
 }
 
 /// A bound app, ready to serve.

@@ -117,8 +117,8 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let c = parts
             .extensions
-            .get::<Container>()
-            .cloned()
+            .get::<crate::app::AppContext>()
+            .map(|ctx| ctx.container.clone())
             .unwrap_or_else(|| Container::global().clone());
         c.resolve::<T>().map(Inject).map_err(|e| {
             tracing::error!(error = %e, "service missing");

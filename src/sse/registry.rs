@@ -278,8 +278,8 @@ impl<S: Send + Sync> FromRequestParts<S> for SseRequest {
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let slot = match parts.extensions.get::<SseRegistry>() {
-            Some(r) => Some(r.acquire()?),
+        let slot = match parts.extensions.get::<crate::app::AppContext>() {
+            Some(ctx) => Some(ctx.sse.acquire()?),
             None => None,
         };
         Ok(Self {

@@ -346,9 +346,19 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     // inside this task — carries the connection id.
     // (Only when a subscriber wants the span: a disabled one would still cost 72 bytes in
     // every connection's task.)
-    let id = SocketId::new();
-    let span = tracing::info_span!("ws", conn = %id);
-    let task = serve_upgraded(task_wss, on_upgrade, permit, request, protocol, data, id);
+    // The socket is made here, not in the task: the task then carries one pointer instead
+    // of the protocol, the auth data and the id until the upgrade completes.
+    let socket = Socket::new(
+        SocketId::new(),
+        wss.shared.stats.clone(),
+        wss.shared.opts.max_queue_bytes,
+        wss.shared.opts.max_listeners,
+        request.remote_addr(),
+        protocol.map(String::into_boxed_str),
+        data,
+    );
+    let span = tracing::info_span!("ws", conn = %socket.id());
+    let task = serve_upgraded(task_wss, on_upgrade, permit, request, socket);
     if span.is_disabled() {
         wss.shared.tasks.spawn(task);
     } else {
@@ -411,9 +421,7 @@ async fn serve_upgraded(
     on_upgrade: hyper::upgrade::OnUpgrade,
     permit: Option<OwnedSemaphorePermit>,
     request: ConnectRequest,
-    protocol: Option<String>,
-    data: http::Extensions,
-    id: SocketId,
+    socket: Socket,
 ) {
     // This future is the connection's task for its whole life: what it holds across the
     // long await is what every idle connection costs, so the one-off steps (taking the
@@ -442,21 +450,12 @@ async fn serve_upgraded(
         .await;
         return;
     };
-    let mode = if protocol.is_some() || opts.frames == super::server::Frames::Raw {
+    let mode = if socket.protocol().is_some() || opts.frames == super::server::Frames::Raw {
         Mode::Raw
     } else {
         Mode::Envelope
     };
-    let handler = wss.connection_handler(protocol.as_deref());
-    let socket = Socket::new(
-        id,
-        shared.stats.clone(),
-        opts.max_queue_bytes,
-        opts.max_listeners,
-        request.remote_addr(),
-        protocol.map(String::into_boxed_str),
-        data,
-    );
+    let handler = wss.connection_handler(socket.protocol());
     if !wss.register(&socket) {
         wss.release_ip(socket.remote_addr());
         shared.stats.rejected_shutdown.inc();
@@ -545,14 +544,21 @@ mod size_tests {
         let wss = super::WebSocketServer::new(Default::default());
         use tracing::Instrument;
         let id = super::SocketId::new();
+        let socket = super::Socket::new(
+            id,
+            Default::default(),
+            1,
+            1,
+            None,
+            None,
+            http::Extensions::new(),
+        );
         let f = super::serve_upgraded(
             wss,
             hyper::upgrade::on(http::Request::new(())),
             None,
             super::ConnectRequest::for_test("/"),
-            None,
-            http::Extensions::new(),
-            id,
+            socket,
         )
         .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);
