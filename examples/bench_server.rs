@@ -27,14 +27,8 @@ fn main() -> ExitCode {
     contract::main(run)
 }
 
-async fn run(flags: Flags) -> ExitCode {
-    let app = match contract::app_options(&flags) {
-        Ok(o) => street::app(o),
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
+    let app = street::app(app);
     let (ws, echo) = contract::endpoints(&flags);
 
     let sse = SseHub::new(HubOptions {

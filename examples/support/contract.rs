@@ -73,14 +73,15 @@ pub(crate) fn parse() -> Result<Flags, String> {
     Ok(f)
 }
 
-/// Parse the flags, build the runtime (`--threads` workers) and run `body` on it.
+/// Parse the flags (and the app options they give), build the runtime (`--threads`
+/// workers) and run `body` on it. A bad flag is exit code 2.
 pub(crate) fn main<F, Fut>(body: F) -> ExitCode
 where
-    F: FnOnce(Flags) -> Fut,
+    F: FnOnce(Flags, street::AppOptions) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let flags = match parse() {
-        Ok(f) => f,
+    let (flags, app) = match parse().and_then(|f| app_options(&f).map(|o| (f, o))) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
@@ -108,7 +109,7 @@ where
             )
             .with_writer(std::io::stderr)
             .init();
-        body(flags).await
+        body(flags, app).await
     })
 }
 

@@ -133,22 +133,15 @@ impl Broker for MemoryBroker {
 
     fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
         let alive: Vec<Arc<str>> = lock(&self.bus.nodes).keys().cloned().collect();
-        let mut out: Vec<PresenceEntry> = Vec::new();
-        if let Some(r) = lock(&self.bus.presence).get(room) {
-            for ((node, member), n) in r {
-                if !alive.contains(node) {
-                    continue;
-                }
-                match out.iter_mut().find(|e| e.member == *member) {
-                    Some(e) => e.connections += n,
-                    None => out.push(PresenceEntry {
-                        member: member.clone(),
-                        connections: *n,
-                    }),
-                }
-            }
-        }
-        out.sort_by(|a, b| a.member.cmp(&b.member));
+        let out = lock(&self.bus.presence)
+            .get(room)
+            .map_or_else(Vec::new, |r| {
+                super::union(
+                    r.iter()
+                        .filter(|((node, _), _)| alive.contains(node))
+                        .map(|((_, member), n)| (member.as_str(), *n)),
+                )
+            });
         Box::pin(async move { Ok(out) })
     }
 

@@ -206,6 +206,24 @@ pub struct PresenceEntry {
     pub connections: usize,
 }
 
+/// Sum per-node `(member, connections)` pairs into one entry per member, sorted by member
+/// (what every broker's [`Broker::presence`] answers).
+pub(crate) fn union<'a>(
+    per_node: impl IntoIterator<Item = (&'a str, usize)>,
+) -> Vec<PresenceEntry> {
+    let mut members: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (member, n) in per_node {
+        *members.entry(member).or_default() += n;
+    }
+    members
+        .into_iter()
+        .map(|(member, connections)| PresenceEntry {
+            member: member.to_owned(),
+            connections,
+        })
+        .collect()
+}
+
 /// Counters of a broker. Every gap in delivery shows up here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

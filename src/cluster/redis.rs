@@ -185,7 +185,7 @@ impl Shared {
         } else {
             format!("{}?protocol=resp3", self.opts.url)
         };
-        redis::Client::open(url).map_err(|e| BrokerError::Unavailable(e.to_string()))
+        redis::Client::open(url).map_err(unavailable)
     }
 
     fn config(&self) -> ConnectionManagerConfig {
@@ -210,26 +210,39 @@ impl Shared {
     }
 }
 
-/// Connect the command connection, retrying with backoff when `forever`.
-async fn connect(shared: &Shared, forever: bool) -> Result<ConnectionManager, BrokerError> {
+/// Run `attempt` once, or — when `forever` — until it succeeds, backing off from 100 ms
+/// to 2 s between tries (the degraded start).
+async fn retrying<T, F, Fut>(what: &str, forever: bool, mut attempt: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BrokerError>>,
+{
     let mut delay = Duration::from_millis(100);
     loop {
-        let r = match shared.client() {
-            Ok(c) => ConnectionManager::new_with_config(c, shared.config())
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string())),
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(c) => return Ok(c),
+        match attempt().await {
+            Ok(v) => return Ok(v),
             Err(e) if !forever => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, "redis unavailable; retrying");
+                tracing::warn!(error = %e, "redis {what} unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }
+}
+
+fn unavailable(e: redis::RedisError) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// Connect the command connection.
+async fn connect(shared: &Shared, forever: bool) -> Result<ConnectionManager, BrokerError> {
+    retrying("connection", forever, || async {
+        ConnectionManager::new_with_config(shared.client()?, shared.config())
+            .await
+            .map_err(unavailable)
+    })
+    .await
 }
 
 /// Connect the subscriber (RESP3 pushes into `push_tx`) and subscribe to the bus.
@@ -238,10 +251,8 @@ async fn subscribe(
     forever: bool,
     push_tx: mpsc::Sender<PushInfo>,
 ) -> Result<ConnectionManager, BrokerError> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let s = shared.clone();
-        let tx = push_tx.clone();
+    retrying("subscriber", forever, || async {
+        let (s, tx) = (shared.clone(), push_tx.clone());
         let cfg = shared
             .config()
             .set_automatic_resubscription()
@@ -255,27 +266,13 @@ async fn subscribe(
                 }
                 Ok::<(), ()>(())
             });
-        let r = async {
-            let client = shared.client()?;
-            let mut c = ConnectionManager::new_with_config(client, cfg)
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            c.subscribe(shared.bus())
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            Ok::<_, BrokerError>(c)
-        }
-        .await;
-        match r {
-            Ok(c) => return Ok(c),
-            Err(e) if !forever => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "redis subscriber unavailable; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+        let mut c = ConnectionManager::new_with_config(shared.client()?, cfg)
+            .await
+            .map_err(unavailable)?;
+        c.subscribe(shared.bus()).await.map_err(unavailable)?;
+        Ok(c)
+    })
+    .await
 }
 
 /// The single writer: commands in order.
@@ -459,9 +456,7 @@ impl Broker for RedisBroker {
             } else {
                 let mut conn = connect(&shared, false).await?;
                 let sub = subscribe(&shared, false, push_tx).await?;
-                beat(&shared, &mut conn)
-                    .await
-                    .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+                beat(&shared, &mut conn).await.map_err(unavailable)?;
                 shared.needs_resync.store(false, Ordering::Relaxed);
                 *lock(&shared.query) = Some(conn.clone());
                 tasks.push(tokio::spawn(heartbeat(shared.clone(), conn.clone())));
@@ -511,7 +506,6 @@ impl Broker for RedisBroker {
     fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
         let key = self.shared.presence_key(room);
         Box::pin(async move {
-            let unavailable = |e: redis::RedisError| BrokerError::Unavailable(e.to_string());
             let Some(mut conn) = lock(&self.shared.query).clone() else {
                 return Err(BrokerError::Unavailable(
                     "not connected to redis yet".into(),
@@ -542,24 +536,19 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            let mut out: Vec<PresenceEntry> = Vec::new();
+            let mut live = Vec::new();
             let mut dead = Vec::new();
             for (f, n) in &fields {
                 let Some((node, member)) = f.split_once('\u{1f}') else {
                     continue;
                 };
-                if !alive.contains(node) {
+                if alive.contains(node) {
+                    live.push((member, *n));
+                } else {
                     dead.push(f.clone());
-                    continue;
-                }
-                match out.iter_mut().find(|e| e.member == member) {
-                    Some(e) => e.connections += n,
-                    None => out.push(PresenceEntry {
-                        member: member.to_owned(),
-                        connections: *n,
-                    }),
                 }
             }
+            let out = super::union(live);
             if !dead.is_empty() {
                 // a crashed node's leftovers: clean them up on the way
                 let _: redis::RedisResult<()> = redis::cmd("HDEL")
@@ -568,7 +557,6 @@ impl Broker for RedisBroker {
                     .query_async(&mut conn)
                     .await;
             }
-            out.sort_by(|a, b| a.member.cmp(&b.member));
             Ok(out)
         })
     }

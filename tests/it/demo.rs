@@ -44,12 +44,7 @@ async fn start_demo_with(port: u16, redis_url: Option<&str>) -> Demo {
         .spawn()
         .expect("spawn the demo");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    within("the demo to listen", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    crate::examples::wait_listening(addr).await;
     Demo { child, addr }
 }
 

@@ -39,7 +39,7 @@ impl Example {
 }
 
 /// Wait (bounded) until something accepts connections on `addr`.
-async fn wait_listening(addr: SocketAddr) {
+pub async fn wait_listening(addr: SocketAddr) {
     within("listen", async {
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -212,6 +212,26 @@ async fn gracefully_stopped_node_leaves_presence_at_once() {
     assert_eq!(a.rooms.presence("r").await.expect("presence"), ["ana"]);
 }
 
+/// Publish "m" to room "r" from `rooms` until `client` (on another node) receives one:
+/// fan-out works again. Messages sent while it did not are lost (at most once), so each
+/// try is a fresh message, waited for 200 ms.
+async fn publish_until_seen(rooms: &Rooms, client: &mut Client, what: &str) {
+    within(what, async {
+        for i in 1000.. {
+            rooms
+                .publish("r", "m", &i, PublishOptions::default())
+                .expect("publish");
+            if tokio::time::timeout(Duration::from_millis(200), recv_type(client, "m"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// Poll an async condition (bounded).
 pub async fn eventually_async<F, Fut>(what: &str, mut cond: F)
 where
@@ -255,21 +275,7 @@ async fn redis_down_and_back_local_clients_keep_going_and_fan_out_resumes() {
     }
     let _restarted = Redis::start_on(port).await;
     // fan-out resumes by itself: publish until bo sees one (messages during the gap are lost)
-    within("fan-out to resume", async {
-        let mut i = 1000;
-        loop {
-            i += 1;
-            a.rooms
-                .publish("r", "m", &i, PublishOptions::default())
-                .expect("publish");
-            let got =
-                tokio::time::timeout(Duration::from_millis(200), recv_type(&mut bo, "m")).await;
-            if got.is_ok() {
-                return;
-            }
-        }
-    })
-    .await;
+    publish_until_seen(&a.rooms, &mut bo, "fan-out to resume").await;
     // and presence is back in the (empty) new Redis: both nodes re-sent theirs
     eventually_async("presence resynced", || async {
         b.rooms.presence("r").await.ok() == Some(vec!["al".into(), "ana".into(), "bo".into()])
@@ -325,22 +331,7 @@ async fn redis_unavailable_at_start_is_an_error_or_a_documented_degraded_start()
     let mut b = redis_node(&redis.url(), "b").await;
     let (mut bo, bo_s) = b.client("bo").await;
     b.rooms.join(&bo_s, "r", "bo").expect("join");
-    within("a to join the cluster", async {
-        let mut i = 1;
-        loop {
-            i += 1;
-            a.rooms
-                .publish("r", "m", &i, PublishOptions::default())
-                .expect("publish");
-            if tokio::time::timeout(Duration::from_millis(200), recv_type(&mut bo, "m"))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-    })
-    .await;
+    publish_until_seen(&a.rooms, &mut bo, "a to join the cluster").await;
     eventually_async("a's presence in Redis", || async {
         b.rooms.presence("r").await.ok() == Some(vec!["ana".into(), "bo".into()])
     })

@@ -48,12 +48,7 @@ async fn street_js_speaks_the_streetjs_wire_to_the_real_streetjs_server() {
         .spawn()
         .expect("node streetjs server");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    within("streetjs to listen", async {
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    crate::examples::wait_listening(addr).await;
     let (mut client, mut rx) = street_client(&["wire", &format!("ws://127.0.0.1:{port}/ws")]);
     let report = line(&mut rx, 20).await;
     let _ = client.wait();
