@@ -17,6 +17,21 @@
 //! A WebSocket keeps its own permit (from [`WsOptions::max_connections`](crate::ws::WsOptions))
 //! after the upgrade, when hyper's connection future has ended and the HTTP permit is
 //! released, so file descriptors are bounded by the sum of the two caps.
+//!
+//! One address must not be able to take every slot (see SECURITY.md):
+//! - each address holds at most `max_connections_per_ip` HTTP connections; one more is
+//!   answered `429` and closed (a trusted proxy's own address is exempt: its clients are
+//!   counted per request, by the address it names);
+//! - SSE streams, which hold their connection for hours, have a cap of their own
+//!   (`max_sse_streams`, below `max_connections`, so streams alone never fill the app) and
+//!   a per-address cap (`max_sse_streams_per_ip`);
+//! - request bodies have a size limit and a read deadline; request heads have
+//!   `header_read_timeout`, which also closes idle keep-alive connections;
+//! - with `proxy_protocol`, the PROXY header is read under `header_read_timeout` too.
+//!
+//! The client's address is resolved once per connection (PROXY protocol) and once per
+//! request (trusted proxies' `Forwarded`/`X-Forwarded-For`, see [`crate::net`]), and
+//! handlers see it as `ConnectInfo<SocketAddr>`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,12 +45,14 @@ use axum::{Extension, Router};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tower::Service;
 
 use crate::container::Container;
 use crate::controller::Controller;
+use crate::net::per_ip::{IpSlot, PerIp};
+use crate::net::{body::DeadlineBody, proxy_protocol, HttpCounters, HttpStats, TrustedProxies};
 use crate::sse::SseRegistry;
 use crate::ws::WebSocketServer;
 
@@ -67,8 +84,34 @@ pub struct AppOptions {
     /// How long graceful shutdown waits for open HTTP requests. Default 10 s.
     pub shutdown_timeout: Duration,
     /// Most concurrent SSE streams opened through [`SseRequest`](crate::sse::SseRequest);
-    /// more get 503. Default 10 000.
+    /// more get 503. Streams hold their connection, so they never get more than four
+    /// fifths of `max_connections` whatever this says: the rest stays for pages, API
+    /// calls and WebSocket upgrades. Default 8 000.
     pub max_sse_streams: usize,
+    /// Most concurrent HTTP connections from one address (IPv6: one /64); one more gets
+    /// `429 Too Many Requests` with `Retry-After` and is closed (counted in
+    /// [`HttpStats::rejected_per_ip`]). A trusted proxy's own address is exempt. 0
+    /// disables. Default 1 000 (NAT'd offices share one address).
+    pub max_connections_per_ip: u32,
+    /// Most concurrent SSE streams from one address; more get 429 (counted in
+    /// [`SseStats::rejected_per_ip`](crate::sse::SseStats)). 0 disables. Default 500.
+    pub max_sse_streams_per_ip: u32,
+    /// Largest request body in bytes; axum's extractors answer a larger one with 413
+    /// (counted in [`HttpStats::body_too_large`]). Default 2 MiB.
+    pub max_body_bytes: usize,
+    /// How long a handler may wait for a request body, from its first read; after that
+    /// the body fails with [`BodyTimeout`](crate::net::BodyTimeout) (axum's extractors
+    /// answer 400) and the connection closes (counted in [`HttpStats::body_timeout`]).
+    /// Default 30 s.
+    pub body_read_timeout: Duration,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` name the client (see
+    /// [`crate::net`]). Default none: the client is the TCP peer.
+    pub trusted_proxies: TrustedProxies,
+    /// Every connection starts with a PROXY protocol v1 or v2 header naming the client
+    /// (HAProxy `send-proxy`, AWS NLB); connections without a valid one within
+    /// `header_read_timeout` are closed (counted in [`HttpStats::proxy_header_invalid`]).
+    /// Turn on only when every connection comes through such a proxy. Default off.
+    pub proxy_protocol: bool,
 }
 
 impl Default for AppOptions {
@@ -82,7 +125,13 @@ impl Default for AppOptions {
             max_headers: 100,
             backlog: 1024,
             shutdown_timeout: Duration::from_secs(10),
-            max_sse_streams: 10_000,
+            max_sse_streams: 8_000,
+            max_connections_per_ip: 1_000,
+            max_sse_streams_per_ip: 500,
+            max_body_bytes: 2 * 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            trusted_proxies: TrustedProxies::default(),
+            proxy_protocol: false,
         }
     }
 }
@@ -133,7 +182,13 @@ pub enum AppError {
 /// ```
 pub fn app(options: AppOptions) -> App {
     App {
-        sse: SseRegistry::new(options.max_sse_streams),
+        sse: SseRegistry::with_limits(
+            options
+                .max_sse_streams
+                .min(options.max_connections - options.max_connections / 5),
+            options.max_sse_streams_per_ip,
+        ),
+        http: Arc::default(),
         opts: options,
         router: Router::new(),
         servers: Vec::new(),
@@ -150,9 +205,16 @@ pub struct App {
     servers: Vec<WebSocketServer>,
     container: Container,
     sse: SseRegistry,
+    http: Arc<HttpCounters>,
 }
 
 impl App {
+    /// What the app's HTTP layer refused so far, by reason (per-IP cap, PROXY header,
+    /// request bodies). A handle: call it again for fresh numbers.
+    pub fn http_stats(&self) -> HttpStatsHandle {
+        HttpStatsHandle(self.http.clone())
+    }
+
     /// Mount a [`Controller`]: its routes under its prefix.
     ///
     /// # Panics
@@ -280,6 +342,7 @@ impl App {
             router,
             servers: self.servers,
             sse: self.sse,
+            http: self.http,
             opts: self.opts,
         })
     }
@@ -303,6 +366,17 @@ pub(crate) struct AppContext {
     pub(crate) sse: SseRegistry,
 }
 
+/// A handle on an app's HTTP counters (see [`App::http_stats`]).
+#[derive(Debug, Clone)]
+pub struct HttpStatsHandle(Arc<HttpCounters>);
+
+impl HttpStatsHandle {
+    /// The counters now.
+    pub fn get(&self) -> HttpStats {
+        self.0.snapshot()
+    }
+}
+
 /// A bound app, ready to serve.
 #[derive(Debug)]
 pub struct Server {
@@ -311,7 +385,20 @@ pub struct Server {
     router: Router,
     servers: Vec<WebSocketServer>,
     sse: SseRegistry,
+    http: Arc<HttpCounters>,
     opts: AppOptions,
+}
+
+/// What every connection task of a server shares.
+struct ConnContext {
+    router: Router,
+    per_ip: Arc<PerIp>,
+    counters: Arc<HttpCounters>,
+    trusted: TrustedProxies,
+    proxy_protocol: bool,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    max_body: usize,
 }
 
 /// A server running in the background (see [`Server::spawn`]).
@@ -364,9 +451,20 @@ impl Server {
             router,
             servers,
             sse,
+            http,
             opts,
             ..
         } = self;
+        let ctx = Arc::new(ConnContext {
+            router,
+            per_ip: PerIp::new(opts.max_connections_per_ip, 0),
+            counters: http,
+            trusted: opts.trusted_proxies.clone(),
+            proxy_protocol: opts.proxy_protocol,
+            header_timeout: opts.header_read_timeout,
+            body_timeout: opts.body_read_timeout,
+            max_body: opts.max_body_bytes,
+        });
         let permits = Arc::new(Semaphore::new(
             opts.max_connections.min(Semaphore::MAX_PERMITS),
         ));
@@ -408,28 +506,11 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let router = router.clone();
-            let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let mut r = router.clone();
-                async move { Ok::<_, Infallible>(r.call(req).await.unwrap_or_else(|e| match e {})) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
+            let ctx = ctx.clone();
+            let builder = builder.clone();
             let stop = stop_http.clone();
             http_tasks.spawn(async move {
-                tokio::pin!(conn);
-                let res = tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, %peer, "http connection ended with error");
-                }
+                serve_connection(ctx, builder, stream, peer, stop).await;
                 drop(permit);
             });
         }
@@ -451,6 +532,104 @@ impl Server {
             tracing::warn!("HTTP connections still open after the shutdown timeout; dropping them");
         }
     }
+}
+
+/// One HTTP connection: the PROXY header, the per-IP gate, then hyper.
+async fn serve_connection(
+    ctx: Arc<ConnContext>,
+    builder: http1::Builder,
+    mut stream: TcpStream,
+    tcp_peer: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let peer = if ctx.proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, ctx.header_timeout).await {
+            Ok(named) => named.unwrap_or(tcp_peer),
+            Err(e) => {
+                ctx.counters.proxy_header_invalid.inc();
+                tracing::debug!(error = %e, peer = %tcp_peer, "closing connection");
+                return;
+            }
+        }
+    } else {
+        tcp_peer
+    };
+    // A trusted proxy carries many clients: they are counted per request, by the
+    // address it names (SSE, WebSocket), not here.
+    let _slot = if ctx.trusted.is_trusted(peer.ip()) {
+        IpSlot::none()
+    } else {
+        match ctx.per_ip.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(slot) => slot,
+            Err(_) => {
+                ctx.counters.rejected_per_ip.inc();
+                tracing::debug!(%peer, "too many connections from this address: 429");
+                refuse_connection(stream).await;
+                return;
+            }
+        }
+    };
+    let svc_ctx = ctx.clone();
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        async move {
+            let client = if ctx.trusted.is_empty() {
+                peer
+            } else {
+                ctx.trusted.client_addr(peer, req.headers())
+            };
+            let mut req = req.map(|body| {
+                let timed =
+                    DeadlineBody::new(body, ctx.body_timeout, ctx.max_body, ctx.counters.clone());
+                axum::body::Body::new(http_body_util::Limited::new(timed, ctx.max_body))
+            });
+            req.extensions_mut().insert(ConnectInfo(client));
+            let mut r = ctx.router.clone();
+            Ok::<_, Infallible>(r.call(req).await.unwrap_or_else(|e| match e {}))
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, %peer, "http connection ended with error");
+    }
+}
+
+/// Answer a connection over its address's cap with a 429 and close it: the response is
+/// written (bounded in time), then what the client sent is read and dropped for a moment,
+/// so closing with unread bytes does not reset the connection before the client reads it.
+async fn refuse_connection(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "too many connections from this address";
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\nretry-after: 5\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let limit = Duration::from_secs(2);
+    let _ = tokio::time::timeout(limit, async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 fn is_per_connection(e: &std::io::Error) -> bool {

@@ -46,6 +46,7 @@ pub mod container;
 pub mod controller;
 pub mod jwt;
 pub mod metrics;
+pub mod net;
 pub mod rooms;
 pub mod sse;
 pub mod ws;

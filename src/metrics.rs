@@ -99,6 +99,7 @@ enum Source {
     Ws(String, WebSocketServer),
     Sse(SseRegistry),
     Hub(String, SseHub),
+    Http(crate::app::HttpStatsHandle),
     Rooms(String, Rooms),
 }
 
@@ -183,6 +184,12 @@ impl Metrics {
         lock(&self.inner.sources).push(Source::Sse(registry.clone()));
     }
 
+    /// Report an app's HTTP refusals (per-IP cap, PROXY header, request bodies; see
+    /// [`App::http_stats`](crate::App::http_stats)).
+    pub fn http(&self, stats: &crate::app::HttpStatsHandle) {
+        lock(&self.inner.sources).push(Source::Http(stats.clone()));
+    }
+
     /// Report an SSE hub under `name`.
     pub fn sse_hub(&self, name: &str, hub: &SseHub) {
         lock(&self.inner.sources).push(Source::Hub(name.to_owned(), hub.clone()));
@@ -247,6 +254,7 @@ impl Metrics {
             match src {
                 Source::Ws(name, wss) => w.websocket(name, wss),
                 Source::Sse(reg) => w.sse(reg),
+                Source::Http(h) => w.http(h),
                 Source::Hub(name, hub) => w.hub(name, hub),
                 Source::Rooms(name, rooms) => w.rooms(name, rooms),
             }
@@ -479,11 +487,15 @@ impl Writer<'_> {
             &[],
             s.opened as f64,
         );
-        for (reason, v) in [("capacity", s.rejected), ("shutdown", s.rejected_shutdown)] {
+        for (reason, v) in [
+            ("capacity", s.rejected),
+            ("shutdown", s.rejected_shutdown),
+            ("ip", s.rejected_per_ip),
+        ] {
             self.metric(
                 "street_sse_streams_rejected_total",
                 "counter",
-                "SSE requests refused with 503, by reason.",
+                "SSE requests refused (503, or 429 for the per-IP cap), by reason.",
                 &[("reason", reason)],
                 v as f64,
             );
@@ -495,6 +507,31 @@ impl Writer<'_> {
             &[],
             s.slow_readers as f64,
         );
+    }
+
+    fn http(&mut self, h: &crate::app::HttpStatsHandle) {
+        let s = h.get();
+        for (reason, v) in [
+            ("ip", s.rejected_per_ip),
+            ("proxy_header", s.proxy_header_invalid),
+        ] {
+            self.metric(
+                "street_http_connections_rejected_total",
+                "counter",
+                "HTTP connections refused or closed before any request, by reason.",
+                &[("reason", reason)],
+                v as f64,
+            );
+        }
+        for (reason, v) in [("too_large", s.body_too_large), ("timeout", s.body_timeout)] {
+            self.metric(
+                "street_http_bodies_rejected_total",
+                "counter",
+                "Request bodies refused, by reason.",
+                &[("reason", reason)],
+                v as f64,
+            );
+        }
     }
 
     fn hub(&mut self, name: &str, hub: &SseHub) {

@@ -20,12 +20,20 @@ pub(crate) struct Flags {
     pub(crate) cluster_heartbeat_ms: u64,
     /// A reconnect hint in the 1001/1013 close reasons (`WsOptions::reconnect_hint`).
     pub(crate) reconnect_hint_ms: Option<u64>,
+    /// Per-IP caps (0: off, the default here: the contract's load comes from one address).
+    pub(crate) max_connections_per_ip: u32,
+    pub(crate) max_handshakes_per_ip_per_sec: u32,
+    /// Proxies whose `Forwarded`/`X-Forwarded-For` name the client.
+    pub(crate) trusted_proxies: Vec<String>,
+    /// Every connection starts with a PROXY protocol header.
+    pub(crate) proxy_protocol: bool,
 }
 
 pub(crate) const USAGE: &str =
     "flags: [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] \
 [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N] [--max-sse-streams N] \
-[--cluster-heartbeat-ms MS] [--reconnect-hint-ms MS]";
+[--cluster-heartbeat-ms MS] [--reconnect-hint-ms MS] [--max-connections-per-ip N] \
+[--max-handshakes-per-ip-per-sec N] [--trusted-proxy CIDR]... [--proxy-protocol]";
 
 pub(crate) fn parse() -> Result<Flags, String> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "9001".into());
@@ -39,6 +47,10 @@ pub(crate) fn parse() -> Result<Flags, String> {
         max_sse_streams: 100_000,
         cluster_heartbeat_ms: 1000,
         reconnect_hint_ms: None,
+        max_connections_per_ip: 0,
+        max_handshakes_per_ip_per_sec: 0,
+        trusted_proxies: Vec::new(),
+        proxy_protocol: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -66,6 +78,12 @@ pub(crate) fn parse() -> Result<Flags, String> {
             "--max-sse-streams" => f.max_sse_streams = num(val()?)? as usize,
             "--cluster-heartbeat-ms" => f.cluster_heartbeat_ms = num(val()?)?.max(1),
             "--reconnect-hint-ms" => f.reconnect_hint_ms = Some(num(val()?)?),
+            "--max-connections-per-ip" => f.max_connections_per_ip = num(val()?)? as u32,
+            "--max-handshakes-per-ip-per-sec" => {
+                f.max_handshakes_per_ip_per_sec = num(val()?)? as u32
+            }
+            "--trusted-proxy" => f.trusted_proxies.push(val()?),
+            "--proxy-protocol" => f.proxy_protocol = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -113,9 +131,12 @@ where
     })
 }
 
-/// The app's options: `--addr` and, for HTTP connections too (SSE streams are HTTP),
-/// `--max-connections`.
+/// The app's options: `--addr`; for HTTP connections, `--max-connections` (with room for
+/// `--max-sse-streams`, which must stay below the HTTP cap) and `--max-connections-per-ip`;
+/// the proxy flags.
 pub(crate) fn app_options(flags: &Flags) -> Result<street::AppOptions, String> {
+    let trusted_proxies = street::net::TrustedProxies::parse(&flags.trusted_proxies)
+        .map_err(|e| format!("--trusted-proxy: {e}"))?;
     let (host, port) = flags
         .addr
         .rsplit_once(':')
@@ -124,8 +145,14 @@ pub(crate) fn app_options(flags: &Flags) -> Result<street::AppOptions, String> {
     Ok(street::AppOptions {
         host,
         port,
-        max_connections: flags.max_connections,
+        max_connections: flags
+            .max_connections
+            .max(flags.max_sse_streams.saturating_add(1024)),
         max_sse_streams: flags.max_sse_streams,
+        max_connections_per_ip: flags.max_connections_per_ip,
+        max_sse_streams_per_ip: flags.max_connections_per_ip,
+        trusted_proxies,
+        proxy_protocol: flags.proxy_protocol,
         ..Default::default()
     })
 }
@@ -177,9 +204,10 @@ pub(crate) fn ws_options(flags: &Flags) -> WsOptions {
         allowed_origins: flags.origins.clone(),
         shutdown_timeout: Duration::from_secs(5),
         // The contract's load comes from one address at rates far above a real client's:
-        // per-IP and per-connection rate limits are off here (they are on by default).
-        max_connections_per_ip: 0,
-        max_handshakes_per_ip_per_sec: 0,
+        // per-IP and per-connection rate limits are off here unless flags turn the per-IP
+        // ones on (they are all on by default in the library).
+        max_connections_per_ip: flags.max_connections_per_ip,
+        max_handshakes_per_ip_per_sec: flags.max_handshakes_per_ip_per_sec,
         max_messages_per_sec: 0,
         max_bytes_per_sec: 0,
         reconnect_hint: flags.reconnect_hint_ms.map(Duration::from_millis),

@@ -19,6 +19,8 @@
 //! ```
 //!
 //! Policy when a bound is hit:
+//! - more than `max_sse_streams_per_ip` from one address: `429 Too Many Requests` with
+//!   `Retry-After: 5` (`rejected_per_ip`);
 //! - more than `max_sse_streams` open: the request gets `503 Service Unavailable` with
 //!   `Retry-After: 5` and the handler does not run (`rejected` counts it). Note that a
 //!   browser's `EventSource` does not retry after a non-200 answer; the page decides;
@@ -40,6 +42,8 @@ use serde::Serialize;
 
 use super::stream::{open, Shared};
 use super::{Sse, SseOptions};
+use crate::net::per_ip::{IpSlot, PerIp};
+use std::net::IpAddr;
 
 /// Counters of an app's SSE streams (see [`SseRegistry::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -52,6 +56,9 @@ pub struct SseStats {
     pub opened: u64,
     /// Requests refused with 503: the cap was reached.
     pub rejected: u64,
+    /// Requests refused with 429: their address already held its
+    /// [`max_sse_streams_per_ip`](crate::AppOptions::max_sse_streams_per_ip) streams.
+    pub rejected_per_ip: u64,
     /// Requests refused with 503 during shutdown.
     pub rejected_shutdown: u64,
     /// Streams ended because their reader fell more than `max_queue_bytes` behind.
@@ -74,7 +81,9 @@ pub(crate) struct RegistryInner {
     max: usize,
     state: Mutex<RegState>,
     opened: AtomicU64,
+    per_ip: Arc<PerIp>,
     rejected: AtomicU64,
+    rejected_per_ip: AtomicU64,
     rejected_shutdown: AtomicU64,
     pub(crate) slow_readers: AtomicU64,
     ended_by_shutdown: AtomicU64,
@@ -95,12 +104,20 @@ pub struct SseRegistry {
 impl SseRegistry {
     /// A registry that admits at most `max_streams` open streams.
     pub fn new(max_streams: usize) -> Self {
+        Self::with_limits(max_streams, 0)
+    }
+
+    /// A registry that admits at most `max_streams` open streams, and at most
+    /// `max_per_ip` from one address (IPv6: one /64; 0: no per-address cap).
+    pub fn with_limits(max_streams: usize, max_per_ip: u32) -> Self {
         Self {
             inner: Arc::new(RegistryInner {
                 max: max_streams,
                 state: Mutex::new(RegState::default()),
+                per_ip: PerIp::new(max_per_ip, 0),
                 opened: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                rejected_per_ip: AtomicU64::new(0),
                 rejected_shutdown: AtomicU64::new(0),
                 slow_readers: AtomicU64::new(0),
                 ended_by_shutdown: AtomicU64::new(0),
@@ -116,6 +133,7 @@ impl SseRegistry {
             open,
             opened: i.opened.load(Ordering::Relaxed),
             rejected: i.rejected.load(Ordering::Relaxed),
+            rejected_per_ip: i.rejected_per_ip.load(Ordering::Relaxed),
             rejected_shutdown: i.rejected_shutdown.load(Ordering::Relaxed),
             slow_readers: i.slow_readers.load(Ordering::Relaxed),
             ended_by_shutdown: i.ended_by_shutdown.load(Ordering::Relaxed),
@@ -143,7 +161,17 @@ impl SseRegistry {
         }
     }
 
-    fn acquire(&self) -> Result<Slot, SseRejection> {
+    fn acquire(&self, client: Option<IpAddr>) -> Result<Slot, SseRejection> {
+        let ip = match client {
+            Some(ip) => match self.inner.per_ip.admit(ip, std::time::Instant::now()) {
+                Ok(slot) => slot,
+                Err(_) => {
+                    self.inner.rejected_per_ip.fetch_add(1, Ordering::Relaxed);
+                    return Err(SseRejection::TooManyFromAddress);
+                }
+            },
+            None => IpSlot::none(),
+        };
         let mut st = self.inner.lock();
         if st.shutting_down {
             drop(st);
@@ -162,6 +190,7 @@ impl SseRegistry {
         Ok(Slot {
             registry: self.inner.clone(),
             id: st.next,
+            _ip: ip,
         })
     }
 }
@@ -171,6 +200,7 @@ impl SseRegistry {
 pub(crate) struct Slot {
     registry: Arc<RegistryInner>,
     id: u64,
+    _ip: IpSlot,
 }
 
 impl Slot {
@@ -211,6 +241,9 @@ pub enum SseRejection {
     /// The app is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The client's address already holds its share of streams (answered with 429).
+    #[error("too many event streams from this address")]
+    TooManyFromAddress,
     /// An [`SseHub`](super::SseHub) already holds `max_topics` topics.
     #[error("too many topics (limit {limit})")]
     TooManyTopics {
@@ -221,7 +254,11 @@ pub enum SseRejection {
 
 impl IntoResponse for SseRejection {
     fn into_response(self) -> Response {
-        let mut r = (StatusCode::SERVICE_UNAVAILABLE, self.to_string()).into_response();
+        let status = match self {
+            Self::TooManyFromAddress => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut r = (status, self.to_string()).into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         r
@@ -278,8 +315,12 @@ impl<S: Send + Sync> FromRequestParts<S> for SseRequest {
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
         let slot = match parts.extensions.get::<crate::app::AppContext>() {
-            Some(ctx) => Some(ctx.sse.acquire()?),
+            Some(ctx) => Some(ctx.sse.acquire(client)?),
             None => None,
         };
         Ok(Self {

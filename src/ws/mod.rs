@@ -12,12 +12,12 @@ mod connection;
 pub mod envelope;
 mod handler;
 mod heartbeat;
-mod limits;
+pub(crate) mod limits;
 mod origin;
 mod proto;
 pub mod server;
 pub mod socket;
-mod stats;
+pub(crate) mod stats;
 mod upgrade;
 
 pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};
@@ -60,7 +60,8 @@ pub mod __fuzz {
     }
 
     /// Treat `data` as a request head (`METHOD URI` line, then `name: value` lines) and run
-    /// every check street applies before an upgrade. Must never panic.
+    /// every check street applies before an upgrade, the client-address resolution behind
+    /// trusted proxies, and (the same bytes) the PROXY protocol decoder. Must never panic.
     pub fn upgrade_request(data: &[u8]) {
         let text = String::from_utf8_lossy(data);
         let mut lines = text.split("\r\n");
@@ -91,6 +92,13 @@ pub mod __fuzz {
                 headers.get(http::header::HOST),
                 list,
             );
+        }
+        // the same bytes as a PROXY protocol header, and the headers through the
+        // trusted-proxy resolution (a proxy on loopback)
+        crate::net::proxy_protocol::check_for_fuzz(data);
+        if let Ok(trusted) = crate::net::TrustedProxies::parse(["127.0.0.0/8", "::1"]) {
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+            let _ = trusted.client_addr(peer, &headers);
         }
         let req = super::ConnectRequest::new(method, uri, headers, None);
         let _ = req.query_param("token");

@@ -186,7 +186,7 @@ pub(crate) struct Shared {
     pub(crate) auth: RwLock<Option<AuthFn>>,
     pub(crate) close_lock: tokio::sync::Mutex<()>,
     pub(crate) closed_done: Mutex<bool>,
-    pub(crate) per_ip: Arc<super::limits::PerIp>,
+    pub(crate) per_ip: Arc<crate::net::per_ip::PerIp>,
 }
 
 /// A bounded WebSocket server: capacity, heartbeat, payload limits, origin and auth gates,
@@ -255,10 +255,10 @@ impl WebSocketServer {
                 auth: RwLock::new(None),
                 close_lock: tokio::sync::Mutex::new(()),
                 closed_done: Mutex::new(false),
-                per_ip: Arc::new(super::limits::PerIp::new(
+                per_ip: crate::net::per_ip::PerIp::new(
                     opts.max_connections_per_ip,
                     opts.max_handshakes_per_ip_per_sec,
-                )),
+                ),
                 opts,
             }),
         }
@@ -475,14 +475,6 @@ impl WebSocketServer {
     }
 
     /// Give back the per-IP count of a connection admitted from `addr`.
-    pub(crate) fn release_ip(&self, addr: Option<std::net::SocketAddr>) {
-        if let Some(a) = addr {
-            if self.shared.per_ip.enabled() {
-                self.shared.per_ip.release(a.ip());
-            }
-        }
-    }
-
     pub(crate) fn unregister(&self, id: SocketId) {
         let mut clients = write(&self.shared.clients);
         clients.remove(&id);

@@ -19,11 +19,11 @@ use tracing::Instrument;
 use super::close::{CloseCode, CloseInfo};
 use super::connection::{self, Conn, Mode};
 use super::handler::run_dispatch;
-use super::limits::IpRefusal;
 use super::origin::{self, OriginVerdict};
 use super::proto;
 use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
 use super::socket::{Socket, SocketId};
+use crate::net::per_ip::{IpRefusal, IpSlot};
 
 /// The upgrade request as the auth hook and the connection handler see it.
 /// Cheap to clone.
@@ -238,36 +238,28 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    // Per-IP connection cap and handshake rate. The count is released by the connection
-    // task when it ends, or below by `AdmittedIp` if this handler returns early.
-    let mut ip_admitted: Option<SocketAddr> = None;
-    match remote {
-        Some(addr) if shared.per_ip.enabled() => {
-            match shared.per_ip.admit(addr.ip(), std::time::Instant::now()) {
-                Ok(()) => ip_admitted = Some(addr),
-                Err(why) => {
-                    stats.rejected_ip.inc();
-                    let (status, body) = match why {
-                        IpRefusal::TooManyConnections => (
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too many connections from this address",
-                        ),
-                        IpRefusal::TooManyHandshakes => (
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "too many connection attempts from this address",
-                        ),
-                        IpRefusal::TableFull => (StatusCode::SERVICE_UNAVAILABLE, "server busy"),
-                    };
-                    return retry_later(status, body);
-                }
+    // Per-IP connection cap and handshake rate; the slot is held for the connection's
+    // life and given back when the task ends, however it ends.
+    let ip_slot = match remote {
+        Some(addr) => match shared.per_ip.admit(addr.ip(), std::time::Instant::now()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                stats.rejected_ip.inc();
+                let (status, body) = match why {
+                    IpRefusal::TooMany => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from this address",
+                    ),
+                    IpRefusal::TooFast => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connection attempts from this address",
+                    ),
+                    IpRefusal::TableFull => (StatusCode::SERVICE_UNAVAILABLE, "server busy"),
+                };
+                return retry_later(status, body);
             }
-        }
-        _ => {}
-    }
-
-    let ip_guard = AdmittedIp {
-        wss: &wss,
-        addr: ip_admitted,
+        },
+        None => IpSlot::none(),
     };
 
     // Capacity first: an over-capacity client costs no auth work.
@@ -339,8 +331,6 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         }
     }
 
-    // from here the connection task releases the per-IP count
-    std::mem::forget(ip_guard);
     let task_wss = wss.clone();
     // Everything the connection logs — street's events and the app's handlers, which run
     // inside this task — carries the connection id.
@@ -358,26 +348,13 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         data,
     );
     let span = tracing::info_span!("ws", conn = %socket.id());
-    let task = serve_upgraded(task_wss, on_upgrade, permit, request, socket);
+    let task = serve_upgraded(task_wss, on_upgrade, permit, request, socket, ip_slot);
     if span.is_disabled() {
         wss.shared.tasks.spawn(task);
     } else {
         wss.shared.tasks.spawn(task.instrument(span));
     }
     resp
-}
-
-/// Releases a per-IP admission if the upgrade handler returns before the connection task
-/// takes it over.
-struct AdmittedIp<'a> {
-    wss: &'a WebSocketServer,
-    addr: Option<SocketAddr>,
-}
-
-impl Drop for AdmittedIp<'_> {
-    fn drop(&mut self) {
-        self.wss.release_ip(self.addr);
-    }
 }
 
 /// Wait for hyper to hand over the connection, and take the TCP stream back (street
@@ -405,11 +382,11 @@ struct Registered {
     wss: WebSocketServer,
     socket: Socket,
     _permit: OwnedSemaphorePermit,
+    _ip: IpSlot,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.wss.release_ip(self.socket.remote_addr());
         self.wss.unregister(self.socket.id());
         self.socket
             .finish(CloseInfo::new(CloseCode::ABNORMAL, "connection task ended"));
@@ -422,12 +399,12 @@ async fn serve_upgraded(
     permit: Option<OwnedSemaphorePermit>,
     request: ConnectRequest,
     socket: Socket,
+    ip_slot: IpSlot,
 ) {
     // This future is the connection's task for its whole life: what it holds across the
     // long await is what every idle connection costs, so the one-off steps (taking the
     // stream, rejecting, the connection handler, closing) are boxed.
     let Some((stream, pre)) = Box::pin(take_stream(on_upgrade)).await else {
-        wss.release_ip(request.remote_addr());
         return;
     };
     let shared = &wss.shared;
@@ -439,7 +416,7 @@ async fn serve_upgraded(
     }
 
     let Some(permit) = permit else {
-        wss.release_ip(request.remote_addr());
+        drop(ip_slot);
         shared.stats.rejected_capacity.inc();
         Box::pin(reject_after_handshake(
             &stream,
@@ -457,7 +434,7 @@ async fn serve_upgraded(
     };
     let handler = wss.connection_handler(socket.protocol());
     if !wss.register(&socket) {
-        wss.release_ip(socket.remote_addr());
+        drop(ip_slot);
         shared.stats.rejected_shutdown.inc();
         Box::pin(reject_after_handshake(
             &stream,
@@ -472,6 +449,7 @@ async fn serve_upgraded(
         wss: wss.clone(),
         socket: socket.clone(),
         _permit: permit,
+        _ip: ip_slot,
     };
     shared.stats.accepted.inc();
     super::heartbeat::ensure_started(&wss);
@@ -559,6 +537,7 @@ mod size_tests {
             None,
             super::ConnectRequest::for_test("/"),
             socket,
+            crate::net::per_ip::IpSlot::none(),
         )
         .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);

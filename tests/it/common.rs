@@ -53,8 +53,43 @@ pub fn app_opts() -> street::AppOptions {
     street::AppOptions {
         port: 0,
         host: "127.0.0.1".into(),
+        // as for WebSockets: the suite connects from one address; http_limits.rs covers these
+        max_connections_per_ip: 0,
+        max_sse_streams_per_ip: 0,
         ..Default::default()
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2 is a second
+/// party on this machine).
+pub async fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(from.parse().expect("an IPv4 address"), 0))?;
+    sock.connect(addr).await
+}
+
+/// Send `request` on `s` and read the response head; returns the status and the head.
+pub async fn http_on(s: &mut TcpStream, request: &[u8]) -> Option<(u16, String)> {
+    s.write_all(request).await.ok()?;
+    let mut buf = Vec::new();
+    within("http response", async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
 }
 
 pub async fn serve(wss: &WebSocketServer) -> ServerHandle {
