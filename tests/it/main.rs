@@ -18,6 +18,7 @@ mod metrics;
 mod node_interop;
 mod origin;
 mod protocol;
+mod proxies;
 mod redis_cluster;
 mod rooms;
 mod shutdown;
