@@ -416,9 +416,18 @@ impl Conn<'_> {
                 }
             };
             socket.inner.alive.store(true, Ordering::Relaxed);
+            // Control frames and fragments pass the rate limits too (as one message each,
+            // and their bytes): a flood of pings or empty continuations is not free.
+            match &event {
+                Event::Ping(p) | Event::Pong(p) if !self.within_rate_or_close(p.len()) => {
+                    return Poll::Ready(None);
+                }
+                Event::Fragment if !self.within_rate_or_close(0) => return Poll::Ready(None),
+                _ => {}
+            }
             match event {
                 Event::Ping(p) => socket.queue_pong(p),
-                Event::Pong(_) => {}
+                Event::Pong(_) | Event::Fragment => {}
                 Event::Close(c) => {
                     let info = match &c {
                         Some((code, reason)) => CloseInfo::new(CloseCode(*code), reason.clone()),
@@ -473,12 +482,17 @@ impl Conn<'_> {
             self.first_pending = false;
             self.deadline = None;
         }
-        if !self.within_rate(len) {
-            stats.rate_limited.inc();
-            self.end_with(1008, "rate limit exceeded");
-            return false;
+        self.within_rate_or_close(len)
+    }
+
+    /// Take a frame of `len` bytes from the rate limits, or queue the 1008 close.
+    fn within_rate_or_close(&mut self, len: usize) -> bool {
+        if self.within_rate(len) {
+            return true;
         }
-        true
+        self.socket.inner.stats.rate_limited.inc();
+        self.end_with(1008, "rate limit exceeded");
+        false
     }
 
     /// Whether a message of `len` bytes is within the connection's rate limits.

@@ -106,7 +106,8 @@ pub struct WsOptions {
     /// handshakes before dropping them. Default 10 s.
     pub shutdown_timeout: Duration,
     /// Messages a connection may send per second (token bucket, burst of the same size);
-    /// faster closes it with 1008 "rate limit exceeded". 0 disables. Default 1 000.
+    /// faster closes it with 1008 "rate limit exceeded". Every frame counts as one: pings,
+    /// pongs and each frame of a fragmented message too. 0 disables. Default 1 000.
     pub max_messages_per_sec: u32,
     /// Bytes a connection may send per second (burst: the larger of this and
     /// `max_payload`); faster closes it with 1008. 0 disables. Default 8 MiB.

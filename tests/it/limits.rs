@@ -137,3 +137,35 @@ async fn first_message_timeout_closes_silent_clients_only() {
     assert_eq!(wss.stats().first_message_timeouts, 1);
     srv.shutdown().await;
 }
+
+/// Pings, pongs and empty continuation frames pass the message rate too (issue 11: they
+/// skipped it, so a client could make the server work without limit).
+#[tokio::test]
+async fn control_frames_and_fragments_count_against_the_message_rate() {
+    let wss = WebSocketServer::new(WsOptions {
+        max_messages_per_sec: 20,
+        ..opts()
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+    for flood in [
+        frame(true, 0x9, b"ping", true),
+        frame(true, 0xA, b"pong", true),
+        frame(false, 0x0, b"", true),
+    ] {
+        let (mut raw, head) = raw_connect(addr, "/ws", "").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut bytes = Vec::new();
+        if flood[0] & 0x0f == 0 {
+            // continuations need a message in progress
+            bytes.extend(frame(false, 0x1, b"{", true));
+        }
+        for _ in 0..60 {
+            bytes.extend_from_slice(&flood);
+        }
+        raw.send(&bytes).await;
+        assert_eq!(raw.close_code().await, Some(1008));
+    }
+    assert_eq!(wss.stats().rate_limited, 3);
+    srv.shutdown().await;
+}
