@@ -66,6 +66,8 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         }
     };
 
+    // every room open (the library's default is closed: the app decides who joins what)
+    rooms.authorize(|_socket, _room, _member| true);
     let r = rooms.clone();
     ws.on_connection(move |socket: Socket, req: ConnectRequest| {
         let member = req

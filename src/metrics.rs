@@ -619,6 +619,13 @@ impl Writer<'_> {
             &l,
             s.denied as f64,
         );
+        self.metric(
+            "street_rooms_publishes_refused_total",
+            "counter",
+            "Client publications refused (event not allowed, too large, over budget).",
+            &l,
+            s.publishes_refused as f64,
+        );
         let b = s.broker;
         self.metric(
             "street_cluster_published_total",

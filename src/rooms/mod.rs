@@ -54,6 +54,8 @@
 
 mod protocol;
 
+pub use protocol::ClientPolicy;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -64,6 +66,7 @@ use serde::Serialize;
 
 use crate::cluster::memory::MemoryBroker;
 use crate::cluster::{Broker, BrokerError, BrokerStats, ClusterMessage, NodeHooks, Target};
+use crate::net::per_ip::ip_key;
 use crate::ws::envelope;
 use crate::ws::{Socket, SocketId, WebSocketServer};
 
@@ -84,9 +87,17 @@ pub struct RoomsOptions {
     pub max_rooms_per_socket: usize,
     /// Most rooms on this node. Default 100 000.
     pub max_rooms: usize,
+    /// Most rooms the sockets of one address (IPv6: one /64) may be in at once, summed
+    /// over its sockets; one more join is refused with
+    /// [`RoomError::TooManyRoomsForAddress`]. With `max_rooms_per_socket` it keeps a few
+    /// addresses from filling the node's `max_rooms` table. 0 disables. Default 10 000.
+    pub max_rooms_per_ip: usize,
     /// Handle `room:join`, `room:leave`, `room:publish` and `typing` from clients of
-    /// sockets passed to [`Rooms::attach`]. Default off.
+    /// sockets passed to [`Rooms::attach`]. Default off. Client joins are refused unless
+    /// the app opens rooms with [`Rooms::authorize`].
     pub client_protocol: bool,
+    /// What clients may publish, and how much. See [`ClientPolicy`].
+    pub client: ClientPolicy,
 }
 
 impl Default for RoomsOptions {
@@ -98,7 +109,9 @@ impl Default for RoomsOptions {
             max_name_bytes: 128,
             max_rooms_per_socket: 64,
             max_rooms: 100_000,
+            max_rooms_per_ip: 10_000,
             client_protocol: false,
+            client: ClientPolicy::default(),
         }
     }
 }
@@ -112,7 +125,9 @@ impl std::fmt::Debug for RoomsOptions {
             .field("max_name_bytes", &self.max_name_bytes)
             .field("max_rooms_per_socket", &self.max_rooms_per_socket)
             .field("max_rooms", &self.max_rooms)
+            .field("max_rooms_per_ip", &self.max_rooms_per_ip)
             .field("client_protocol", &self.client_protocol)
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -144,6 +159,12 @@ pub enum RoomError {
     /// The socket is already in `max_rooms_per_socket` rooms.
     #[error("the socket is in too many rooms (limit {limit})")]
     TooManyRoomsForSocket {
+        /// The limit.
+        limit: usize,
+    },
+    /// The sockets of this address are already in `max_rooms_per_ip` rooms.
+    #[error("this address is in too many rooms (limit {limit})")]
+    TooManyRoomsForAddress {
         /// The limit.
         limit: usize,
     },
@@ -227,8 +248,11 @@ pub struct RoomsStats {
     pub published: u64,
     /// Messages queued to local sockets (from this node or others).
     pub delivered: u64,
-    /// Client joins refused by the authorization hook.
+    /// Client joins refused by the authorization hook (or for want of one).
     pub denied: u64,
+    /// Client publications refused: an event not on the allow-list, a payload over
+    /// `max_publish_bytes`, or over the connection's publish budget.
+    pub publishes_refused: u64,
     /// The broker's counters.
     pub broker: BrokerStats,
 }
@@ -238,8 +262,25 @@ struct Member {
     conns: Vec<SocketId>,
     /// Join order, for `presence()`.
     order: u64,
-    /// Typing generation (odd while typing); a TTL timer clears only its own generation.
-    typing: u64,
+    /// Typing, and (with a `typing_ttl`) until when.
+    typing: Typing,
+}
+
+/// A member's typing state in one room. One timer per (room, member) at most: a refresh
+/// only moves `until`, and the running timer sleeps again until the deadline it finds.
+#[derive(Default, Clone, Copy)]
+struct Typing {
+    on: bool,
+    /// With a `typing_ttl`: when the indicator clears itself.
+    until: Option<tokio::time::Instant>,
+    /// A TTL timer task is running for this (room, member).
+    timer: bool,
+}
+
+impl Typing {
+    fn is_typing(self) -> bool {
+        self.on
+    }
 }
 
 #[derive(Default)]
@@ -256,6 +297,8 @@ struct State {
     socket_rooms: HashMap<SocketId, Vec<Arc<str>>>,
     /// Every tracked connection of each member, for [`Rooms::emit_to_member`].
     members: HashMap<Arc<str>, HashMap<SocketId, Socket>>,
+    /// Rooms the sockets of each address are in (for `max_rooms_per_ip`).
+    per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
 type Authorize = Arc<dyn Fn(&Socket, &str, &str) -> bool + Send + Sync>;
@@ -272,6 +315,7 @@ struct Inner {
     published: AtomicU64,
     delivered: AtomicU64,
     denied: AtomicU64,
+    publishes_refused: AtomicU64,
 }
 
 /// Rooms and presence for one `WebSocketServer`, on one node of a cluster. Cheap to
@@ -308,6 +352,52 @@ struct TypingPayload<'a> {
     typing: bool,
 }
 
+/// The TTL timer of one (room, member): sleeps until the typing deadline, again while
+/// refreshes move it, and clears the indicator once it passes. Ends when the member stops
+/// typing, leaves, or the rooms are dropped.
+async fn typing_timer(inner: Weak<Inner>, room: String, member: String) {
+    loop {
+        let Some(rooms) = inner.upgrade().map(|inner| Rooms { inner }) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let wake = {
+            let mut st = lock(&rooms.inner.state);
+            let Some(m) = st
+                .rooms
+                .get_mut(room.as_str())
+                .and_then(|r| r.members.get_mut(member.as_str()))
+            else {
+                return;
+            };
+            let t = &mut m.typing;
+            match t.until {
+                Some(until) if t.on && until > now => Some(until),
+                _ => {
+                    // expired (or cleared meanwhile): this timer ends, under the lock, so
+                    // a `true` arriving next starts a new one
+                    let expired = t.on;
+                    *t = Typing::default();
+                    if !expired {
+                        return;
+                    }
+                    None
+                }
+            }
+        };
+        match wake {
+            Some(until) => {
+                drop(rooms);
+                tokio::time::sleep_until(until).await;
+            }
+            None => {
+                rooms.announce_typing(&room, &member, false, None);
+                return;
+            }
+        }
+    }
+}
+
 impl Rooms {
     /// Rooms for `wss`, joined to the cluster through `opts.broker` (in-memory, one node,
     /// by default).
@@ -337,6 +427,7 @@ impl Rooms {
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             denied: AtomicU64::new(0),
+            publishes_refused: AtomicU64::new(0),
         });
         let (w1, w2) = (Arc::downgrade(&inner), Arc::downgrade(&inner));
         let hooks = NodeHooks {
@@ -446,6 +537,16 @@ impl Rooms {
                     limit: opts.max_rooms,
                 });
             }
+            let ip = socket.remote_addr().map(|a| ip_key(a.ip()));
+            if let Some(ip) = ip {
+                let held = st.per_ip.entry(ip).or_default();
+                if opts.max_rooms_per_ip > 0 && *held >= opts.max_rooms_per_ip {
+                    return Err(RoomError::TooManyRoomsForAddress {
+                        limit: opts.max_rooms_per_ip,
+                    });
+                }
+                *held += 1;
+            }
             let room_key: Arc<str> = st
                 .rooms
                 .get_key_value(room)
@@ -520,7 +621,7 @@ impl Rooms {
                     now_absent: false,
                 };
             };
-            let Some((_, member)) = r.conns.remove(&id) else {
+            let Some((socket, member)) = r.conns.remove(&id) else {
                 return LeaveOutcome {
                     left: false,
                     now_absent: false,
@@ -536,6 +637,14 @@ impl Rooms {
             }
             if r.conns.is_empty() && r.members.is_empty() {
                 st.rooms.remove(room);
+            }
+            if let Some(ip) = socket.remote_addr().map(|a| ip_key(a.ip())) {
+                if let std::collections::hash_map::Entry::Occupied(mut e) = st.per_ip.entry(ip) {
+                    *e.get_mut() = e.get().saturating_sub(1);
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
             }
             (member, count)
         };
@@ -605,13 +714,19 @@ impl Rooms {
     }
 
     /// Decide who may join which room through the client protocol: `(socket, room,
-    /// member) -> allowed`. Without a hook every join is allowed.
+    /// member) -> allowed`. Rooms are closed by default: without a hook every client join
+    /// is refused (`room:error` "forbidden"); `rooms.authorize(|_, _, _| true)` opens
+    /// them all.
     pub fn authorize(&self, hook: impl Fn(&Socket, &str, &str) -> bool + Send + Sync + 'static) {
         *self
             .inner
             .authorize
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+    }
+
+    fn count_refused_publish(&self) {
+        self.inner.publishes_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn allowed(&self, socket: &Socket, room: &str, member: &str) -> bool {
@@ -621,7 +736,7 @@ impl Rooms {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let ok = hook.is_none_or(|h| {
+        let ok = hook.is_some_and(|h| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(socket, room, member)))
                 .unwrap_or(false)
         });
@@ -773,7 +888,9 @@ impl Rooms {
         typing: bool,
         from: Option<&Socket>,
     ) -> Result<(), RoomError> {
-        let (changed, generation) = {
+        let ttl = self.inner.opts.typing_ttl;
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let (changed, start_timer) = {
             let mut st = lock(&self.inner.state);
             let m = st
                 .rooms
@@ -782,58 +899,49 @@ impl Rooms {
                 .ok_or_else(|| RoomError::NotInRoom {
                     room: room.to_owned(),
                 })?;
-            let was = m.typing % 2 == 1;
+            let t = &mut m.typing;
+            let changed = t.on != typing;
+            t.on = typing;
+            // a timer is started only when none runs: a refresh just moves the deadline
+            let start_timer = typing && ttl.is_some() && !t.timer && rt.is_some();
             if typing {
-                // odd = typing; a refresh moves to the next odd generation
-                m.typing += if was { 2 } else { 1 };
-            } else if was {
-                m.typing += 1;
+                t.until = ttl.map(|d| tokio::time::Instant::now() + d);
+                t.timer |= start_timer;
             }
-            (was != typing, m.typing)
+            (changed, start_timer)
         };
         if changed {
-            let opts = from
-                .map(|s| PublishOptions::except_socket(s.id()))
-                .unwrap_or_default();
-            let _ = self.publish(
-                room,
-                "typing",
-                &TypingPayload {
-                    channel: room,
-                    member_id: member,
-                    typing,
-                },
-                opts,
-            );
+            self.announce_typing(room, member, typing, from);
         }
-        if typing {
-            if let (Some(ttl), Ok(rt)) = (
-                self.inner.opts.typing_ttl,
-                tokio::runtime::Handle::try_current(),
-            ) {
-                let weak = Arc::downgrade(&self.inner);
-                let (room, member) = (room.to_owned(), member.to_owned());
-                rt.spawn(async move {
-                    tokio::time::sleep(ttl).await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    let rooms = Rooms { inner };
-                    let still = lock(&rooms.inner.state)
-                        .rooms
-                        .get(room.as_str())
-                        .and_then(|r| r.members.get(member.as_str()))
-                        .is_some_and(|m| m.typing == generation);
-                    if still {
-                        let _ = rooms.set_typing(&room, &member, false, None);
-                    }
-                });
-            }
+        if let (true, Some(rt)) = (start_timer, rt) {
+            rt.spawn(typing_timer(
+                Arc::downgrade(&self.inner),
+                room.to_owned(),
+                member.to_owned(),
+            ));
         }
         Ok(())
     }
 
+    fn announce_typing(&self, room: &str, member: &str, typing: bool, from: Option<&Socket>) {
+        let opts = from
+            .map(|s| PublishOptions::except_socket(s.id()))
+            .unwrap_or_default();
+        let _ = self.publish(
+            room,
+            "typing",
+            &TypingPayload {
+                channel: room,
+                member_id: member,
+                typing,
+            },
+            opts,
+        );
+    }
+
     /// Members flagged as typing in `room` on this node.
     pub fn typing_members(&self, room: &str) -> Vec<String> {
-        self.members_where(room, |m| m.typing % 2 == 1)
+        self.members_where(room, |m| m.typing.is_typing())
     }
 
     /// Members present in `room` on this node, in the order they became present.
@@ -952,6 +1060,7 @@ impl Rooms {
             published: i.published.load(Ordering::Relaxed),
             delivered: i.delivered.load(Ordering::Relaxed),
             denied: i.denied.load(Ordering::Relaxed),
+            publishes_refused: i.publishes_refused.load(Ordering::Relaxed),
             broker: i.broker.stats(),
         }
     }

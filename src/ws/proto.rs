@@ -142,123 +142,119 @@ impl Decoder {
     /// Bytes the decoder still needs before `src` holds a whole frame (a hint for how
     /// much to reserve), or 0 when unknown.
     pub(crate) fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Event>, ProtoError> {
-        loop {
-            if src.len() < 2 {
-                return Ok(None);
-            }
-            let (b0, b1) = (src[0], src[1]);
-            let fin = b0 & 0x80 != 0;
-            let opcode = b0 & 0x0f;
-            if b0 & 0x70 != 0 {
-                return Err(ProtoError::Protocol("reserved bits set"));
-            }
-            if b1 & 0x80 == 0 {
-                return Err(ProtoError::Protocol("client frame not masked"));
-            }
-            let control = opcode & 0x08 != 0;
-            match opcode {
-                OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
-                _ => return Err(ProtoError::Protocol("reserved opcode")),
-            }
-            let len7 = b1 & 0x7f;
-            if control && !fin {
-                return Err(ProtoError::Protocol("fragmented control frame"));
-            }
-            if control && len7 > 125 {
-                return Err(ProtoError::Protocol("control frame longer than 125 bytes"));
-            }
-            if opcode == OP_CONTINUATION && self.partial.is_none() {
-                return Err(ProtoError::Protocol("continuation frame without a message"));
-            }
-            if (opcode == OP_TEXT || opcode == OP_BINARY) && self.partial.is_some() {
-                return Err(ProtoError::Protocol(
-                    "new message inside a fragmented message",
-                ));
-            }
-            let (len_bytes, len) = match len7 {
-                126 => {
-                    if src.len() < 4 {
-                        return Ok(None);
-                    }
-                    (2, u64::from(u16::from_be_bytes([src[2], src[3]])))
+        if src.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (src[0], src[1]);
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        if b0 & 0x70 != 0 {
+            return Err(ProtoError::Protocol("reserved bits set"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(ProtoError::Protocol("client frame not masked"));
+        }
+        let control = opcode & 0x08 != 0;
+        match opcode {
+            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+            _ => return Err(ProtoError::Protocol("reserved opcode")),
+        }
+        let len7 = b1 & 0x7f;
+        if control && !fin {
+            return Err(ProtoError::Protocol("fragmented control frame"));
+        }
+        if control && len7 > 125 {
+            return Err(ProtoError::Protocol("control frame longer than 125 bytes"));
+        }
+        if opcode == OP_CONTINUATION && self.partial.is_none() {
+            return Err(ProtoError::Protocol("continuation frame without a message"));
+        }
+        if (opcode == OP_TEXT || opcode == OP_BINARY) && self.partial.is_some() {
+            return Err(ProtoError::Protocol(
+                "new message inside a fragmented message",
+            ));
+        }
+        let (len_bytes, len) = match len7 {
+            126 => {
+                if src.len() < 4 {
+                    return Ok(None);
                 }
-                127 => {
-                    if src.len() < 10 {
-                        return Ok(None);
-                    }
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&src[2..10]);
-                    let n = u64::from_be_bytes(b);
-                    if n >> 63 != 0 {
-                        return Err(ProtoError::Protocol("frame length has the high bit set"));
-                    }
-                    (8, n)
-                }
-                n => (0, u64::from(n)),
-            };
-            let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len());
-            let len = match usize::try_from(len) {
-                Ok(l) if !control && so_far.saturating_add(l) > self.max_payload() => {
-                    return Err(ProtoError::TooBig(self.max_payload()))
-                }
-                Ok(l) => l,
-                Err(_) => return Err(ProtoError::TooBig(self.max_payload())),
-            };
-            let header = 2 + len_bytes + 4;
-            if src.len() < header + len {
-                src.reserve(header + len - src.len());
-                return Ok(None);
+                (2, u64::from(u16::from_be_bytes([src[2], src[3]])))
             }
-            let mask = [
-                src[header - 4],
-                src[header - 3],
-                src[header - 2],
-                src[header - 1],
-            ];
-            src.advance(header);
-            let mut payload = src.split_to(len);
-            unmask(&mut payload, mask);
+            127 => {
+                if src.len() < 10 {
+                    return Ok(None);
+                }
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&src[2..10]);
+                let n = u64::from_be_bytes(b);
+                if n >> 63 != 0 {
+                    return Err(ProtoError::Protocol("frame length has the high bit set"));
+                }
+                (8, n)
+            }
+            n => (0, u64::from(n)),
+        };
+        let so_far = self.partial.as_ref().map_or(0, |p| p.buf.len());
+        let len = match usize::try_from(len) {
+            Ok(l) if !control && so_far.saturating_add(l) > self.max_payload() => {
+                return Err(ProtoError::TooBig(self.max_payload()))
+            }
+            Ok(l) => l,
+            Err(_) => return Err(ProtoError::TooBig(self.max_payload())),
+        };
+        let header = 2 + len_bytes + 4;
+        if src.len() < header + len {
+            src.reserve(header + len - src.len());
+            return Ok(None);
+        }
+        let mask = [
+            src[header - 4],
+            src[header - 3],
+            src[header - 2],
+            src[header - 1],
+        ];
+        src.advance(header);
+        let mut payload = src.split_to(len);
+        unmask(&mut payload, mask);
 
-            match opcode {
-                OP_PING => return Ok(Some(Event::Ping(payload.freeze()))),
-                OP_PONG => return Ok(Some(Event::Pong(payload.freeze()))),
-                OP_CLOSE => return close_event(&payload).map(Some),
-                OP_TEXT | OP_BINARY if fin => {
-                    return Ok(Some(if opcode == OP_TEXT {
-                        Event::Text(payload.freeze())
+        match opcode {
+            OP_PING => Ok(Some(Event::Ping(payload.freeze()))),
+            OP_PONG => Ok(Some(Event::Pong(payload.freeze()))),
+            OP_CLOSE => close_event(&payload).map(Some),
+            OP_TEXT | OP_BINARY if fin => Ok(Some(if opcode == OP_TEXT {
+                Event::Text(payload.freeze())
+            } else {
+                Event::Binary(payload.freeze())
+            })),
+            OP_TEXT | OP_BINARY => {
+                let mut p = Box::new(Partial {
+                    text: opcode == OP_TEXT,
+                    buf: payload,
+                    checked: 0,
+                });
+                check_utf8(&mut p, false)?;
+                self.partial = Some(p);
+                Ok(Some(Event::Fragment))
+            }
+            _ => {
+                // continuation (checked above that a message is in progress)
+                let Some(mut p) = self.partial.take() else {
+                    return Err(ProtoError::Protocol("continuation frame without a message"));
+                };
+                p.buf.extend_from_slice(&payload);
+                check_utf8(&mut p, fin)?;
+                if fin {
+                    let p = *p;
+                    let bytes = p.buf.freeze();
+                    return Ok(Some(if p.text {
+                        Event::Text(bytes)
                     } else {
-                        Event::Binary(payload.freeze())
-                    }))
+                        Event::Binary(bytes)
+                    }));
                 }
-                OP_TEXT | OP_BINARY => {
-                    let mut p = Box::new(Partial {
-                        text: opcode == OP_TEXT,
-                        buf: payload,
-                        checked: 0,
-                    });
-                    check_utf8(&mut p, false)?;
-                    self.partial = Some(p);
-                    return Ok(Some(Event::Fragment));
-                }
-                _ => {
-                    // continuation (checked above that a message is in progress)
-                    let Some(mut p) = self.partial.take() else {
-                        return Err(ProtoError::Protocol("continuation frame without a message"));
-                    };
-                    p.buf.extend_from_slice(&payload);
-                    check_utf8(&mut p, fin)?;
-                    if fin {
-                        let p = *p;
-                        let bytes = p.buf.freeze();
-                        return Ok(Some(if p.text {
-                            Event::Text(bytes)
-                        } else {
-                            Event::Binary(bytes)
-                        }));
-                    }
-                    self.partial = Some(p);
-                    return Ok(Some(Event::Fragment));
-                }
+                self.partial = Some(p);
+                Ok(Some(Event::Fragment))
             }
         }
     }

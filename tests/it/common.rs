@@ -68,6 +68,18 @@ pub async fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpSt
     sock.connect(addr).await
 }
 
+/// A WebSocket client connected from the loopback address `from` (a second party).
+pub async fn connect_ws_from(from: &str, addr: SocketAddr, path: &str) -> Client {
+    let tcp = connect_from(from, addr).await.expect("tcp");
+    let (c, _) = within(
+        "ws handshake",
+        tokio_tungstenite::client_async(url(addr, path), MaybeTlsStream::Plain(tcp)),
+    )
+    .await
+    .expect("handshake");
+    c
+}
+
 /// Send `request` on `s` and read the response head; returns the status and the head.
 pub async fn http_on(s: &mut TcpStream, request: &[u8]) -> Option<(u16, String)> {
     s.write_all(request).await.ok()?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{json, Value};
 use street::cluster::memory::MemoryBroker;
-use street::rooms::{PublishOptions, RoomError, Rooms, RoomsOptions};
+use street::rooms::{ClientPolicy, PublishOptions, RoomError, Rooms, RoomsOptions};
 use street::ws::{ConnectRequest, Socket, WebSocketServer, WsOptions};
 use tokio::sync::mpsc;
 
@@ -312,7 +312,14 @@ async fn bad_names_and_limits_are_clear_errors() {
 
 #[tokio::test]
 async fn the_client_protocol_joins_publishes_and_refuses_what_is_not_allowed() {
-    let mut n = node(RoomsOptions::default()).await;
+    let mut n = node(RoomsOptions {
+        client: ClientPolicy {
+            publishable_events: vec!["chat".into(), "message".into(), "presence:leave".into()],
+            ..ClientPolicy::default()
+        },
+        ..RoomsOptions::default()
+    })
+    .await;
     n.rooms
         .authorize(|_s, room, member| room != "staff" || member == "boss");
     let (mut ana, _a) = n.client("ana").await;
@@ -359,7 +366,8 @@ async fn the_client_protocol_joins_publishes_and_refuses_what_is_not_allowed() {
     .await;
     assert_eq!(
         next_is(&mut ana, "room:error").await["reason"],
-        "reserved event name"
+        "event not allowed",
+        "server event names stay refused even when listed"
     );
     // publishing to a room one is not in is refused
     send_env(
@@ -440,4 +448,207 @@ async fn two_nodes_on_the_memory_broker_share_rooms_presence_and_targets() {
         next_is(&mut ana, "presence:leave").await,
         json!({"channel": "r", "memberId": "bo"})
     );
+}
+
+/// Rooms are closed until the app opens them, and clients publish only the event names
+/// the app allows (issue 11: a member could publish `welcome`, `chat`, or street.js's own
+/// `state`/`close` and fake them on every page).
+#[tokio::test]
+async fn rooms_are_closed_by_default_and_publications_are_allow_listed() {
+    let mut n = node(RoomsOptions::default()).await;
+    let (mut ana, _a) = n.client("ana").await;
+    send_env(&mut ana, "room:join", json!({"channel": "general"})).await;
+    assert_eq!(
+        next_is(&mut ana, "room:error").await,
+        json!({"channel": "general", "action": "join", "reason": "forbidden"})
+    );
+    assert_eq!(n.rooms.stats().denied, 1);
+    n.rooms.authorize(|_, _, _| true);
+    let (mut bo, _b) = n.client("bo").await;
+    for c in [&mut ana, &mut bo] {
+        send_env(c, "room:join", json!({"channel": "general"})).await;
+        let _ = next_is(c, "room:joined").await;
+    }
+    let _ = next_is(&mut ana, "presence:join").await;
+    for event in [
+        "welcome",
+        "chat",
+        "chat:error",
+        "state",
+        "open",
+        "close",
+        "error",
+        "typing",
+        "room:joined",
+    ] {
+        send_env(
+            &mut ana,
+            "room:publish",
+            json!({"channel": "general", "event": event, "payload": {"memberId": "mallory"}}),
+        )
+        .await;
+        assert_eq!(
+            next_is(&mut ana, "room:error").await,
+            json!({"channel": "general", "action": "publish", "reason": "event not allowed"}),
+            "{event}"
+        );
+    }
+    // the default event is allowed
+    send_env(
+        &mut ana,
+        "room:publish",
+        json!({"channel": "general", "payload": "hi"}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut bo, "message").await,
+        json!({"channel": "general", "memberId": "ana", "payload": "hi"})
+    );
+    assert_eq!(n.rooms.stats().publishes_refused, 9);
+}
+
+/// The attack of issue 11: one member sends large publications back to back. Oversized
+/// ones are refused, the rest is held to the member's budget, and a member who reads
+/// nothing meanwhile is still connected afterwards (not closed as a slow consumer).
+#[tokio::test]
+async fn one_publisher_cannot_empty_a_room() {
+    let mut n = node(RoomsOptions::default()).await;
+    n.rooms.authorize(|_, _, _| true);
+    let (mut mallory, _m) = n.client("mallory").await;
+    let (mut reader, _r) = n.client("reader").await;
+    for c in [&mut mallory, &mut reader] {
+        send_env(c, "room:join", json!({"channel": "general"})).await;
+        let _ = next_is(c, "room:joined").await;
+    }
+    let _ = next_is(&mut mallory, "presence:join").await;
+    let huge = "x".repeat(400_000);
+    for _ in 0..15 {
+        send_env(
+            &mut mallory,
+            "room:publish",
+            json!({"channel": "general", "payload": huge}),
+        )
+        .await;
+    }
+    let big = "y".repeat(60_000);
+    for _ in 0..40 {
+        send_env(
+            &mut mallory,
+            "room:publish",
+            json!({"channel": "general", "payload": big}),
+        )
+        .await;
+    }
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..(15 + 40 - 4) {
+        let e = next_is(&mut mallory, "room:error").await;
+        *reasons
+            .entry(e["reason"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    // the byte burst (256 KiB) takes four 60 KB publications; the rest waits for budget
+    assert_eq!(reasons.get("payload too large"), Some(&15), "{reasons:?}");
+    assert_eq!(reasons.get("rate limit"), Some(&36), "{reasons:?}");
+    assert_eq!(n.rooms.stats().publishes_refused, 51);
+    // the reader, who read nothing so far, is still there and gets the four
+    for _ in 0..4 {
+        assert_eq!(
+            next_is(&mut reader, "message").await["payload"]
+                .as_str()
+                .map(str::len),
+            Some(60_000)
+        );
+    }
+    send_env(
+        &mut reader,
+        "room:publish",
+        json!({"channel": "general", "payload": "still here"}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut mallory, "message").await["payload"],
+        "still here"
+    );
+    assert_eq!(n.wss.stats().slow_consumers, 0);
+}
+
+/// Typing state costs one timer per (room, member), however many typing messages arrive.
+#[tokio::test]
+async fn typing_floods_keep_one_timer_per_member() {
+    let mut n = node(RoomsOptions {
+        typing_ttl: Some(Duration::from_millis(500)),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (mut a, a_s) = n.client("ana").await;
+    let (mut b, b_s) = n.client("bo").await;
+    n.rooms.join(&a_s, "r", "ana").expect("join");
+    n.rooms.join(&b_s, "r", "bo").expect("join");
+    let _ = recv_type(&mut a, "presence:join").await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    for i in 0..500 {
+        // a refresh, and now and then a stop and a start again
+        let typing = i % 100 != 50;
+        send_env(&mut a, "typing", json!({"channel": "r", "typing": typing})).await;
+    }
+    // the last message was handled when this echo-less probe's answer comes: ask for an error
+    send_env(
+        &mut a,
+        "typing",
+        json!({"channel": "nowhere", "typing": true}),
+    )
+    .await;
+    let _ = next_is(&mut a, "room:error").await;
+    assert!(
+        tasks() <= before + 1,
+        "typing timers: {} tasks before, {} after",
+        before,
+        tasks()
+    );
+    assert_eq!(n.rooms.typing_members("r"), ["ana"]);
+    // and it still clears itself
+    loop {
+        let t = recv_type(&mut b, "typing").await;
+        if t["typing"] == false && n.rooms.typing_members("r").is_empty() {
+            break;
+        }
+    }
+}
+
+/// The sockets of one address share `max_rooms_per_ip`; another address is not affected.
+#[tokio::test]
+async fn rooms_per_address_are_capped() {
+    let mut n = node(RoomsOptions {
+        max_rooms_per_ip: 3,
+        ..RoomsOptions::default()
+    })
+    .await;
+    n.rooms.authorize(|_, _, _| true);
+    let (mut a1, _) = n.client("a1").await;
+    let (mut a2, _) = n.client("a2").await;
+    for room in ["r1", "r2"] {
+        send_env(&mut a1, "room:join", json!({"channel": room})).await;
+        let _ = next_is(&mut a1, "room:joined").await;
+    }
+    send_env(&mut a2, "room:join", json!({"channel": "r3"})).await;
+    let _ = next_is(&mut a2, "room:joined").await;
+    send_env(&mut a2, "room:join", json!({"channel": "r4"})).await;
+    assert_eq!(
+        next_is(&mut a2, "room:error").await["reason"],
+        "this address is in too many rooms (limit 3)"
+    );
+    let mut other = connect_ws_from("127.0.0.2", n.addr(), "/ws?member=b").await;
+    let _ = within("socket", n.sockets.recv()).await;
+    send_env(&mut other, "room:join", json!({"channel": "r4"})).await;
+    assert_eq!(next_is(&mut other, "room:joined").await["channel"], "r4");
+    // a leave gives the place back
+    send_env(&mut a1, "room:leave", json!({"channel": "r1"})).await;
+    let _ = next_is(&mut a1, "room:left").await;
+    send_env(&mut a2, "room:join", json!({"channel": "r5"})).await;
+    assert_eq!(next_is(&mut a2, "room:joined").await["channel"], "r5");
 }
