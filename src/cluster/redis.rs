@@ -735,3 +735,38 @@ impl Broker for RedisBroker {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_budget_refuses_the_newest_and_lets_one_into_an_empty_queue() {
+        let used = AtomicUsize::new(0);
+        assert!(reserve(&used, 600, 1000));
+        assert!(!reserve(&used, 600, 1000), "over the bound: refused");
+        assert_eq!(used.load(Ordering::Relaxed), 600, "a refusal takes nothing");
+        assert!(reserve(&used, 400, 1000), "up to the bound exactly");
+        used.store(0, Ordering::Relaxed);
+        assert!(
+            reserve(&used, 5000, 1000),
+            "an empty queue takes one of any size"
+        );
+        assert!(!reserve(&used, 1, 1000));
+        assert!(
+            reserve(&used, 0, 1000),
+            "what holds no bytes is never refused"
+        );
+    }
+
+    #[test]
+    fn index_entries_split_back_into_room_and_member_whatever_they_contain() {
+        // the Lua script reads the length before the first ':' and splits there
+        for (room, member) in [("r", "ana"), ("a:b", "c:d"), ("", "x"), ("é\u{1f}", "")] {
+            let e = Shared::index_entry(room, member);
+            let (n, rest) = e.split_once(':').expect("a length");
+            let n: usize = n.parse().expect("a number");
+            assert_eq!((&rest[..n], &rest[n..]), (room, member));
+        }
+    }
+}
