@@ -524,7 +524,7 @@ impl Writer<'_> {
         self.metric(
             "street_sse_hub_replay_gaps_total",
             "counter",
-            "Resumes from further back than the replay buffer.",
+            "Resumes sent a street:gap event (aged out, evicted, or over half the queue).",
             &l,
             s.replay_gaps as f64,
         );
