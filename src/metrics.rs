@@ -561,7 +561,7 @@ impl Writer<'_> {
         self.metric(
             "street_sse_hub_replay_gaps_total",
             "counter",
-            "Resumes from further back than the replay buffer.",
+            "Resumes sent a street:gap event (aged out, evicted, or over half the queue).",
             &l,
             s.replay_gaps as f64,
         );
@@ -644,9 +644,23 @@ impl Writer<'_> {
         self.metric(
             "street_cluster_dropped_total",
             "counter",
-            "Cluster messages dropped (queue full).",
+            "Cluster messages dropped (queue full, by count or by bytes).",
             &l,
             b.dropped as f64,
+        );
+        self.metric(
+            "street_cluster_dropped_over_bytes_total",
+            "counter",
+            "Cluster messages dropped because a queue reached its byte bound.",
+            &l,
+            b.dropped_over_bytes as f64,
+        );
+        self.metric(
+            "street_cluster_invalid_total",
+            "counter",
+            "Invalid messages from the cluster bus dropped before delivery.",
+            &l,
+            b.invalid as f64,
         );
         self.metric(
             "street_cluster_publish_errors_total",
@@ -665,7 +679,7 @@ impl Writer<'_> {
         self.metric(
             "street_cluster_resyncs_total",
             "counter",
-            "Presence re-sent after a broker reconnect.",
+            "Presence replaced in the broker (reconnect, lapsed liveness, lost write).",
             &l,
             b.resyncs as f64,
         );

@@ -156,7 +156,8 @@ impl ClusterMessage {
     }
 
     /// Parse what [`ClusterMessage::encode`] wrote. The envelope is a slice of `bytes`
-    /// (no copy).
+    /// (no copy). It is checked to be UTF-8: it goes out as a text frame, and one that is
+    /// not UTF-8 makes browsers close the connection (1007).
     ///
     /// # Errors
     /// [`DecodeError`] on anything else.
@@ -178,6 +179,9 @@ impl ClusterMessage {
             v.map(Cow::into_owned)
                 .ok_or_else(|| DecodeError(format!("missing {what}")))
         };
+        if std::str::from_utf8(&bytes[nl + 1..]).is_err() {
+            return Err(DecodeError("envelope is not UTF-8".into()));
+        }
         let target = match h.k {
             'a' => Target::All,
             'r' => Target::Room {
@@ -233,13 +237,22 @@ pub struct BrokerStats {
     pub published: u64,
     /// Messages received from other nodes.
     pub received: u64,
-    /// Messages dropped because the outgoing or incoming queue was full.
+    /// Messages dropped because the outgoing or incoming queue was full (by count or by
+    /// bytes).
     pub dropped: u64,
+    /// Of [`BrokerStats::dropped`], those dropped because the queue's bytes reached the
+    /// broker's byte bound (e.g. `RedisOptions::max_queue_bytes`).
+    pub dropped_over_bytes: u64,
+    /// Messages from the bus dropped before delivery because they were invalid: not a
+    /// [`ClusterMessage`] (see [`ClusterMessage::decode`]), e.g. an envelope that is not
+    /// UTF-8, which would make browsers close the connection with 1007.
+    pub invalid: u64,
     /// Messages lost because the broker failed to take them (e.g. Redis down).
     pub publish_errors: u64,
     /// Times the connection to the broker was lost (each is a possible gap).
     pub disconnects: u64,
-    /// Times this node re-sent its whole presence after a reconnect.
+    /// Times this node replaced its whole presence in the broker (after a reconnect, a
+    /// lapsed liveness, or a presence write that was dropped or failed).
     pub resyncs: u64,
 }
 
@@ -346,6 +359,7 @@ mod tests {
             b"{\"o\":\"n\",\"k\":\"s\",\"s\":\"nope\"}\n{}",
             b"{\"o\":\"n\",\"k\":\"r\"}\n{}",
             b"\xff\xfe\n",
+            b"{\"o\":\"n\",\"k\":\"a\"}\n{\"type\":\"x\xff\"}",
         ] {
             assert!(ClusterMessage::decode(Bytes::copy_from_slice(bad)).is_err());
         }

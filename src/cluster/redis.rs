@@ -5,25 +5,39 @@
 //!   [`ClusterMessage`]s there from a single writer task, so a node's messages arrive in
 //!   the order it sent them. Pub/sub is at most once: what is published while Redis is
 //!   unreachable is lost and counted.
-//! - **Reconnects**: both connections are redis-rs `ConnectionManager`s over RESP3, which
-//!   reconnect by themselves; the subscriber's resubscribes automatically. Each lost
-//!   connection is counted in `disconnects`, and the node then re-sends its whole presence
-//!   (Redis may have restarted empty), counted in `resyncs`.
-//! - **Presence**: `{prefix}:presence:{room}` is a hash of `node␟member → connections`.
-//!   Each node refreshes `{prefix}:node:{id}` every `heartbeat` with a TTL of `heartbeat ×
-//!   liveness` (default 1 s × 3); a query keeps only the fields of nodes whose key exists,
-//!   so a crashed node's members disappear within `liveness` heartbeats, and removes the
-//!   dead fields it saw. A graceful [`Broker::stop`] deletes the node's fields and key at
-//!   once.
-//! - **Bounds**: the writer's queue holds `max_queue` commands (default 10 000) and the
-//!   reader's `max_queue` messages; beyond, messages are dropped and counted. Commands
-//!   time out after `response_timeout` (default 2 s).
+//! - **Validation**: what arrives on the bus is decoded with [`ClusterMessage::decode`]
+//!   (header, target, a UTF-8 envelope) before it reaches a socket; anything else is
+//!   dropped, counted in `invalid` and logged (a `warn` for the first and every 1000th),
+//!   so one bad message cannot make every browser of every node close with 1007. The bus
+//!   is not authenticated: whoever can `PUBLISH` on the Redis can still send valid
+//!   messages to every client (protect the Redis itself).
+//! - **Connections**: three redis-rs `ConnectionManager`s over RESP3, which reconnect by
+//!   themselves: the writer's (publishes, presence writes, queries), the subscriber's
+//!   (resubscribes automatically) and the heartbeat's own, so liveness never waits behind
+//!   large publishes. Each lost subscriber connection is counted in `disconnects`.
+//! - **Presence**: `{prefix}:presence:{room}` is a hash of `node␟member → connections`,
+//!   and `{prefix}:fields:{node}` indexes the fields a node has written. Each node
+//!   refreshes `{prefix}:node:{id}` every `heartbeat` with a TTL of `heartbeat × liveness`
+//!   (default 1 s × 3); a query keeps only the fields of nodes whose key exists, so a
+//!   crashed node's members disappear within `liveness` heartbeats, and removes the dead
+//!   fields it saw. A graceful [`Broker::stop`] deletes the node's fields and key at once.
+//! - **Resync**: whenever Redis may disagree with the node — a presence write dropped
+//!   (queue full) or failed (Redis down), a lost connection, a lapsed liveness key (Redis
+//!   restarted, or the node stalled) — presence is marked dirty, and at the next
+//!   successful heartbeat the node *replaces* its presence: one Lua script removes every
+//!   field its index lists and writes the current ones (atomic: other nodes never see a
+//!   half-written presence), counted in `resyncs`. A member who left during an outage is
+//!   gone once Redis is back, whether Redis restarted empty or kept its data.
+//! - **Bounds**: the writer's queue holds `max_queue` commands (default 10 000) and
+//!   `max_queue_bytes` of messages (default 64 MiB), the reader's queue the same; beyond,
+//!   the newest message is dropped and counted in `dropped` (and `dropped_over_bytes` for
+//!   the byte bound). Commands time out after `response_timeout` (default 2 s).
 //! - **Redis down at start**: [`RedisOptions::require_at_start`] (default `true`) makes
 //!   `Rooms::new` fail with a clear error; `false` starts degraded — local clients are
 //!   served, cluster messages are dropped and counted — and connects in the background.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -54,6 +68,15 @@ pub struct RedisOptions {
     pub require_at_start: bool,
     /// Bound of the outgoing and incoming queues, in messages. Default 10 000.
     pub max_queue: usize,
+    /// Bound of the outgoing and incoming queues, in bytes of messages (each queue): what
+    /// a Redis outage or a slow Redis can make a node hold. A message that would take a
+    /// queue over it is dropped — the **newest**, the one being queued — and counted in
+    /// `dropped` and `dropped_over_bytes`; messages already queued keep their order. (A
+    /// channel can only refuse at its tail without a lock, and delivery is at most once
+    /// either way: dropping at the tail leaves one gap instead of reordering.) An empty
+    /// queue takes one message of any size. Presence writes are not counted here (they are
+    /// small, bounded by `max_queue`, and a dropped one triggers a resync). Default 64 MiB.
+    pub max_queue_bytes: usize,
     /// Timeout of each Redis command. Default 2 s.
     pub response_timeout: Duration,
 }
@@ -67,6 +90,7 @@ impl Default for RedisOptions {
             liveness: 3,
             require_at_start: true,
             max_queue: 10_000,
+            max_queue_bytes: 64 * 1024 * 1024,
             response_timeout: Duration::from_secs(2),
         }
     }
@@ -93,11 +117,58 @@ enum Cmd {
     Stop(oneshot::Sender<()>),
 }
 
+impl Cmd {
+    /// Bytes it holds against `max_queue_bytes`.
+    fn bytes(&self) -> usize {
+        match self {
+            Cmd::Publish(b) => b.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Take `n` bytes of a queue's budget `max`: `false` (nothing taken) when that would go
+/// over it, unless the queue was empty.
+fn reserve(used: &AtomicUsize, n: usize, max: usize) -> bool {
+    if n == 0 {
+        return true;
+    }
+    let before = used.fetch_add(n, Ordering::AcqRel);
+    if before == 0 || before.saturating_add(n) <= max {
+        return true;
+    }
+    used.fetch_sub(n, Ordering::AcqRel);
+    false
+}
+
+/// Remove every presence field this node's index lists, then write the given ones (and
+/// index them), atomically. KEYS[1]: the node's index; ARGV[1]: the presence key prefix;
+/// ARGV[2]: the node's field prefix; then `room, member, connections` triples. An index
+/// entry is `{room length}:{room}{member}`.
+const REPLACE_PRESENCE: &str = r"
+local old = redis.call('SMEMBERS', KEYS[1])
+for _, e in ipairs(old) do
+  local c = string.find(e, ':', 1, true)
+  if c then
+    local n = tonumber(string.sub(e, 1, c - 1)) or 0
+    redis.call('HDEL', ARGV[1] .. string.sub(e, c + 1, c + n), ARGV[2] .. string.sub(e, c + n + 1))
+  end
+end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV - 2, 3 do
+  redis.call('HSET', ARGV[1] .. ARGV[i], ARGV[2] .. ARGV[i + 1], ARGV[i + 2])
+  redis.call('SADD', KEYS[1], string.len(ARGV[i]) .. ':' .. ARGV[i] .. ARGV[i + 1])
+end
+return #old
+";
+
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
     received: AtomicU64,
     dropped: AtomicU64,
+    dropped_over_bytes: AtomicU64,
+    invalid: AtomicU64,
     publish_errors: AtomicU64,
     disconnects: AtomicU64,
     resyncs: AtomicU64,
@@ -110,10 +181,12 @@ struct Shared {
     /// A connection for queries (presence); set once connected.
     query: Mutex<Option<ConnectionManager>>,
     counters: Counters,
-    /// Redis may have lost our presence: re-send it at the next chance.
+    /// Bytes of messages in the writer's queue.
+    out_bytes: AtomicUsize,
+    /// Bytes of messages in the reader's queue.
+    in_bytes: AtomicUsize,
+    /// Redis may disagree with our presence: replace it at the next chance.
     needs_resync: AtomicBool,
-    /// Our presence fields, to remove at stop: room → members.
-    mine: Mutex<HashMap<String, HashSet<String>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -155,8 +228,9 @@ impl RedisBroker {
                 tx: OnceLock::new(),
                 query: Mutex::new(None),
                 counters: Counters::default(),
+                out_bytes: AtomicUsize::new(0),
+                in_bytes: AtomicUsize::new(0),
                 needs_resync: AtomicBool::new(false),
-                mine: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(Vec::new()),
             }),
         }
@@ -167,8 +241,18 @@ impl Shared {
     fn bus(&self) -> String {
         format!("{}:bus", self.opts.prefix)
     }
+    fn presence_prefix(&self) -> String {
+        format!("{}:presence:", self.opts.prefix)
+    }
     fn presence_key(&self, room: &str) -> String {
-        format!("{}:presence:{room}", self.opts.prefix)
+        format!("{}{room}", self.presence_prefix())
+    }
+    /// The set of a node's presence fields, as [`Shared::index_entry`]s.
+    fn index_key(&self, node: &str) -> String {
+        format!("{}:fields:{node}", self.opts.prefix)
+    }
+    fn index_entry(room: &str, member: &str) -> String {
+        format!("{}:{room}{member}", room.len())
     }
     fn node_key(&self, node: &str) -> String {
         format!("{}:node:{node}", self.opts.prefix)
@@ -196,17 +280,48 @@ impl Shared {
             .set_max_delay(Duration::from_millis(500))
     }
 
+    /// Queue a command for the writer, within `max_queue` and `max_queue_bytes`.
     fn send(&self, cmd: Cmd) {
-        match self.tx.get() {
-            Some(tx) => {
-                if tx.try_send(cmd).is_err() {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            None => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let bytes = cmd.bytes();
+        if !reserve(&self.out_bytes, bytes, self.opts.max_queue_bytes) {
+            self.counters
+                .dropped_over_bytes
+                .fetch_add(1, Ordering::Relaxed);
+            self.lost(&cmd);
+            return;
         }
+        let refused = match self.tx.get() {
+            Some(tx) => tx.try_send(cmd).err().map(|e| match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+            }),
+            None => Some(cmd),
+        };
+        if let Some(cmd) = refused {
+            self.out_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.lost(&cmd);
+        }
+    }
+
+    /// Count a command that never reached the writer; lost presence makes a resync due.
+    fn lost(&self, cmd: &Cmd) {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        if matches!(cmd, Cmd::Presence { .. } | Cmd::Resync) {
+            self.needs_resync.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The script call that replaces `node`'s presence with `entries`.
+    fn replace_presence(&self, node: &str, entries: &[(String, String, usize)]) -> redis::Cmd {
+        let mut c = redis::cmd("EVAL");
+        c.arg(REPLACE_PRESENCE)
+            .arg(1)
+            .arg(self.index_key(node))
+            .arg(self.presence_prefix())
+            .arg(Self::field(node, ""));
+        for (room, member, n) in entries {
+            c.arg(room).arg(member).arg(*n);
+        }
+        c
     }
 }
 
@@ -245,11 +360,20 @@ async fn connect(shared: &Shared, forever: bool) -> Result<ConnectionManager, Br
     .await
 }
 
-/// Connect the subscriber (RESP3 pushes into `push_tx`) and subscribe to the bus.
+/// Bytes of a push against `max_queue_bytes` (a bus message's payload; 0 for the rest).
+fn push_bytes(p: &PushInfo) -> usize {
+    match (&p.kind, p.data.get(1)) {
+        (PushKind::Message, Some(Value::BulkString(b))) => b.len(),
+        _ => 0,
+    }
+}
+
+/// Connect the subscriber (RESP3 pushes into `push_tx`, with their size) and subscribe to
+/// the bus.
 async fn subscribe(
     shared: &Arc<Shared>,
     forever: bool,
-    push_tx: mpsc::Sender<PushInfo>,
+    push_tx: mpsc::Sender<(PushInfo, usize)>,
 ) -> Result<ConnectionManager, BrokerError> {
     retrying("subscriber", forever, || async {
         let (s, tx) = (shared.clone(), push_tx.clone());
@@ -261,7 +385,14 @@ async fn subscribe(
                     s.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     s.needs_resync.store(true, Ordering::Relaxed);
                 }
-                if tx.try_send(p).is_err() {
+                let n = push_bytes(&p);
+                if !reserve(&s.in_bytes, n, s.opts.max_queue_bytes) {
+                    s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    s.counters
+                        .dropped_over_bytes
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if tx.try_send((p, n)).is_err() {
+                    s.in_bytes.fetch_sub(n, Ordering::AcqRel);
                     s.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<(), ()>(())
@@ -292,6 +423,7 @@ async fn writer(
                     .arg(&b[..])
                     .query_async(&mut conn)
                     .await;
+                shared.out_bytes.fetch_sub(b.len(), Ordering::AcqRel);
                 if let Err(e) = r {
                     shared
                         .counters
@@ -306,53 +438,51 @@ async fn writer(
                 member,
                 connections,
             } => {
+                // the field and its index entry together
                 let key = shared.presence_key(&room);
                 let field = Shared::field(&node, &member);
-                let r: redis::RedisResult<()> = if connections == 0 {
-                    redis::cmd("HDEL")
-                        .arg(&key)
-                        .arg(&field)
-                        .query_async(&mut conn)
-                        .await
+                let index = shared.index_key(&node);
+                let entry = Shared::index_entry(&room, &member);
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if connections == 0 {
+                    pipe.cmd("HDEL").arg(&key).arg(&field).ignore();
+                    pipe.cmd("SREM").arg(&index).arg(&entry).ignore();
                 } else {
-                    redis::cmd("HSET")
+                    pipe.cmd("HSET")
                         .arg(&key)
                         .arg(&field)
                         .arg(connections)
-                        .query_async(&mut conn)
-                        .await
-                };
-                if r.is_err() {
+                        .ignore();
+                    pipe.cmd("SADD").arg(&index).arg(&entry).ignore();
+                }
+                let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "redis presence write failed; resync due");
                     shared.needs_resync.store(true, Ordering::Relaxed);
                 }
             }
             Cmd::Resync => {
-                let mut pipe = redis::pipe();
-                for (room, member, n) in (hooks.snapshot)() {
-                    pipe.cmd("HSET")
-                        .arg(shared.presence_key(&room))
-                        .arg(Shared::field(&node, &member))
-                        .arg(n)
-                        .ignore();
-                }
-                let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-                if r.is_ok() {
-                    shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared.needs_resync.store(true, Ordering::Relaxed);
+                let snapshot = (hooks.snapshot)();
+                let r: redis::RedisResult<Value> = shared
+                    .replace_presence(&node, &snapshot)
+                    .query_async(&mut conn)
+                    .await;
+                match r {
+                    Ok(_) => {
+                        shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis presence resync failed; retrying");
+                        shared.needs_resync.store(true, Ordering::Relaxed);
+                    }
                 }
             }
             Cmd::Stop(done) => {
                 let mut pipe = redis::pipe();
                 pipe.cmd("DEL").arg(shared.node_key(&node)).ignore();
-                for (room, members) in lock(&shared.mine).drain() {
-                    for m in members {
-                        pipe.cmd("HDEL")
-                            .arg(shared.presence_key(&room))
-                            .arg(Shared::field(&node, &m))
-                            .ignore();
-                    }
-                }
+                pipe.add_command(shared.replace_presence(&node, &[]))
+                    .ignore();
                 let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
                 let _ = done.send(());
                 return;
@@ -401,23 +531,34 @@ async fn heartbeat(shared: Arc<Shared>, mut conn: ConnectionManager) {
 }
 
 /// The reader: messages from the bus to local delivery.
-async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<PushInfo>, hooks: NodeHooks) {
+async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<(PushInfo, usize)>, hooks: NodeHooks) {
     let node = shared.node.get().cloned().unwrap_or_else(|| Arc::from(""));
-    while let Some(p) = rx.recv().await {
-        if p.kind != PushKind::Message {
-            continue;
-        }
-        let Some(Value::BulkString(data)) = p.data.into_iter().nth(1) else {
-            continue;
-        };
-        match ClusterMessage::decode(Bytes::from(data)) {
-            Ok(m) if m.origin == node => {}
-            Ok(m) => {
-                shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                (hooks.deliver)(m);
+    while let Some((p, bytes)) = rx.recv().await {
+        if p.kind == PushKind::Message {
+            let decoded = match p.data.into_iter().nth(1) {
+                Some(Value::BulkString(data)) => ClusterMessage::decode(Bytes::from(data)),
+                _ => Err(super::DecodeError("not a bulk string".into())),
+            };
+            match decoded {
+                Ok(m) if m.origin == node => {}
+                Ok(m) => {
+                    shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                    (hooks.deliver)(m);
+                }
+                Err(e) => {
+                    let n = shared.counters.invalid.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n == 1 || n.is_multiple_of(1000) {
+                        tracing::warn!(
+                            error = %e,
+                            invalid = n,
+                            "dropped an invalid message from the cluster bus (logged for the \
+                             first and every 1000th)"
+                        );
+                    }
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "ignoring a malformed cluster message"),
         }
+        shared.in_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -436,17 +577,20 @@ impl Broker for RedisBroker {
                 let s = shared.clone();
                 let h = hooks.clone();
                 tasks.push(tokio::spawn(async move {
-                    let Ok(mut conn) = connect(&s, true).await else {
+                    let Ok(conn) = connect(&s, true).await else {
+                        return;
+                    };
+                    let Ok(mut live) = connect(&s, true).await else {
                         return;
                     };
                     let Ok(sub) = subscribe(&s, true, push_tx).await else {
                         return;
                     };
-                    let _ = beat(&s, &mut conn).await;
+                    let _ = beat(&s, &mut live).await;
                     *lock(&s.query) = Some(conn.clone());
                     {
                         let mut t = lock(&s.tasks);
-                        t.push(tokio::spawn(heartbeat(s.clone(), conn.clone())));
+                        t.push(tokio::spawn(heartbeat(s.clone(), live)));
                         t.push(tokio::spawn(reader(s.clone(), push_rx, h.clone())));
                     }
                     s.needs_resync.store(true, Ordering::Relaxed);
@@ -454,12 +598,15 @@ impl Broker for RedisBroker {
                     writer(s, conn, rx, h).await;
                 }));
             } else {
-                let mut conn = connect(&shared, false).await?;
+                let conn = connect(&shared, false).await?;
+                let mut live = connect(&shared, false).await?;
                 let sub = subscribe(&shared, false, push_tx).await?;
-                beat(&shared, &mut conn).await.map_err(unavailable)?;
-                shared.needs_resync.store(false, Ordering::Relaxed);
+                beat(&shared, &mut live).await.map_err(unavailable)?;
+                // a node restarted under the same id may have left fields behind: replace
+                // them at the first heartbeat
+                shared.needs_resync.store(true, Ordering::Relaxed);
                 *lock(&shared.query) = Some(conn.clone());
-                tasks.push(tokio::spawn(heartbeat(shared.clone(), conn.clone())));
+                tasks.push(tokio::spawn(heartbeat(shared.clone(), live)));
                 tasks.push(tokio::spawn(reader(shared.clone(), push_rx, hooks.clone())));
                 let s = shared.clone();
                 tasks.push(tokio::spawn(async move {
@@ -481,21 +628,6 @@ impl Broker for RedisBroker {
     }
 
     fn set_presence(&self, room: &str, member: &str, connections: usize) {
-        {
-            let mut mine = lock(&self.shared.mine);
-            if connections == 0 {
-                if let Some(m) = mine.get_mut(room) {
-                    m.remove(member);
-                    if m.is_empty() {
-                        mine.remove(room);
-                    }
-                }
-            } else {
-                mine.entry(room.to_owned())
-                    .or_default()
-                    .insert(member.to_owned());
-            }
-        }
         self.shared.send(Cmd::Presence {
             room: room.to_owned(),
             member: member.to_owned(),
@@ -505,6 +637,7 @@ impl Broker for RedisBroker {
 
     fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
         let key = self.shared.presence_key(room);
+        let room = room.to_owned();
         Box::pin(async move {
             let Some(mut conn) = lock(&self.shared.query).clone() else {
                 return Err(BrokerError::Unavailable(
@@ -550,12 +683,18 @@ impl Broker for RedisBroker {
             }
             let out = super::union(live);
             if !dead.is_empty() {
-                // a crashed node's leftovers: clean them up on the way
-                let _: redis::RedisResult<()> = redis::cmd("HDEL")
-                    .arg(&key)
-                    .arg(&dead)
-                    .query_async(&mut conn)
-                    .await;
+                // a crashed node's leftovers: clean them up on the way (and its index)
+                let mut pipe = redis::pipe();
+                pipe.cmd("HDEL").arg(&key).arg(&dead).ignore();
+                for f in &dead {
+                    if let Some((node, member)) = f.split_once('\u{1f}') {
+                        pipe.cmd("SREM")
+                            .arg(self.shared.index_key(node))
+                            .arg(Shared::index_entry(&room, member))
+                            .ignore();
+                    }
+                }
+                let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             }
             Ok(out)
         })
@@ -567,6 +706,8 @@ impl Broker for RedisBroker {
             published: c.published.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            dropped_over_bytes: c.dropped_over_bytes.load(Ordering::Relaxed),
+            invalid: c.invalid.load(Ordering::Relaxed),
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             disconnects: c.disconnects.load(Ordering::Relaxed),
             resyncs: c.resyncs.load(Ordering::Relaxed),
@@ -592,5 +733,40 @@ impl Broker for RedisBroker {
                 t.abort();
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_budget_refuses_the_newest_and_lets_one_into_an_empty_queue() {
+        let used = AtomicUsize::new(0);
+        assert!(reserve(&used, 600, 1000));
+        assert!(!reserve(&used, 600, 1000), "over the bound: refused");
+        assert_eq!(used.load(Ordering::Relaxed), 600, "a refusal takes nothing");
+        assert!(reserve(&used, 400, 1000), "up to the bound exactly");
+        used.store(0, Ordering::Relaxed);
+        assert!(
+            reserve(&used, 5000, 1000),
+            "an empty queue takes one of any size"
+        );
+        assert!(!reserve(&used, 1, 1000));
+        assert!(
+            reserve(&used, 0, 1000),
+            "what holds no bytes is never refused"
+        );
+    }
+
+    #[test]
+    fn index_entries_split_back_into_room_and_member_whatever_they_contain() {
+        // the Lua script reads the length before the first ':' and splits there
+        for (room, member) in [("r", "ana"), ("a:b", "c:d"), ("", "x"), ("é\u{1f}", "")] {
+            let e = Shared::index_entry(room, member);
+            let (n, rest) = e.split_once(':').expect("a length");
+            let n: usize = n.parse().expect("a number");
+            assert_eq!((&rest[..n], &rest[n..]), (room, member));
+        }
     }
 }

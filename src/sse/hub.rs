@@ -21,14 +21,27 @@
 //!
 //! Ids are per topic: 1, 2, 3, … A subscriber whose `Last-Event-ID` is `n` first gets the
 //! buffered events with ids above `n`, then live ones, with no gap or duplicate between
-//! the two (both happen under the topic's lock). When the buffer no longer reaches back
-//! to `n + 1` (older events aged out or were evicted), the subscriber gets what is there
-//! and `replay_gaps` counts it. Ids start again at 1 when the process restarts; keep
-//! state you cannot lose elsewhere.
+//! the two (both happen under the topic's lock). Ids start again at 1 when the process
+//! restarts (or, for a topic, after `u64::MAX`); keep state you cannot lose elsewhere.
+//!
+//! **Gaps.** A resume cannot always get every event after `n`: older events aged out or
+//! were evicted from the buffer, or what was missed is more than the stream's queue can
+//! hold. A resume replays at most half of the stream's queue
+//! ([`SseOptions::max_queue_bytes`](super::SseOptions::max_queue_bytes)` / 2`, the other
+//! half is room for live events published before the client starts reading), the
+//! **newest** events that fit, because they are what continues into the live stream. The
+//! ids it cannot replay are announced first, by one event named [`GAP_EVENT`]
+//! (`street:gap`) whose data is `{"from":first,"to":last}` (the ids lost, inclusive) and
+//! whose `id` is `last`; then the replayed events and live ones follow. A client that
+//! listens for `street:gap` knows what to re-fetch elsewhere; one that does not simply
+//! continues. Either way the stream stays open and the browser's next `Last-Event-ID` is
+//! past the gap, so a reconnect never asks for the same backlog again (no resume loop).
+//! Each gap event is counted in [`HubStats::replay_gaps`].
 //!
 //! Bounds: `max_topics` topics (subscribing to one more is refused with 503), the replay
-//! buffer by count and age, and each subscriber's queue by bytes (a slow reader's stream
-//! ends, counted in `slow_readers`).
+//! buffer by count and age, each resume's replay by half the stream's queue (a gap event
+//! beyond), and each subscriber's queue by bytes (a slow reader's stream ends, counted in
+//! `slow_readers`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +56,10 @@ use super::encode::{encode_event, SseEvent};
 use super::registry::{SseRejection, SseRequest};
 use super::stream::{open, Shared};
 use super::{Sse, SseError, SseOptions};
+
+/// The name of the event that tells a resuming subscriber which ids it will not get
+/// (see the [module docs](self)): data `{"from":first,"to":last}`, id `last`.
+pub const GAP_EVENT: &str = "street:gap";
 
 /// Options for [`SseHub::new`].
 #[derive(Debug, Clone)]
@@ -81,7 +98,8 @@ pub struct HubStats {
     pub slow_readers: u64,
     /// Events re-sent from replay buffers after a `Last-Event-ID`.
     pub replayed: u64,
-    /// Resumes whose `Last-Event-ID` was older than the buffer reaches.
+    /// Resumes that could not replay every event after their `Last-Event-ID` (aged out,
+    /// evicted, or more than half the stream's queue) and got a [`GAP_EVENT`] instead.
     pub replay_gaps: u64,
     /// Subscriptions refused because `max_topics` was reached.
     pub rejected_topics: u64,
@@ -199,21 +217,7 @@ impl SseHub {
         let (sse, response) = open(self.inner.opts.stream.clone(), 0, req.into_slot());
         let mut t = lock(&t);
         if let Some(last) = last {
-            t.expire(self.inner.opts.replay_age, Instant::now());
-            let oldest = t.replay.front().map_or(t.last_id + 1, |(id, _, _)| *id);
-            if last + 1 < oldest && last < t.last_id {
-                self.inner.replay_gaps.fetch_add(1, Ordering::Relaxed);
-            }
-            let mut n = 0;
-            for (id, _, frame) in &t.replay {
-                if *id > last {
-                    if sse.shared().push(frame.clone()).is_err() {
-                        break;
-                    }
-                    n += 1;
-                }
-            }
-            self.inner.replayed.fetch_add(n, Ordering::Relaxed);
+            self.replay(&mut t, last, sse.shared());
         }
         if t.subs.len() >= t.prune_at {
             t.subs.retain(|s| !s.is_done());
@@ -221,6 +225,56 @@ impl SseHub {
         }
         t.subs.push(sse.shared().clone());
         Ok((sse, response))
+    }
+
+    /// Queue for a subscriber resuming after `last` what it missed that fits in half its
+    /// queue (the newest events), preceded by a [`GAP_EVENT`] for the ids it will not get.
+    fn replay(&self, t: &mut Topic, last: u64, to: &Shared) {
+        if last >= t.last_id {
+            // nothing missed (or an id from before a restart: nothing to match it with)
+            return;
+        }
+        // `last < t.last_id`, so this does not overflow
+        let first_missing = last + 1;
+        t.expire(self.inner.opts.replay_age, Instant::now());
+        let after = t.replay.partition_point(|(id, _, _)| *id <= last);
+        let budget = self.inner.opts.stream.max_queue_bytes / 2;
+        let (mut from, mut bytes) = (t.replay.len(), 0usize);
+        while from > after {
+            let len = t.replay[from - 1].2.len();
+            if bytes.saturating_add(len) > budget {
+                break;
+            }
+            bytes += len;
+            from -= 1;
+        }
+        // the first id replayed; every id before it (and after `last`) is lost
+        let first_sent = t
+            .replay
+            .get(from)
+            .map_or(t.last_id.saturating_add(1), |(id, _, _)| *id);
+        if first_sent > first_missing {
+            let lost_to = first_sent - 1;
+            let gap = encode_event(&SseEvent {
+                id: Some(lost_to.to_string()),
+                event: Some(GAP_EVENT.into()),
+                data: format!(r#"{{"from":{first_missing},"to":{lost_to}}}"#),
+                retry: None,
+            });
+            self.inner.replay_gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(first_missing, lost_to, "SSE resume with a gap");
+            if to.push(gap).is_err() {
+                return;
+            }
+        }
+        let mut n = 0;
+        for (_, _, frame) in t.replay.range(from..) {
+            if to.push(frame.clone()).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        self.inner.replayed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Publish `data` (a string as-is, anything else as JSON) as event `event` to every
@@ -246,7 +300,14 @@ impl SseHub {
             return Ok(0);
         };
         let mut t = lock(&t);
-        t.last_id += 1;
+        t.last_id = match t.last_id.checked_add(1) {
+            Some(id) => id,
+            None => {
+                // after u64::MAX ids start again at 1, as after a restart
+                t.replay.clear();
+                1
+            }
+        };
         let frame = encode_event(&SseEvent {
             id: Some(t.last_id.to_string()),
             event: event.map(Into::into),

@@ -12,6 +12,6 @@ pub mod registry;
 pub mod stream;
 
 pub use encode::{encode_comment, encode_event, SseEvent};
-pub use hub::{HubOptions, HubStats, SseHub};
+pub use hub::{HubOptions, HubStats, SseHub, GAP_EVENT};
 pub use registry::{SseRegistry, SseRejection, SseRequest, SseStats};
 pub use stream::{create, create_with, Sse, SseError, SseOptions};

@@ -287,7 +287,8 @@ impl SseRequest {
 
     /// Create the stream with a heartbeat interval (the seed's `createSse(ctx.res,
     /// 15_000)`). Automatic ids continue after a numeric `Last-Event-ID`, so a resumed
-    /// stream carries on where the browser stopped.
+    /// stream carries on where the browser stopped (after `u64::MAX` they start again at
+    /// 1).
     pub fn create(self, heartbeat: Duration) -> (Sse, Response) {
         self.create_with(SseOptions {
             heartbeat,

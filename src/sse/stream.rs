@@ -270,7 +270,8 @@ impl Sse {
             return Err(SseError::Closed);
         }
         if ev.id.is_none() {
-            st.next_id += 1;
+            // after u64::MAX (e.g. a `Last-Event-ID` of u64::MAX) ids start again at 1
+            st.next_id = st.next_id.checked_add(1).unwrap_or(1);
             ev.id = Some(st.next_id.to_string());
         }
         self.shared.push_locked(st, encode_event(&ev))

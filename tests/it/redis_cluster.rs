@@ -12,7 +12,7 @@ use crate::common::*;
 use crate::rooms::{next_is, node, recv_type, Node};
 use serde_json::json;
 use street::cluster::redis::{RedisBroker, RedisOptions};
-use street::cluster::BrokerError;
+use street::cluster::{Broker, BrokerError, ClusterMessage, Target};
 use street::rooms::{PublishOptions, Rooms, RoomsOptions};
 use street::ws::{WebSocketServer, WsOptions};
 
@@ -28,6 +28,18 @@ impl Redis {
     }
 
     pub async fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[]).await
+    }
+
+    /// A server that loads `{dir}/dump.rdb` at start (and writes it on [`Redis::command`]
+    /// `SAVE`): killed and started again in the same `dir`, it comes back with its data.
+    pub async fn start_persistent(port: u16, dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("redis dir");
+        let dir = dir.to_str().expect("utf-8 dir").to_owned();
+        Self::start_with(port, &["--dir", &dir, "--dbfilename", "dump.rdb"]).await
+    }
+
+    async fn start_with(port: u16, extra: &[&str]) -> Self {
         assert!(
             std::path::Path::new("/usr/bin/redis-server").exists()
                 || Command::new("redis-server")
@@ -49,6 +61,7 @@ impl Redis {
                 "--protected-mode",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -79,6 +92,30 @@ impl Redis {
         }
         let mut b = [0u8; 7];
         s.read_exact(&mut b).await.is_ok() && &b == b"+PONG\r\n"
+    }
+
+    /// Send one command on a fresh connection, as any Redis client could; the first line
+    /// of the reply (`:1`, `+OK`, `-ERR …`).
+    pub async fn command(&self, args: &[&[u8]]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        within("a raw redis command", async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .expect("connect to redis");
+            let mut req = format!("*{}\r\n", args.len()).into_bytes();
+            for a in args {
+                req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                req.extend_from_slice(a);
+                req.extend_from_slice(b"\r\n");
+            }
+            s.write_all(&req).await.expect("write to redis");
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") {
+                line.push(s.read_u8().await.expect("read from redis"));
+            }
+            String::from_utf8_lossy(&line[..line.len() - 2]).into_owned()
+        })
+        .await
     }
 
     pub fn url(&self) -> String {
@@ -392,4 +429,223 @@ async fn a_killed_node_disappears_from_presence_within_three_heartbeats() {
         "converged after {took:?}"
     );
     drop(kids);
+}
+
+/// Task 1 of issue 11: during an outage a node holds at most `max_queue_bytes` of
+/// messages (it used to be 10 000 messages of up to 512 KiB each); the newest are
+/// dropped and counted, in the stats and in the metrics, and fan-out resumes after.
+#[tokio::test]
+async fn an_outage_holds_at_most_max_queue_bytes_and_drops_the_newest_counted() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let a = node(RoomsOptions {
+        broker: Some(Arc::new(RedisBroker::new(RedisOptions {
+            max_queue_bytes: 1024 * 1024,
+            ..redis_opts(&redis.url(), "t")
+        }))),
+        node_id: Some("a".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    redis.kill();
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..200 {
+        a.rooms
+            .publish("r", "big", &big, PublishOptions::default())
+            .expect("publish");
+    }
+    // 200 × 64 KiB = 12.5 MiB offered; 1 MiB (16 of them) may wait in the queue
+    let st = a.rooms.stats().broker;
+    assert!(st.dropped_over_bytes >= 200 - 17, "{st:?}");
+    assert_eq!(
+        st.dropped, st.dropped_over_bytes,
+        "the count bound is far: {st:?}"
+    );
+    let metrics = street::metrics::Metrics::new();
+    metrics.rooms("main", &a.rooms);
+    let text = metrics.render();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("street_cluster_dropped_over_bytes_total"))
+        .expect("the counter is exported");
+    assert!(
+        line.ends_with(&format!(" {}", st.dropped_over_bytes)),
+        "{line} vs {st:?}"
+    );
+    let _restarted = Redis::start_on(port).await;
+    publish_until_seen(&a.rooms, &mut bo, "fan-out to resume").await;
+}
+
+/// Task 2 of issue 11: under a sustained stream of large publishes from a node, its
+/// liveness key never lapses (the heartbeat has its own connection) and another node
+/// keeps seeing its member present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_never_lapses_under_a_stream_of_large_publishes() {
+    let redis = Redis::start().await;
+    let broker = Arc::new(RedisBroker::new(redis_opts(&redis.url(), "t")));
+    let mut a = node(RoomsOptions {
+        broker: Some(broker.clone()),
+        node_id: Some("a".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let (_ana, ana_s) = a.client("ana").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    let _ = recv_type(&mut bo, "presence:join").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        // 400 KiB envelopes handed straight to node a's broker as fast as it takes them
+        // (its queue stays full: up to `max_queue_bytes`), to a room nobody is in: the
+        // point is the bus, not slow consumers
+        let envelope = bytes::Bytes::from(
+            format!(
+                r#"{{"type":"big","payload":"{}","ts":1}}"#,
+                "y".repeat(400 * 1024)
+            )
+            .into_bytes(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..16 {
+                    broker.publish(ClusterMessage {
+                        origin: Arc::from("a"),
+                        target: Target::Room {
+                            room: "firehose".into(),
+                            except_socket: None,
+                            except_member: None,
+                        },
+                        envelope: envelope.clone(),
+                    });
+                    n += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            n
+        })
+    };
+    // liveness is 3 × 200 ms: watch the key for 10 of those windows
+    let ttl = |v: &str| v.strip_prefix(':').and_then(|n| n.parse::<i64>().ok());
+    let (mut min_ttl, mut checks) = (i64::MAX, 0);
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let reply = redis.command(&[b"PTTL", b"t:node:a"]).await;
+        let left = ttl(&reply).unwrap_or_else(|| panic!("PTTL answered {reply}"));
+        assert!(
+            left > 0,
+            "node a's liveness lapsed (PTTL {left}) after {checks} checks"
+        );
+        min_ttl = min_ttl.min(left);
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.rooms.presence("r").await.expect("presence"),
+        ["ana", "bo"]
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = within("the publisher to stop", publisher)
+        .await
+        .expect("publisher");
+    let st = b.rooms.stats().broker;
+    println!(
+        "{checks} checks, lowest PTTL {min_ttl} ms; a offered {sent}, b received {}; a {:?}",
+        st.received,
+        a.rooms.stats().broker
+    );
+    assert!(st.received >= 100, "a sustained stream reached b: {st:?}");
+}
+
+/// Task 3 of issue 11: a member leaves while Redis is down; Redis comes back *with its
+/// data* (from its dump), still listing the member. The node's failed write marked its
+/// presence dirty and the resync replaces the node's entries: the member is gone.
+#[tokio::test]
+async fn a_member_who_left_while_redis_was_down_is_gone_once_it_is_back() {
+    let port = crate::examples::free_port();
+    let dir = std::env::temp_dir().join(format!("street-redis-{port}"));
+    let mut redis = Redis::start_persistent(port, &dir).await;
+    // a liveness (10 s) that outlasts the outage: node a's key comes back alive from the
+    // dump, so nothing but a's own resync can remove al (a dead node's fields would be
+    // cleaned up by the next query anyway)
+    let mut a = node(RoomsOptions {
+        broker: Some(Arc::new(RedisBroker::new(RedisOptions {
+            liveness: 50,
+            ..redis_opts(&redis.url(), "t")
+        }))),
+        node_id: Some("a".into()),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let b = redis_node(&redis.url(), "b").await;
+    let (_ana, ana_s) = a.client("ana").await;
+    let (_al, al_s) = a.client("al").await;
+    a.rooms.join(&ana_s, "r", "ana").expect("join");
+    a.rooms.join(&al_s, "r", "al").expect("join");
+    eventually_async("both present", || async {
+        b.rooms.presence("r").await.ok() == Some(vec!["al".into(), "ana".into()])
+    })
+    .await;
+    assert_eq!(redis.command(&[b"SAVE"]).await, "+OK");
+    redis.kill();
+    a.rooms.leave(&al_s, "r");
+    // the writer is FIFO: once a publish after the leave has failed, so has the leave
+    a.rooms
+        .publish("r", "m", &1, PublishOptions::default())
+        .expect("publish");
+    eventually("the write after the leave to fail", || {
+        a.rooms.stats().broker.publish_errors >= 1
+    })
+    .await;
+    let resyncs = a.rooms.stats().broker.resyncs;
+    // it comes back with al: the dump was saved while al was present, and the leave
+    // never reached it
+    let redis = Redis::start_persistent(port, &dir).await;
+    eventually_async("al to be gone", || async {
+        b.rooms.presence("r").await.ok() == Some(vec!["ana".into()])
+    })
+    .await;
+    assert!(a.rooms.stats().broker.resyncs > resyncs);
+    assert_eq!(
+        redis
+            .command(&[b"HEXISTS", b"t:presence:r", b"a\x1fal"])
+            .await,
+        ":0"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Task 4 of issue 11: anything on the bus that is not a valid cluster message (no
+/// header, or an envelope that is not UTF-8, which browsers answer with close 1007) is
+/// dropped and counted before it reaches a socket; clients stay connected and get the
+/// next valid message.
+#[tokio::test]
+async fn garbage_on_the_bus_never_reaches_a_socket() {
+    let redis = Redis::start().await;
+    let a = redis_node(&redis.url(), "a").await;
+    let mut b = redis_node(&redis.url(), "b").await;
+    let (mut bo, bo_s) = b.client("bo").await;
+    b.rooms.join(&bo_s, "r", "bo").expect("join");
+    publish_until_seen(&a.rooms, &mut bo, "b to be subscribed").await;
+    for garbage in [
+        &b"\xff\xfe not even a header"[..],
+        b"{\"o\":\"evil\",\"k\":\"a\"}\n{\"type\":\"m\",\"payload\":\"\xc3\x28\",\"ts\":1}",
+        b"{\"o\":\"evil\",\"k\":\"r\",\"r\":\"r\"}\n\x80",
+    ] {
+        assert_eq!(redis.command(&[b"PUBLISH", b"t:bus", garbage]).await, ":2");
+    }
+    a.rooms
+        .publish("r", "m", &"after", PublishOptions::default())
+        .expect("publish");
+    // the very next frame bo gets is the valid message: the socket is open and no
+    // garbage reached it (pub/sub keeps the order of PUBLISHes)
+    assert_eq!(next_is(&mut bo, "m").await, "after");
+    let st = b.rooms.stats().broker;
+    assert_eq!(st.invalid, 3, "{st:?}");
 }

@@ -380,12 +380,96 @@ async fn the_hub_replays_what_a_reconnecting_client_missed_then_continues_live()
     assert_eq!(again.next().await.as_deref(), Some("id: 5\ndata: 5"));
     assert_eq!(hub.stats().replay_gaps, 0);
     assert_eq!(hub.stats().replayed, 2);
-    // too far behind: the buffer holds ids 3..=5 only; what is there, and a counted gap
+    // too far behind: the buffer holds ids 3..=5 only; a gap event for id 2, then what is
+    // there, and a counted gap
     let mut late = Events::new(get_with(addr, "/topics/t", Some("1")).await);
+    assert_eq!(
+        late.next().await.as_deref(),
+        Some("id: 2\nevent: street:gap\ndata: {\"from\":2,\"to\":2}")
+    );
     for i in 3..=5 {
         assert_eq!(late.next().await, Some(format!("id: {i}\ndata: {i}")));
     }
     assert_eq!(hub.stats().replay_gaps, 1);
+    srv.shutdown().await;
+}
+
+/// A backlog after `Last-Event-ID` bigger than the stream's queue: the newest events that
+/// fit in half the queue are replayed after a `street:gap` event naming the ids lost, the
+/// stream stays open for live events, and reconnecting with the last id seen does not
+/// ask for the backlog again (before, the stream was closed empty and `EventSource`
+/// retried the same id forever).
+#[tokio::test]
+async fn a_resume_with_more_backlog_than_the_queue_gets_a_gap_event_then_live_events() {
+    let (srv, hub) = serve_hub(HubOptions {
+        stream: SseOptions {
+            max_queue_bytes: 4096,
+            ..SseOptions::default()
+        },
+        ..HubOptions::default()
+    })
+    .await;
+    let addr = srv.local_addr();
+    let big = "x".repeat(500);
+    for i in 1..=40 {
+        hub.publish("t", &format!("{i} {big}"), None)
+            .expect("publish");
+    }
+    // ~520 bytes an event, 2048 bytes of replay: the newest 3 fit (38, 39, 40)
+    let mut s = Events::new(get_with(addr, "/topics/t", Some("0")).await);
+    assert_eq!(
+        s.next().await.as_deref(),
+        Some("id: 37\nevent: street:gap\ndata: {\"from\":1,\"to\":37}")
+    );
+    for i in 38..=40 {
+        assert_eq!(s.next().await, Some(format!("id: {i}\ndata: {i} {big}")));
+    }
+    eventually("subscribed", || hub.subscriber_count("t") == 1).await;
+    hub.publish("t", "live", None).expect("publish");
+    assert_eq!(s.next().await.as_deref(), Some("id: 41\ndata: live"));
+    assert_eq!((hub.stats().replay_gaps, hub.stats().replayed), (1, 3));
+    drop(s);
+    // EventSource reconnects with the last id it saw: no gap, no replay, live events
+    let mut again = Events::new(get_with(addr, "/topics/t", Some("41")).await);
+    eventually("resubscribed", || hub.subscriber_count("t") == 1).await;
+    hub.publish("t", "next", None).expect("publish");
+    assert_eq!(again.next().await.as_deref(), Some("id: 42\ndata: next"));
+    // a client that dropped right after the gap event resumes past the gap
+    let mut after_gap = Events::new(get_with(addr, "/topics/t", Some("37")).await);
+    let first = after_gap.next().await.expect("an event");
+    assert!(
+        first.starts_with("id: 38\n") || first.contains("event: street:gap\ndata: {\"from\":38,"),
+        "{first}"
+    );
+    assert_eq!(hub.stats().slow_readers, 0);
+    srv.shutdown().await;
+}
+
+/// `Last-Event-ID: u64::MAX` used to overflow `last + 1` (a panic in debug builds, which
+/// these tests are): a plain stream's ids start again at 1, and a hub subscriber (an id
+/// from the future, e.g. before a restart) gets no replay and then live events.
+#[tokio::test]
+async fn a_last_event_id_of_u64_max_does_not_overflow() {
+    const MAX: &str = "18446744073709551615";
+    let (srv, mut rx) = serve_sse(SseOptions::default()).await;
+    let mut plain = Events::new(get_with(srv.local_addr(), "/events", Some(MAX)).await);
+    let sse = within("stream", rx.recv()).await.expect("sse");
+    sse.send("a", None).expect("send");
+    sse.send("b", None).expect("send");
+    assert_eq!(plain.next().await.as_deref(), Some("id: 1\ndata: a"));
+    assert_eq!(plain.next().await.as_deref(), Some("id: 2\ndata: b"));
+    srv.shutdown().await;
+
+    let (srv, hub) = serve_hub(HubOptions::default()).await;
+    for i in 1..=3 {
+        hub.publish("t", &i, None).expect("publish");
+    }
+    let mut sub = Events::new(get_with(srv.local_addr(), "/topics/t", Some(MAX)).await);
+    eventually("subscribed", || hub.subscriber_count("t") == 1).await;
+    hub.publish("t", "live", None).expect("publish");
+    assert_eq!(sub.next().await.as_deref(), Some("id: 4\ndata: live"));
+    let st = hub.stats();
+    assert_eq!((st.replayed, st.replay_gaps), (0, 0));
     srv.shutdown().await;
 }
 
@@ -696,6 +780,10 @@ async fn replay_is_bounded_by_age_too() {
     tokio::time::sleep(age * 2).await;
     hub.publish("t", "fresh", None).expect("publish");
     let mut ev = Events::new(get_with(addr, "/topics/t", Some("0")).await);
+    assert_eq!(
+        ev.next().await.as_deref(),
+        Some("id: 2\nevent: street:gap\ndata: {\"from\":1,\"to\":2}")
+    );
     assert_eq!(ev.next().await.as_deref(), Some("id: 3\ndata: fresh"));
     assert_eq!(hub.stats().replayed, 1);
     assert_eq!(hub.stats().replay_gaps, 1);
