@@ -534,6 +534,16 @@ async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
     );
     assert!(v["history"].as_u64().is_some_and(|n| n >= 2), "{v}");
     assert_eq!(v["longName"], "name is longer than 32 characters", "{v}");
+    assert_eq!(
+        v["bidiName"], "name contains an invisible or direction-changing character (U+202E)",
+        "{v}"
+    );
+    assert!(
+        v["openNotice"].as_str().is_some_and(
+            |s| s.starts_with("This is an open demo: anyone can log in under any name.")
+        ),
+        "{v}"
+    );
     assert!(
         v["badToken"]
             .as_str()

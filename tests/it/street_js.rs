@@ -122,7 +122,7 @@ async fn street_js_backs_off_from_a_server_that_keeps_closing_it_even_with_1008(
     wss.on_connection(move |socket: Socket, _: ConnectRequest| {
         let _ = tx.send(std::time::Instant::now());
         let i = n.fetch_add(1, Ordering::SeqCst);
-        let (code, reason) = if i % 2 == 0 {
+        let (code, reason) = if i.is_multiple_of(2) {
             (4008, "slow consumer")
         } else {
             (1008, "rate limit exceeded")
