@@ -263,8 +263,9 @@ fn protected_metrics(metrics: &Metrics, token: &str, headers: &HeaderMap) -> Res
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim());
     let same = given.len() == token.len()
         && given
             .bytes()

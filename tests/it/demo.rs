@@ -364,7 +364,17 @@ async fn demo_every_response_carries_strict_headers_and_metrics_wants_its_token(
         ("/api/login (bad name)", login(""), 400),
         ("/api/metrics/stream", get("/api/metrics/stream"), 200),
         ("/metrics", get("/metrics").bearer_auth(METRICS_TOKEN), 200),
+        (
+            "/metrics (scheme in lower case)",
+            get("/metrics").header("authorization", format!("bearer {METRICS_TOKEN}")),
+            200,
+        ),
         ("/metrics (no token)", get("/metrics"), 401),
+        (
+            "/metrics (the token as Basic)",
+            get("/metrics").header("authorization", format!("Basic {METRICS_TOKEN}")),
+            401,
+        ),
         (
             "/metrics (wrong token)",
             get("/metrics").bearer_auth("a-metrics-token-for-the-testz"),
