@@ -3,20 +3,36 @@
  *
  *   const street = new Street('ws://localhost:3000/ws', { query: { token } });
  *   street.on('chat', (payload, envelope) => render(payload));
- *   street.on('state', ({ state, attempt, delayMs }) => showBanner(state));
+ *   street.onLifecycle('state', ({ state, attempt, delayMs }) => showBanner(state));
  *   street.join('general');            // re-joined by itself after every reconnect
  *   street.emit('chat', { channel: 'general', text: 'hi' });
  *
  * Wire: every text frame is {"type": string, "payload": any, "ts": epoch-ms}.
  *
+ * Two kinds of listeners, kept apart so that the server (or a room member it relays) cannot
+ * fake the connection's lifecycle:
+ *   - on(type, fn) / once / off: the server's events, by envelope `type`; fn(payload, envelope).
+ *     Every type is delivered, including ones named 'state', 'open', 'close' or 'error':
+ *     those are ordinary server events here. on('*', fn) gets fn(type, payload, envelope)
+ *     for every server event.
+ *   - onLifecycle(name, fn) / offLifecycle: the client's own events, never from the wire:
+ *       'state' ({state, attempt, delayMs?, code?, reason?}), 'open' (), 'close' ({code, reason}),
+ *       'error' ({kind: 'malformed' | 'not_an_envelope', data}). Other names throw.
+ *
  * Reconnect: exponential backoff with full jitter — attempt k waits a random time in
  * [0, min(maxDelay, minDelay * 2^k)) — so a crowd that lost its server at the same instant
  * comes back spread out instead of in one burst. A close reason ending in "retry=MS" (street's
- * `reconnect_hint`) is honoured: the wait is then MS plus a random part of up to MS.
- * Close codes that mean "do not come back as you are" stop reconnecting: 1008 (policy),
- * 4001 (unauthorized), 4003 (forbidden) and 1002/1003/1007/1009 (the client is broken).
+ * `reconnect_hint`) is honoured: the wait is then at least MS plus a random part of up to MS
+ * (or the backoff's wait, when that is longer).
+ * The attempt counter goes back to 0 only once a connection has stayed open for
+ * stableAfterMs (default 5000): a server that accepts and then closes at once (4008 slow
+ * consumer, 1008 rate limit) sees the waits grow instead of a reconnect every 0–500 ms.
+ * Close codes that mean "do not come back as you are" stop reconnecting: 4001
+ * (unauthorized), 4003 (forbidden) and 1002/1003/1007/1009 (the client is broken).
+ * 1008 (policy: street's rate limit and first-message timeout) and 4008 (slow consumer)
+ * are retried with backoff.
  *
- * States ('state' event): connecting → open → reconnecting → open … → closed.
+ * States ('state' lifecycle event): connecting → open → reconnecting → open … → closed.
  * Messages emitted while not open wait in a bounded queue (maxQueue, default 100; the
  * oldest is dropped beyond it) and are sent on the next open.
  *
@@ -25,7 +41,12 @@
 (function (root) {
   'use strict';
 
-  var TERMINAL = { 1002: 1, 1003: 1, 1007: 1, 1008: 1, 1009: 1, 4001: 1, 4003: 1 };
+  var TERMINAL = { 1002: 1, 1003: 1, 1007: 1, 1009: 1, 4001: 1, 4003: 1 };
+  var LIFECYCLE = { state: 1, open: 1, close: 1, error: 1 };
+
+  function call(fn, a, b, c) {
+    try { fn(a, b, c); } catch (e) { setTimeout(function () { throw e; }); }
+  }
 
   function Street(url, options) {
     if (!(this instanceof Street)) return new Street(url, options);
@@ -37,14 +58,17 @@
     this.minDelay = o.minDelay != null ? o.minDelay : 500;
     this.maxDelay = o.maxDelay != null ? o.maxDelay : 15000;
     this.maxQueue = o.maxQueue != null ? o.maxQueue : 100;
+    this.stableAfterMs = o.stableAfterMs != null ? o.stableAfterMs : 5000;
     this.random = o.random || Math.random;
     this.state = 'idle';
     this.attempt = 0;
     this.rooms = new Set();
     this.listeners = new Map();
+    this.lifecycle = new Map();
     this.queue = [];
     this.ws = null;
     this.timer = null;
+    this.stableTimer = null;
     this.stopped = false;
     this.lastClose = null;
     // connect on the next tick, so listeners added right after `new` see 'connecting'
@@ -77,18 +101,43 @@
     return this.on(type, wrapper);
   };
 
+  /** Listen to the client's own lifecycle: 'state', 'open', 'close' or 'error'. */
+  Street.prototype.onLifecycle = function (name, fn) {
+    if (!LIFECYCLE[name]) throw new TypeError('street.js: no lifecycle event ' + JSON.stringify(name));
+    var set = this.lifecycle.get(name);
+    if (!set) this.lifecycle.set(name, (set = new Set()));
+    set.add(fn);
+    return this;
+  };
+
+  Street.prototype.offLifecycle = function (name, fn) {
+    var set = this.lifecycle.get(name);
+    if (set) {
+      if (fn) set.delete(fn);
+      else set.clear();
+    }
+    return this;
+  };
+
+  /** A server event (from the wire) to the on() listeners. */
   Street.prototype.dispatch = function (type, payload, envelope) {
     var set = this.listeners.get(type);
-    if (set) set.forEach(function (fn) { try { fn(payload, envelope); } catch (e) { setTimeout(function () { throw e; }); } });
+    if (set) set.forEach(function (fn) { call(fn, payload, envelope); });
     var any = this.listeners.get('*');
-    if (any && type !== 'state') any.forEach(function (fn) { try { fn(type, payload, envelope); } catch (e) { setTimeout(function () { throw e; }); } });
+    if (any) any.forEach(function (fn) { call(fn, type, payload, envelope); });
+  };
+
+  /** A lifecycle event (never from the wire) to the onLifecycle() listeners. */
+  Street.prototype.emitLifecycle = function (name, info) {
+    var set = this.lifecycle.get(name);
+    if (set) set.forEach(function (fn) { call(fn, info); });
   };
 
   Street.prototype.setState = function (state, extra) {
     this.state = state;
     var info = { state: state, attempt: this.attempt };
     if (extra) for (var k in extra) info[k] = extra[k];
-    this.dispatch('state', info);
+    this.emitLifecycle('state', info);
   };
 
   Street.prototype.fullUrl = function () {
@@ -116,9 +165,11 @@
     this.ws = ws;
     ws.onopen = function () {
       if (self.ws !== ws) return;
-      self.attempt = 0;
+      // the backoff starts over only once this connection has stayed up for a while
+      clearTimeout(self.stableTimer);
+      self.stableTimer = setTimeout(function () { if (self.ws === ws) self.attempt = 0; }, self.stableAfterMs);
       self.setState('open');
-      self.dispatch('open', null);
+      self.emitLifecycle('open', null);
       // rooms first, then what waited in the queue
       self.rooms.forEach(function (channel) { self.send('room:join', { channel: channel }); });
       var q = self.queue;
@@ -128,15 +179,16 @@
     ws.onmessage = function (ev) {
       if (self.ws !== ws || typeof ev.data !== 'string') return;
       var env;
-      try { env = JSON.parse(ev.data); } catch (e) { self.dispatch('error', { kind: 'malformed', data: ev.data }); return; }
-      if (!env || typeof env.type !== 'string') { self.dispatch('error', { kind: 'not_an_envelope', data: env }); return; }
+      try { env = JSON.parse(ev.data); } catch (e) { self.emitLifecycle('error', { kind: 'malformed', data: ev.data }); return; }
+      if (!env || typeof env.type !== 'string') { self.emitLifecycle('error', { kind: 'not_an_envelope', data: env }); return; }
       self.dispatch(env.type, env.payload === undefined ? null : env.payload, env);
     };
     ws.onclose = function (ev) {
       if (self.ws !== ws) return;
       self.ws = null;
+      clearTimeout(self.stableTimer);
       self.lastClose = { code: ev.code, reason: ev.reason };
-      self.dispatch('close', { code: ev.code, reason: ev.reason });
+      self.emitLifecycle('close', { code: ev.code, reason: ev.reason });
       if (self.stopped) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
       if (TERMINAL[ev.code]) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
       self.scheduleReconnect(ev.code, ev.reason);
@@ -146,13 +198,14 @@
 
   /** The delay before reconnect attempt `attempt` (0-based), in ms. */
   Street.prototype.backoff = function (attempt, reason) {
+    var range = Math.min(this.maxDelay, this.minDelay * Math.pow(2, Math.min(attempt, 20)));
+    var wait = this.random() * range;
     var m = /retry=(\d+)/.exec(reason || '');
     if (m) {
       var hint = Math.min(Number(m[1]), 600000);
-      return hint + this.random() * hint;
+      return Math.max(hint + this.random() * hint, wait);
     }
-    var range = Math.min(this.maxDelay, this.minDelay * Math.pow(2, Math.min(attempt, 20)));
-    return this.random() * range;
+    return wait;
   };
 
   Street.prototype.scheduleReconnect = function (code, reason) {
@@ -196,6 +249,7 @@
   Street.prototype.close = function (code, reason) {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.stableTimer);
     if (this.ws) this.ws.close(code || 1000, reason || '');
     else this.setState('closed', {});
   };

@@ -38,19 +38,67 @@ struct Claims {
     sub: String,
 }
 
-/// The validated display name, or why not.
+/// The validated display name, or why not. Anyone may log in under any name (there are no
+/// accounts), so the rule only keeps one person from passing for another by characters
+/// that do not show:
+///
+/// - whitespace around the name is trimmed and runs of spaces inside become one space
+///   (browsers show them as one); other whitespace inside (tabs, no-break spaces, line
+///   separators…) is refused;
+/// - refused: an empty name, more than [`MAX_NAME`] characters, control characters (`Cc`),
+///   format characters (`Cf`: zero-width spaces and joiners, bidi embeddings, overrides and
+///   isolates, the BOM, soft hyphen…) and other characters that draw nothing ([`invisible`]:
+///   variation selectors, Hangul fillers, the combining grapheme joiner…).
+///
+/// Left alone: confusables (Cyrillic `а` for Latin `a`), and canonically equivalent
+/// spellings (`é` precomposed or `e` + U+0301) are two names.
 fn valid_name(raw: &str) -> Result<String, String> {
-    let name = raw.trim();
+    let mut name = String::with_capacity(raw.len());
+    for word in raw.trim().split(' ').filter(|w| !w.is_empty()) {
+        if !name.is_empty() {
+            name.push(' ');
+        }
+        name.push_str(word);
+    }
     if name.is_empty() {
         return Err("name is empty".into());
     }
     if name.chars().count() > MAX_NAME {
         return Err(format!("name is longer than {MAX_NAME} characters"));
     }
-    if name.chars().any(char::is_control) {
-        return Err("name contains control characters".into());
+    if let Some(c) = name.chars().find(|&c| c.is_control()) {
+        return Err(format!(
+            "name contains a control character (U+{:04X})",
+            u32::from(c)
+        ));
     }
-    Ok(name.to_owned())
+    if let Some(c) = name
+        .chars()
+        .find(|&c| invisible(c) || (c.is_whitespace() && c != ' '))
+    {
+        return Err(format!(
+            "name contains an invisible or direction-changing character (U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    Ok(name)
+}
+
+/// Characters that draw nothing or change the direction of the text around them: the
+/// Unicode `Cf` (format) category, plus variation selectors, fillers and joiners of other
+/// categories that render as nothing.
+fn invisible(c: char) -> bool {
+    matches!(u32::from(c),
+        // Cf (Unicode 15.1)
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+        // not Cf, but nothing to see: combining grapheme joiner, Hangul fillers, Khmer
+        // inherent vowels, Mongolian variation selectors, variation selectors, braille blank
+        | 0x034F | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x3164 | 0xFFA0
+        | 0xFE00..=0xFE0F | 0xE0100..=0xE01EF | 0x2800
+    )
 }
 
 async fn login(

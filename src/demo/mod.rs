@@ -6,6 +6,22 @@
 //! - `/street.js` the browser client, `/metrics` Prometheus, `/health`.
 //!
 //! Everything is embedded in the binary; no front-end build step.
+//!
+//! It is meant to be reachable from the internet, so:
+//!
+//! - login is open: anyone gets a token for any name that passes the name rule (see
+//!   `chat::valid_name`: no invisible, control or direction-changing characters), and the
+//!   login page says so;
+//! - tokens are signed with `STREET_JWT_SECRET`, or, when it is not set, with a random
+//!   secret made at startup (a warning is logged: tokens then do not survive a restart, and
+//!   the nodes of a cluster must share a `STREET_JWT_SECRET`);
+//! - `/metrics` is served only when `STREET_METRICS_TOKEN` is set, and only to requests
+//!   with `Authorization: Bearer <that token>` (401 otherwise; 404 when it is not set);
+//! - every HTTP response of the site (pages, assets, API, `/metrics`, 404s) carries a strict
+//!   CSP (`default-src 'self'`, `connect-src 'self'`, `frame-ancestors 'none'`),
+//!   `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
+//!   `Referrer-Policy: no-referrer`. The WebSocket upgrade at `/ws` is answered by street
+//!   itself, without them.
 
 mod chat;
 mod dashboard;
@@ -13,9 +29,10 @@ mod dashboard;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Router;
 use street::cluster::redis::{RedisBroker, RedisOptions};
 use street::cluster::Broker;
 use street::jwt::{JwtOptions, JwtService};
@@ -24,15 +41,12 @@ use street::rooms::{Rooms, RoomsOptions};
 use street::sse::{HubOptions, SseHub};
 use street::ws::{WebSocketServer, WsOptions};
 
-/// A development secret, used (with a warning) when `STREET_JWT_SECRET` is not set, so
-/// tokens survive a restart of the demo.
-const DEV_SECRET: &str = "street-demo-development-secret-change-me";
-
 /// The demo's settings, from the environment.
 pub(crate) struct Config {
     app: street::AppOptions,
     redis_url: Option<String>,
     jwt_secret: Option<String>,
+    metrics_token: Option<String>,
 }
 
 impl Config {
@@ -41,6 +55,9 @@ impl Config {
             app: street::AppOptions::from_env(),
             redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
             jwt_secret: std::env::var("STREET_JWT_SECRET").ok(),
+            metrics_token: std::env::var("STREET_METRICS_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         }
     }
 }
@@ -54,6 +71,23 @@ pub(crate) enum DemoError {
     Jwt(#[from] street::jwt::JwtError),
     #[error("cannot join the cluster at REDIS_URL: {0}")]
     Cluster(#[from] street::cluster::BrokerError),
+    #[error("no randomness from the OS for the JWT secret ({0}); set STREET_JWT_SECRET")]
+    Random(getrandom::Error),
+}
+
+/// `STREET_JWT_SECRET`, or else 32 random bytes for this process only (a secret in the
+/// source would let anyone sign a token for any name).
+fn jwt_secret(configured: Option<String>) -> Result<String, DemoError> {
+    if let Some(s) = configured {
+        return Ok(s);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(DemoError::Random)?;
+    tracing::warn!(
+        "STREET_JWT_SECRET is not set: signing tokens with a random secret for this process \
+         only; tokens will not survive a restart, and other nodes of a cluster will refuse them"
+    );
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Everything the handlers share.
@@ -67,10 +101,7 @@ pub(crate) struct Demo {
 }
 
 pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
-    let secret = cfg.jwt_secret.clone().unwrap_or_else(|| {
-        tracing::warn!("STREET_JWT_SECRET is not set: using the demo's development secret");
-        DEV_SECRET.to_owned()
-    });
+    let secret = jwt_secret(cfg.jwt_secret.clone())?;
     let jwt = Arc::new(JwtService::new(JwtOptions {
         secret: Some(secret),
         expires_in: Duration::from_secs(12 * 3600),
@@ -123,7 +154,7 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         feed.clone(),
     ));
 
-    let app = app
+    let mut site = Router::new()
         .route(
             "/",
             get(|| async { page(include_str!("assets/chat.html")) }),
@@ -149,10 +180,25 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
             get(|| async { asset("text/javascript", include_str!("../../client/street.js")) }),
         )
         .route("/health", get(|| async { "ok" }))
-        .route("/metrics", metrics.route())
         .merge(chat::routes(demo.clone()))
-        .merge(dashboard::routes(feed))
-        .websocket(&wss);
+        .merge(dashboard::routes(feed));
+    match cfg.metrics_token {
+        Some(token) => {
+            let m = metrics.clone();
+            site = site.route(
+                "/metrics",
+                get(move |headers: HeaderMap| {
+                    let (m, token) = (m.clone(), token.clone());
+                    async move { protected_metrics(&m, &token, &headers) }
+                }),
+            );
+        }
+        None => tracing::info!("STREET_METRICS_TOKEN is not set: /metrics is not served"),
+    }
+    let site = site
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(axum::middleware::map_response(strict_headers));
+    let app = app.merge(site).websocket(&wss);
     let server = app.bind().await?;
     tracing::info!(
         addr = %server.local_addr(),
@@ -167,23 +213,37 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Security headers for the pages: scripts only from this origin (no inline script, so
-/// injected markup cannot run even if it reached the DOM as HTML).
-fn page(html: &'static str) -> Response {
-    let mut r = axum::response::Html(html).into_response();
+/// What every response of the site carries: scripts, styles, images and connections
+/// (`'self'` covers this origin's ws:/wss: in CSP 3) only from this origin, no inline
+/// script (injected markup cannot run even if it reached the DOM as HTML), no framing, no
+/// MIME sniffing, no referrer.
+async fn strict_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'",
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
+}
+
+fn page(html: &'static str) -> Response {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))],
+        axum::response::Html(html),
+    )
+        .into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -193,6 +253,40 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         body,
+    )
+        .into_response()
+}
+
+/// `/metrics` for `Authorization: Bearer <STREET_METRICS_TOKEN>` only (compared in constant
+/// time); 401 otherwise.
+fn protected_metrics(metrics: &Metrics, token: &str, headers: &HeaderMap) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim());
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        tracing::debug!("/metrics without the right bearer token: 401");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized\n",
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
     )
         .into_response()
 }

@@ -25,19 +25,36 @@ impl Drop for Demo {
     }
 }
 
+/// The bearer token `/metrics` wants in these tests.
+const METRICS_TOKEN: &str = "a-metrics-token-for-the-tests";
+
 async fn start_demo(port: u16) -> Demo {
     start_demo_with(port, None).await
 }
 
 async fn start_demo_with(port: u16, redis_url: Option<&str>) -> Demo {
+    start_demo_env(
+        port,
+        &[
+            ("REDIS_URL", redis_url),
+            ("STREET_JWT_SECRET", Some(SECRET)),
+            ("STREET_METRICS_TOKEN", Some(METRICS_TOKEN)),
+        ],
+    )
+    .await
+}
+
+/// Start the demo with these variables set (`Some`) or removed (`None`).
+async fn start_demo_env(port: u16, env: &[(&str, Option<&str>)]) -> Demo {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_street"));
-    match redis_url {
-        Some(url) => cmd.env("REDIS_URL", url),
-        None => cmd.env_remove("REDIS_URL"),
-    };
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
     let child = cmd
         .env("PORT", port.to_string())
-        .env("STREET_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -199,8 +216,11 @@ async fn demo_login_and_connection_rules() {
         .collect();
     assert_eq!(texts, ["hi", "marker"]);
 
-    // the Prometheus route and the dashboard feed
-    let text = reqwest::get(format!("http://{addr}/metrics"))
+    // the Prometheus route (with its token) and the dashboard feed
+    let text = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
         .await
         .expect("get")
         .text()
@@ -226,6 +246,167 @@ async fn demo_login_and_connection_rules() {
         first.contains("event: metrics") && first.contains("\"connections\":3"),
         "{first}"
     );
+}
+
+/// Without `STREET_JWT_SECRET` the demo signs with a random secret of its own: a token
+/// signed with the secret that used to be in the source is refused, its own tokens work.
+/// Names that could pass for someone else's (invisible, bidi, odd whitespace) are refused
+/// at login; the login page says that login is open. No `STREET_METRICS_TOKEN`: no
+/// `/metrics`.
+#[tokio::test]
+async fn demo_identity_random_secret_name_rule_and_open_login_notice() {
+    let demo = start_demo_env(
+        crate::examples::free_port(),
+        &[
+            ("REDIS_URL", None),
+            ("STREET_JWT_SECRET", None),
+            ("STREET_METRICS_TOKEN", None),
+        ],
+    )
+    .await;
+    let addr = demo.addr;
+    let old_constant = street::jwt::JwtService::new(street::jwt::JwtOptions {
+        secret: Some("street-demo-development-secret-change-me".into()),
+        ..Default::default()
+    })
+    .expect("jwt")
+    .sign(&json!({ "sub": "admin" }))
+    .expect("sign");
+    let mut forged = connect_path(addr, &format!("/ws?token={old_constant}")).await;
+    assert_eq!(
+        recv_close(&mut forged).await,
+        (4001, "Unauthorized: invalid token".into())
+    );
+    let (_ana, w) = chat_client(addr, &token(addr, "ana").await, "").await;
+    assert_eq!(w["memberId"], "ana");
+
+    for (name, code_point) in [
+        ("an\u{200B}a", "U+200B"),
+        ("\u{202E}ana", "U+202E"),
+        ("ana\u{2066}", "U+2066"),
+        ("\u{FEFF}ana", "U+FEFF"),
+        ("an\u{00AD}a", "U+00AD"),
+        ("ana\u{FE0F}", "U+FE0F"),
+        ("an\u{00A0}a", "U+00A0"),
+        ("\u{3164}", "U+3164"),
+    ] {
+        let (status, body) = login(addr, name).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (
+                400,
+                Some(
+                    format!(
+                        "name contains an invisible or direction-changing character ({code_point})"
+                    )
+                    .as_str()
+                )
+            ),
+            "{name:?}"
+        );
+    }
+    let (status, body) = login(addr, "an\u{1b}a").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("name contains a control character (U+001B)"))
+    );
+    let (status, body) = login(addr, "\u{2003} Ana   Bo \t").await;
+    assert_eq!(
+        (status, body["name"].as_str()),
+        (200, Some("Ana Bo")),
+        "{body}"
+    );
+    let (status, body) = login(addr, "Zoë 🙂 Ана").await;
+    assert_eq!(
+        (status, body["name"].as_str()),
+        (200, Some("Zoë 🙂 Ана")),
+        "{body}"
+    );
+
+    let page = reqwest::get(format!("http://{addr}/"))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        page.contains("This is an open demo: anyone can log in under any name."),
+        "{page}"
+    );
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("get");
+    assert_eq!(metrics.status(), 404);
+}
+
+/// Every HTTP response of the demo carries the strict headers: pages, assets, the
+/// client, the API (success and error), the SSE feed, `/metrics` (with and without its
+/// token) and a 404. `/metrics` wants the bearer token.
+#[tokio::test]
+async fn demo_every_response_carries_strict_headers_and_metrics_wants_its_token() {
+    let demo = start_demo(crate::examples::free_port()).await;
+    let addr = demo.addr;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{addr}{path}"));
+    let login = |name: &str| {
+        http.post(format!("http://{addr}/api/login"))
+            .json(&json!({ "name": name }))
+    };
+    let cases = [
+        ("/", get("/"), 200),
+        ("/dashboard", get("/dashboard"), 200),
+        ("/app.css", get("/app.css"), 200),
+        ("/chat.js", get("/chat.js"), 200),
+        ("/dashboard.js", get("/dashboard.js"), 200),
+        ("/street.js", get("/street.js"), 200),
+        ("/health", get("/health"), 200),
+        ("/api/login", login("ana"), 200),
+        ("/api/login (bad name)", login(""), 400),
+        ("/api/metrics/stream", get("/api/metrics/stream"), 200),
+        ("/metrics", get("/metrics").bearer_auth(METRICS_TOKEN), 200),
+        (
+            "/metrics (scheme in lower case)",
+            get("/metrics").header("authorization", format!("bearer {METRICS_TOKEN}")),
+            200,
+        ),
+        ("/metrics (no token)", get("/metrics"), 401),
+        (
+            "/metrics (the token as Basic)",
+            get("/metrics").header("authorization", format!("Basic {METRICS_TOKEN}")),
+            401,
+        ),
+        (
+            "/metrics (wrong token)",
+            get("/metrics").bearer_auth("a-metrics-token-for-the-testz"),
+            401,
+        ),
+        ("/no-such-page", get("/no-such-page"), 404),
+    ];
+    for (what, req, status) in cases {
+        let r = within(what, req.send()).await.expect("send");
+        assert_eq!(r.status().as_u16(), status, "{what}");
+        let h = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let csp = h("content-security-policy");
+        assert!(
+            csp.contains("connect-src 'self';")
+                && csp.contains("frame-ancestors 'none'")
+                && csp.contains("default-src 'self'")
+                && !csp.contains("ws:"),
+            "{what}: {csp}"
+        );
+        assert_eq!(h("x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(h("referrer-policy"), "no-referrer", "{what}");
+        assert_eq!(h("x-frame-options"), "DENY", "{what}");
+        if status == 401 {
+            assert_eq!(h("www-authenticate"), "Bearer", "{what}");
+        }
+    }
 }
 
 /// `REDIS_URL` makes the demo a cluster node: two demos on two ports share rooms,
@@ -363,6 +544,16 @@ async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
     );
     assert!(v["history"].as_u64().is_some_and(|n| n >= 2), "{v}");
     assert_eq!(v["longName"], "name is longer than 32 characters", "{v}");
+    assert_eq!(
+        v["bidiName"], "name contains an invisible or direction-changing character (U+202E)",
+        "{v}"
+    );
+    assert!(
+        v["openNotice"].as_str().is_some_and(
+            |s| s.starts_with("This is an open demo: anyone can log in under any name.")
+        ),
+        "{v}"
+    );
     assert!(
         v["badToken"]
             .as_str()

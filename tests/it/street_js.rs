@@ -105,3 +105,119 @@ async fn street_js_clients_come_back_after_a_restart_honouring_the_hint_with_jit
         "no burst: {v}"
     );
 }
+
+/// A server that accepts and then closes at once, again and again (4008 slow consumer,
+/// 1008 rate limit): street.js keeps retrying (1008 is not terminal) and its waits grow,
+/// because the backoff starts over only after a connection stayed up for `stableAfterMs`
+/// (300 ms here): connection 4 is held 600 ms, so the reconnect after it is attempt 1 again.
+#[tokio::test]
+async fn street_js_backs_off_from_a_server_that_keeps_closing_it_even_with_1008() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use street::ws::{ConnectRequest, Socket, WebSocketServer};
+
+    let wss = WebSocketServer::new(opts());
+    let n = Arc::new(AtomicUsize::new(0));
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<std::time::Instant>();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let _ = tx.send(std::time::Instant::now());
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        let (code, reason) = if i.is_multiple_of(2) {
+            (4008, "slow consumer")
+        } else {
+            (1008, "rate limit exceeded")
+        };
+        if i == 4 {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let _ = socket.close(code, reason);
+            });
+        } else {
+            let _ = socket.close(code, reason);
+        }
+    });
+    let server = serve(&wss).await;
+    let (mut client, mut rx) =
+        street_client(&["backoff", &format!("ws://{}/ws", server.local_addr()), "6"]);
+    let report = line(&mut rx, 20).await;
+    let _ = client.wait();
+    let v: serde_json::Value = serde_json::from_str(&report).expect("json");
+    let field = |k: &str| -> Vec<serde_json::Value> {
+        v["reconnects"]
+            .as_array()
+            .expect("reconnects")
+            .iter()
+            .map(|r| r[k].clone())
+            .collect()
+    };
+    assert_eq!(
+        field("attempt"),
+        [1, 2, 3, 4, 1, 2].map(serde_json::Value::from),
+        "{v}"
+    );
+    assert_eq!(
+        field("delayMs"),
+        [25, 50, 100, 200, 25, 50].map(serde_json::Value::from),
+        "{v}"
+    );
+    assert_eq!(
+        field("code"),
+        [4008, 1008, 4008, 1008, 4008, 1008].map(serde_json::Value::from),
+        "{v}"
+    );
+    // what the server saw: the gaps between connections follow the waits
+    let mut at = Vec::new();
+    while let Ok(t) = seen.try_recv() {
+        at.push(t);
+    }
+    assert!(at.len() >= 6, "{} connections", at.len());
+    let gap = |i: usize| at[i + 1].duration_since(at[i]);
+    assert!(gap(0) >= Duration::from_millis(25), "{:?}", gap(0));
+    assert!(gap(3) >= Duration::from_millis(200), "{:?}", gap(3));
+    assert!(gap(3) > gap(0), "{:?} then {:?}", gap(0), gap(3));
+    server.shutdown().await;
+}
+
+/// Envelopes named like street.js's lifecycle events (`state`, `open`, `close`, `error`)
+/// are ordinary server events: delivered to `on(…)`, never to `onLifecycle(…)`, so a room
+/// member cannot fake "closed" or "open" on other people's pages.
+#[tokio::test]
+async fn street_js_server_events_named_state_or_close_are_not_lifecycle_events() {
+    use serde_json::json;
+    use street::ws::{ConnectRequest, Socket, WebSocketServer};
+
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let _ = socket.emit("state", &json!({ "state": "closed", "code": 4001 }));
+        let _ = socket.emit("close", &json!({ "code": 4001, "reason": "fake" }));
+        let _ = socket.emit("open", &json!("fake"));
+        let _ = socket.emit("error", &json!({ "kind": "fake" }));
+        let _ = socket.emit("done", &json!(null));
+    });
+    let server = serve(&wss).await;
+    let (mut client, mut rx) =
+        street_client(&["lifecycle", &format!("ws://{}/ws", server.local_addr())]);
+    let report = line(&mut rx, 20).await;
+    let _ = client.wait();
+    let v: serde_json::Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(v["states"], json!(["connecting", "open"]), "{v}");
+    assert_eq!(
+        (&v["opens"], &v["closes"], &v["errors"]),
+        (&json!(1), &json!(0), &json!(0)),
+        "{v}"
+    );
+    assert_eq!(
+        v["server"],
+        json!({
+            "state": { "state": "closed", "code": 4001 },
+            "close": { "code": 4001, "reason": "fake" },
+            "open": "fake",
+            "error": { "kind": "fake" },
+        }),
+        "{v}"
+    );
+    // (`done` reaches its own listener, which reports, before the wildcard)
+    assert_eq!(v["any"], json!(["state", "close", "open", "error"]), "{v}");
+    assert_eq!(v["unknownLifecycle"], "TypeError", "{v}");
+    server.shutdown().await;
+}

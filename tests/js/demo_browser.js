@@ -4,10 +4,12 @@
 //   node demo_browser.js http://127.0.0.1:PORT SCREENSHOT_DIR
 //
 // Two people log in, meet in #general (presence), see each other type, chat (markup stays
-// text), hit the closed room, a too-long message, a too-long name and a bad token; a third
-// gets the room's history; the dashboard's numbers move. Then it prints "RESTART", waits
-// for "RESTARTED" on stdin (the test restarted the server), checks that both pages came
-// back by themselves and keep chatting, and prints one JSON line of results.
+// text), hit the closed room, a too-long message, a name with a bidi override, a too-long
+// name and a bad token (the login page's open-login notice is read; a CSP violation in the
+// console fails the run); a third gets the room's history; the dashboard's numbers move.
+// Then it prints "RESTART", waits for "RESTARTED" on stdin (the test restarted the
+// server), checks that both pages came back by themselves and keep chatting, and prints
+// one JSON line of results.
 // Every wait is bounded; a failure prints "ERROR <step>: <why>" and exits 1.
 'use strict';
 const { chromium } = require('playwright-core');
@@ -28,10 +30,18 @@ function fail(msg) {
 }
 setTimeout(() => fail('overall timeout (120 s)'), 120_000).unref();
 
+// A CSP violation (e.g. connect-src refusing the page's own WebSocket) fails the run.
+function watchCsp(page, name) {
+  page.on('console', (m) => {
+    if (/Content Security Policy/i.test(m.text())) fail(`CSP violation (${name}): ${m.text()}`);
+  });
+}
+
 async function login(browser, name) {
   const ctx = await browser.newContext({ viewport: { width: 1200, height: 760 } });
   const page = await ctx.newPage();
   page.on('pageerror', (e) => fail(`page error (${name}): ${e}`));
+  watchCsp(page, name);
   await page.goto(base + '/');
   await page.fill('#name', name);
   await page.click('#login-button');
@@ -108,7 +118,13 @@ const waitState = (page, state) =>
 
   step = 'a too-long name';
   const longName = await (await browser.newContext()).newPage();
+  watchCsp(longName, 'longName');
   await longName.goto(base + '/');
+  results.openNotice = await text(longName, '#open-notice');
+  await longName.fill('#name', '\u202Egnp.exe');
+  await longName.click('#login-button');
+  await waitText(longName, '#login-error', 'invisible');
+  results.bidiName = await text(longName, '#login-error');
   await longName.fill('#name', 'N'.repeat(40));
   await longName.click('#login-button');
   await waitText(longName, '#login-error', 'longer than');
@@ -125,6 +141,7 @@ const waitState = (page, state) =>
 
   step = 'the dashboard moves';
   const dash = await ana.context().newPage();
+  watchCsp(dash, 'dashboard');
   await dash.goto(base + '/dashboard');
   await dash.waitForFunction(() => window.streetSamples >= 1, null, { timeout: T });
   const chatBefore = Number(await text(dash, '#m-chat'));

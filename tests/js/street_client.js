@@ -5,6 +5,12 @@
 //                                            close codes/reasons and how the reconnects spread
 //   node street_client.js wire URL           echo and broadcast through street.js, then one
 //                                            JSON line (used against @streetjs/websocket)
+//   node street_client.js backoff URL N      one client against a server that keeps closing
+//                                            it; after N scheduled reconnects, one JSON line:
+//                                            each one's {attempt, delayMs, code, reason}
+//   node street_client.js lifecycle URL      one client; when the server sends `done`, one
+//                                            JSON line: the lifecycle events it saw and the
+//                                            server events by type
 // Every wait is bounded; failures print "ERROR ..." and exit 1.
 'use strict';
 const path = require('path');
@@ -33,7 +39,7 @@ if (mode === 'reconnect') {
   let firstClose = null;
   for (let i = 0; i < n; i++) {
     const c = new Street(url, { WebSocket, minDelay: 1000 });
-    c.on('state', ({ state, code, reason }) => {
+    c.onLifecycle('state', ({ state }) => {
       if (state === 'open') {
         if (!ready) {
           open += 1;
@@ -47,7 +53,7 @@ if (mode === 'reconnect') {
         }
       }
     });
-    c.on('close', ({ code, reason }) => {
+    c.onLifecycle('close', ({ code, reason }) => {
       if (!ready) return;
       if (firstClose === null) firstClose = Date.now();
       closes.push({ code, reason });
@@ -78,7 +84,7 @@ if (mode === 'reconnect') {
   const a = new Street(url, { WebSocket });
   const b = new Street(url, { WebSocket });
   const got = { echo: null, broadcastA: null, broadcastB: null, states: [] };
-  a.on('state', ({ state }) => got.states.push(state));
+  a.onLifecycle('state', ({ state }) => got.states.push(state));
   let opened = 0;
   const onOpen = () => {
     opened += 1;
@@ -87,8 +93,8 @@ if (mode === 'reconnect') {
       a.emit('broadcast', [1, 'two']);
     }
   };
-  a.on('open', onOpen);
-  b.on('open', onOpen);
+  a.onLifecycle('open', onOpen);
+  b.onLifecycle('open', onOpen);
   a.on('echo', (p, env) => { got.echo = { p, ts: typeof env.ts }; maybeDone(); });
   a.on('broadcast', (p) => { got.broadcastA = p; maybeDone(); });
   b.on('broadcast', (p) => { got.broadcastB = p; maybeDone(); });
@@ -100,6 +106,39 @@ if (mode === 'reconnect') {
       setTimeout(() => process.exit(0), 100);
     }
   }
+} else if (mode === 'backoff') {
+  // deterministic waits (random = 0.5): attempt k waits 0.5 * 50 * 2^k ms
+  const n = Number(nArg);
+  const c = new Street(url, { WebSocket, minDelay: 50, maxDelay: 60_000, stableAfterMs: 300, random: () => 0.5 });
+  const reconnects = [];
+  let done = false;
+  c.onLifecycle('state', ({ state, attempt, delayMs, code, reason }) => {
+    if (done) return;
+    if (state === 'closed') fail(`stopped reconnecting after ${code} ${reason}`);
+    if (state !== 'reconnecting' || delayMs === undefined) return;
+    reconnects.push({ attempt, delayMs, code, reason });
+    if (reconnects.length === n) {
+      done = true;
+      console.log(JSON.stringify({ reconnects }));
+      c.close();
+      setTimeout(() => process.exit(0), 100);
+    }
+  });
+} else if (mode === 'lifecycle') {
+  const c = new Street(url, { WebSocket });
+  const got = { states: [], opens: 0, closes: 0, errors: 0, server: {}, any: [] };
+  c.onLifecycle('state', ({ state }) => got.states.push(state));
+  c.onLifecycle('open', () => { got.opens += 1; });
+  c.onLifecycle('close', () => { got.closes += 1; });
+  c.onLifecycle('error', () => { got.errors += 1; });
+  for (const t of ['state', 'open', 'close', 'error']) c.on(t, (p) => { got.server[t] = p; });
+  c.on('*', (t) => got.any.push(t));
+  try { c.onLifecycle('chat', () => {}); got.unknownLifecycle = 'accepted'; } catch (e) { got.unknownLifecycle = e.name; }
+  c.on('done', () => {
+    console.log(JSON.stringify(got));
+    c.close();
+    setTimeout(() => process.exit(0), 100);
+  });
 } else {
   fail(`unknown mode ${mode}`);
 }

@@ -127,7 +127,7 @@
     if (street) street.close();
     var proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     street = new Street(proto + '//' + location.host + '/ws', { query: { token: token } });
-    street.on('state', function (s) {
+    street.onLifecycle('state', function (s) {
       if (s.state === 'open') setState('open', 'connected');
       else if (s.state === 'connecting') setState('connecting', 'connecting…');
       else if (s.state === 'reconnecting') {
