@@ -46,7 +46,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 use crate::container::Container;
@@ -399,6 +399,8 @@ struct ConnContext {
     header_timeout: Duration,
     body_timeout: Duration,
     max_body: usize,
+    /// Connections being answered 429 at once (each for at most a second).
+    refusals: Arc<Semaphore>,
 }
 
 /// A server running in the background (see [`Server::spawn`]).
@@ -464,6 +466,7 @@ impl Server {
             header_timeout: opts.header_read_timeout,
             body_timeout: opts.body_read_timeout,
             max_body: opts.max_body_bytes,
+            refusals: Arc::new(Semaphore::new(MAX_REFUSING)),
         });
         let permits = Arc::new(Semaphore::new(
             opts.max_connections.min(Semaphore::MAX_PERMITS),
@@ -509,10 +512,7 @@ impl Server {
             let ctx = ctx.clone();
             let builder = builder.clone();
             let stop = stop_http.clone();
-            http_tasks.spawn(async move {
-                serve_connection(ctx, builder, stream, peer, stop).await;
-                drop(permit);
-            });
+            http_tasks.spawn(serve_connection(ctx, builder, stream, peer, stop, permit));
         }
 
         drop(listener);
@@ -541,6 +541,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     tcp_peer: SocketAddr,
     stop: tokio_util::sync::CancellationToken,
+    permit: OwnedSemaphorePermit,
 ) {
     let peer = if ctx.proxy_protocol {
         match proxy_protocol::read_header(&mut stream, ctx.header_timeout).await {
@@ -564,7 +565,13 @@ async fn serve_connection(
             Err(_) => {
                 ctx.counters.rejected_per_ip.inc();
                 tracing::debug!(%peer, "too many connections from this address: 429");
-                refuse_connection(stream).await;
+                // A refusal must not take one of the app's slots (an address over its cap
+                // could otherwise fill them with connections being refused). Refusals have
+                // a small pool of their own; past it the connection is just closed.
+                drop(permit);
+                if let Ok(_refusing) = ctx.refusals.clone().try_acquire_owned() {
+                    refuse_connection(stream).await;
+                }
                 return;
             }
         }
@@ -602,7 +609,11 @@ async fn serve_connection(
     if let Err(e) = res {
         tracing::debug!(error = %e, %peer, "http connection ended with error");
     }
+    drop(permit);
 }
+
+/// Most connections answered with a 429 at the same time (see [`refuse_connection`]).
+const MAX_REFUSING: usize = 256;
 
 /// Answer a connection over its address's cap with a 429 and close it: the response is
 /// written (bounded in time), then what the client sent is read and dropped for a moment,
@@ -615,7 +626,7 @@ async fn refuse_connection(mut stream: TcpStream) {
          connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    let limit = Duration::from_secs(2);
+    let limit = Duration::from_secs(1);
     let _ = tokio::time::timeout(limit, async {
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await?;

@@ -313,3 +313,59 @@ async fn bench_server_flags() {
     let mut over = connect(ex.addr).await;
     assert_eq!(recv_close(&mut over).await.0, 1013);
 }
+
+/// The bench contract's proxy and per-IP flags: `--max-connections-per-ip`,
+/// `--trusted-proxy` and `--proxy-protocol`.
+#[tokio::test]
+async fn bench_server_takes_the_per_ip_and_proxy_flags() {
+    use tokio::io::AsyncWriteExt;
+    let upgrade = |extra: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    };
+    let args = [
+        "--max-connections-per-ip",
+        "2",
+        "--max-handshakes-per-ip-per-sec",
+        "50",
+        "--trusted-proxy",
+        "127.0.0.1/32",
+    ];
+    let ex = start_with("bench_server", free_port(), &args, &[]).await;
+    // a direct client at 127.0.0.2: two WebSockets, the third gets 429
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect_ws_from("127.0.0.2", ex.addr, "/ws").await);
+    }
+    let mut third = connect_from("127.0.0.2", ex.addr).await.expect("tcp");
+    let status = http_on(&mut third, upgrade("").as_bytes())
+        .await
+        .map(|r| r.0);
+    assert_eq!(status, Some(429));
+    // through the trusted proxy, each named client has its own share
+    let mut via = Vec::new();
+    for i in 0..3 {
+        let mut s = connect_from("127.0.0.1", ex.addr).await.expect("tcp");
+        let xff = format!("X-Forwarded-For: 192.0.2.{i}\r\n");
+        assert_eq!(
+            http_on(&mut s, upgrade(&xff).as_bytes()).await.map(|r| r.0),
+            Some(101)
+        );
+        via.push(s);
+    }
+    drop((held, via, ex));
+
+    let ex = start_with("bench_server", free_port(), &["--proxy-protocol"], &[]).await;
+    let mut s = tokio::net::TcpStream::connect(ex.addr).await.expect("tcp");
+    let header = street::net::proxy_v1_header("198.51.100.1:5000".parse().unwrap(), ex.addr);
+    s.write_all(header.as_bytes()).await.expect("write");
+    assert_eq!(
+        http_on(&mut s, upgrade("").as_bytes()).await.map(|r| r.0),
+        Some(101)
+    );
+    // without a header: no answer
+    let mut bare = tokio::net::TcpStream::connect(ex.addr).await.expect("tcp");
+    assert_eq!(http_on(&mut bare, upgrade("").as_bytes()).await, None);
+}
