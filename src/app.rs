@@ -110,7 +110,9 @@ pub struct AppOptions {
     /// Every connection starts with a PROXY protocol v1 or v2 header naming the client
     /// (HAProxy `send-proxy`, AWS NLB); connections without a valid one within
     /// `header_read_timeout` are closed (counted in [`HttpStats::proxy_header_invalid`]).
-    /// Turn on only when every connection comes through such a proxy. Default off.
+    /// Turn on only when every connection comes through such a proxy, and let only the
+    /// proxy reach the port: whoever connects can name any address in the header, and
+    /// connections are counted per address only once it is read. Default off.
     pub proxy_protocol: bool,
 }
 

@@ -626,6 +626,13 @@ impl Writer<'_> {
             &l,
             s.publishes_refused as f64,
         );
+        self.metric(
+            "street_rooms_actions_refused_total",
+            "counter",
+            "Client joins, leaves and typing changes refused (over budget or a room limit).",
+            &l,
+            s.actions_refused as f64,
+        );
         let b = s.broker;
         self.metric(
             "street_cluster_published_total",

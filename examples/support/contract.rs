@@ -68,6 +68,10 @@ pub(crate) fn parse() -> Result<Flags, String> {
             v.parse::<u64>()
                 .map_err(|_| format!("{key}: not a number: {v}"))
         };
+        let small = |v: String| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{key}: not a number up to {}: {v}", u32::MAX))
+        };
         match key.as_str() {
             "--addr" => f.addr = val()?,
             "--max-connections" => f.max_connections = num(val()?)? as usize,
@@ -78,10 +82,8 @@ pub(crate) fn parse() -> Result<Flags, String> {
             "--max-sse-streams" => f.max_sse_streams = num(val()?)? as usize,
             "--cluster-heartbeat-ms" => f.cluster_heartbeat_ms = num(val()?)?.max(1),
             "--reconnect-hint-ms" => f.reconnect_hint_ms = Some(num(val()?)?),
-            "--max-connections-per-ip" => f.max_connections_per_ip = num(val()?)? as u32,
-            "--max-handshakes-per-ip-per-sec" => {
-                f.max_handshakes_per_ip_per_sec = num(val()?)? as u32
-            }
+            "--max-connections-per-ip" => f.max_connections_per_ip = small(val()?)?,
+            "--max-handshakes-per-ip-per-sec" => f.max_handshakes_per_ip_per_sec = small(val()?)?,
             "--trusted-proxy" => f.trusted_proxies.push(val()?),
             "--proxy-protocol" => f.proxy_protocol = true,
             "-h" | "--help" => return Err(USAGE.into()),

@@ -3,10 +3,11 @@
 //! Behind a reverse proxy every TCP connection comes from the proxy, so per-IP limits
 //! would cap the whole site and logs would name one address. [`TrustedProxies`] lists
 //! the proxies whose word about the client is believed:
-//! - for a connection from a trusted address, the client is the rightmost address of
-//!   `Forwarded: for=` (RFC 7239) or, when that header is absent, of `X-Forwarded-For`,
-//!   that is not itself trusted (proxies append, so everything left of the first untrusted
-//!   hop was written by the client and is ignored);
+//! - for a request from a trusted address, the client is the rightmost address of
+//!   `X-Forwarded-For` (or of `Forwarded: for=`, RFC 7239, with
+//!   [`TrustedProxies::with_header`]: exactly one of the two is read) that is not itself
+//!   trusted. Proxies append, so everything left of the first untrusted hop was written by
+//!   the client and is ignored; an unreadable hop ends the walk at the last trusted one;
 //! - from any other peer those headers are ignored: the client is the TCP peer.
 //!
 //! With [`AppOptions::proxy_protocol`](crate::AppOptions) on, every connection must start
@@ -133,12 +134,20 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s.trim(), None),
         };
-        let net = canonical(addr.parse::<IpAddr>().map_err(|_| err())?);
-        let max = if net.is_ipv4() { 32 } else { 128 };
+        let parsed = addr.parse::<IpAddr>().map_err(|_| err())?;
+        let net = canonical(parsed);
+        // an IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range (10.0.0.0/8)
+        let mapped = parsed.is_ipv6() && net.is_ipv4();
+        let written_max = if parsed.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(err)?,
-            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= written_max && (!mapped || *p >= 96))
+                .ok_or_else(err)?,
+            None => written_max,
         };
+        let prefix = if mapped { prefix - 96 } else { prefix };
         Ok(Self { net, prefix })
     }
 }
@@ -149,12 +158,14 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// The reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name the client.
+/// The reverse proxies whose `X-Forwarded-For` (or, if chosen, `Forwarded`) header names
+/// the client.
 /// Empty by default: headers are ignored and the client is the TCP peer. See the
 /// [module docs](self).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     ranges: Vec<Cidr>,
+    header: ForwardedHeader,
 }
 
 /// Most forwarding hops read from the headers; a longer chain is read from its right end
@@ -175,12 +186,15 @@ impl TrustedProxies {
             .into_iter()
             .map(|r| r.as_ref().parse())
             .collect::<Result<_, _>>()?;
-        Ok(Self { ranges })
+        Ok(Self::new(ranges))
     }
 
     /// Trust these ranges.
     pub fn new(ranges: Vec<Cidr>) -> Self {
-        Self { ranges }
+        Self {
+            ranges,
+            header: ForwardedHeader::default(),
+        }
     }
 
     /// Whether no proxy is trusted.
@@ -193,6 +207,14 @@ impl TrustedProxies {
         self.ranges.iter().any(|r| r.contains(ip))
     }
 
+    /// Read the client from `header` instead of `X-Forwarded-For`. Exactly one header is
+    /// read: proxies append to the one they write and pass the other through as the client
+    /// sent it, so reading both would let a client name itself.
+    pub fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
     /// The client of a request that arrived from `peer` with `headers` (see the
     /// [module docs](self)). The port is the forwarded one when given, else 0 for a
     /// forwarded address (the proxy's port says nothing about the client).
@@ -200,43 +222,48 @@ impl TrustedProxies {
         if !self.is_trusted(peer.ip()) {
             return peer;
         }
-        let mut hops: Vec<SocketAddr> = Vec::new();
-        let forwarded = headers.get_all(http::header::FORWARDED);
-        if forwarded.iter().next().is_some() {
-            for v in forwarded.iter().rev() {
-                let Ok(v) = v.to_str() else { return peer };
-                for elem in v.rsplit(',') {
-                    // a for= naming no IP (obfuscated, "unknown") ends what can be believed
-                    match forwarded_for(elem) {
-                        Some(a) => hops.push(a),
-                        None => return hops.last().copied().unwrap_or(peer),
-                    }
-                    if hops.len() >= MAX_HOPS {
-                        break;
-                    }
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        };
+        // From the right, each trusted hop vouches for the one on its left; the first hop
+        // that is not a trusted proxy is the client. Anything unreadable was written by
+        // someone no proxy vouches for: the last trusted hop read is then the best known.
+        let mut last = peer;
+        let mut hops = 0;
+        for value in headers.get_all(name).iter().rev() {
+            let Ok(v) = value.to_str() else { return last };
+            for item in v.rsplit(',') {
+                let hop = match self.header {
+                    ForwardedHeader::XForwardedFor => parse_node(item.trim()),
+                    ForwardedHeader::Forwarded => forwarded_for(item),
+                };
+                let Some(hop) = hop else { return last };
+                if !self.is_trusted(hop.ip()) {
+                    return hop;
                 }
-            }
-        } else {
-            for v in headers.get_all("x-forwarded-for").iter().rev() {
-                let Ok(v) = v.to_str() else { return peer };
-                for item in v.rsplit(',') {
-                    match parse_node(item.trim()) {
-                        Some(a) => hops.push(a),
-                        None => return hops.last().copied().unwrap_or(peer),
-                    }
-                    if hops.len() >= MAX_HOPS {
-                        break;
-                    }
+                last = hop;
+                hops += 1;
+                if hops >= MAX_HOPS {
+                    return last;
                 }
             }
         }
-        // the rightmost hop that is not a trusted proxy; if every hop is, the leftmost
-        hops.iter()
-            .copied()
-            .find(|a| !self.is_trusted(a.ip()))
-            .or_else(|| hops.last().copied())
-            .unwrap_or(peer)
+        // every hop is a trusted proxy: the leftmost
+        last
     }
+}
+
+/// Which header a trusted proxy names the client in (see [`TrustedProxies::with_header`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx `$proxy_add_x_forwarded_for`, HAProxy
+    /// `option forwardfor`, Caddy, AWS ALB). The default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
 }
 
 /// The `for=` of one `Forwarded` element (`for=192.0.2.60;proto=http;by=…`).
@@ -292,6 +319,9 @@ mod tests {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
         assert_eq!(c.to_string(), "10.0.0.0/8");
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped, c);
+        assert!("::ffff:10.0.0.0/95".parse::<Cidr>().is_err());
     }
 
     #[test]
@@ -313,19 +343,36 @@ mod tests {
         // garbage to the left of a good hop is never reached; at the right end it stops
         assert_eq!(ip(&[("x-forwarded-for", "junk, 3.3.3.3")]), "3.3.3.3");
         assert_eq!(ip(&[("x-forwarded-for", "3.3.3.3, junk")]), "127.0.0.1");
+        // what the client wrote left of garbage is never believed
         assert_eq!(
-            ip(&[(
+            ip(&[("x-forwarded-for", "x, 6.6.6.6, 10.0.0.3")]),
+            "6.6.6.6"
+        );
+        assert_eq!(
+            ip(&[("x-forwarded-for", "6.6.6.6, x, 10.0.0.3")]),
+            "10.0.0.3"
+        );
+        // only the chosen header is read: a client's own Forwarded passes through nginx
+        assert_eq!(
+            ip(&[("forwarded", "for=4.4.4.4"), ("x-forwarded-for", "5.5.5.5")]),
+            "5.5.5.5"
+        );
+        assert_eq!(ip(&[("forwarded", "for=4.4.4.4")]), "127.0.0.1");
+        let fwd = p.clone().with_header(ForwardedHeader::Forwarded);
+        let ipf = |hs: &[(&str, &str)]| fwd.client_addr(peer, &h(hs)).ip().to_string();
+        assert_eq!(
+            ipf(&[(
                 "forwarded",
-                "for=1.1.1.1, for=\"[2001:db8::7]:4711\";proto=https"
+                r#"for=1.1.1.1, for="[2001:db8::7]:4711";proto=https"#
             )]),
             "2001:db8::7"
         );
-        // Forwarded wins over X-Forwarded-For
+        assert_eq!(ipf(&[("forwarded", "for=unknown, for=6.6.6.6")]), "6.6.6.6");
         assert_eq!(
-            ip(&[("forwarded", "for=4.4.4.4"), ("x-forwarded-for", "5.5.5.5")]),
-            "4.4.4.4"
+            ipf(&[("forwarded", "for=6.6.6.6, for=unknown")]),
+            "127.0.0.1"
         );
-        assert_eq!(ip(&[("forwarded", "for=unknown")]), "127.0.0.1");
+        assert_eq!(ipf(&[("x-forwarded-for", "5.5.5.5")]), "127.0.0.1");
         assert_eq!(ip(&[]), "127.0.0.1");
         // an untrusted peer's headers are ignored
         let direct: SocketAddr = "192.0.2.1:9".parse().unwrap();

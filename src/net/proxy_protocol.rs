@@ -180,6 +180,7 @@ pub(crate) async fn read_header(
 async fn read_header_inner(stream: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     let mut buf = [0u8; MAX_V1];
     let mut last = 0;
+    let mut wait = Duration::from_millis(2);
     loop {
         // Peek, so the bytes after the header stay in the socket for hyper.
         let n = stream
@@ -212,9 +213,12 @@ async fn read_header_inner(stream: &mut TcpStream) -> Result<Option<SocketAddr>,
             }
             Decoded::Incomplete { total: None } => {
                 // Proxies send the header in one segment; a split one is rare. A peek
-                // returns the same bytes until more arrive, so wait a little between.
+                // returns the same bytes until more arrive, so wait between peeks, longer
+                // each time nothing came (a client trickling a header costs a few wakeups
+                // a second, and `timeout` ends it).
                 if n == last {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(100));
                 }
                 last = n;
             }

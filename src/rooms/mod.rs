@@ -90,7 +90,8 @@ pub struct RoomsOptions {
     /// Most rooms the sockets of one address (IPv6: one /64) may be in at once, summed
     /// over its sockets; one more join is refused with
     /// [`RoomError::TooManyRoomsForAddress`]. With `max_rooms_per_socket` it keeps a few
-    /// addresses from filling the node's `max_rooms` table. 0 disables. Default 10 000.
+    /// addresses from filling the node's `max_rooms` table (it takes 50 addresses at the
+    /// defaults). 0 disables. Default 2 000.
     pub max_rooms_per_ip: usize,
     /// Handle `room:join`, `room:leave`, `room:publish` and `typing` from clients of
     /// sockets passed to [`Rooms::attach`]. Default off. Client joins are refused unless
@@ -109,7 +110,7 @@ impl Default for RoomsOptions {
             max_name_bytes: 128,
             max_rooms_per_socket: 64,
             max_rooms: 100_000,
-            max_rooms_per_ip: 10_000,
+            max_rooms_per_ip: 2_000,
             client_protocol: false,
             client: ClientPolicy::default(),
         }
@@ -251,8 +252,11 @@ pub struct RoomsStats {
     /// Client joins refused by the authorization hook (or for want of one).
     pub denied: u64,
     /// Client publications refused: an event not on the allow-list, a payload over
-    /// `max_publish_bytes`, or over the connection's publish budget.
+    /// `max_publish_bytes`, or over the connection's or the room's publish budget.
     pub publishes_refused: u64,
+    /// Client joins, leaves and typing changes refused: over the connection's action
+    /// budget, or a join over `max_rooms_per_socket`, `max_rooms_per_ip` or `max_rooms`.
+    pub actions_refused: u64,
     /// The broker's counters.
     pub broker: BrokerStats,
 }
@@ -273,8 +277,10 @@ struct Typing {
     on: bool,
     /// With a `typing_ttl`: when the indicator clears itself.
     until: Option<tokio::time::Instant>,
-    /// A TTL timer task is running for this (room, member).
-    timer: bool,
+    /// The id of the TTL timer task running for this (room, member), if any. A timer
+    /// acts only while its id is here, so one left over from before a leave and a rejoin
+    /// ends instead of serving the new member alongside a new timer.
+    timer: Option<u64>,
 }
 
 impl Typing {
@@ -288,6 +294,8 @@ struct Room {
     conns: HashMap<SocketId, (Socket, Arc<str>)>,
     members: HashMap<Arc<str>, Member>,
     next_order: u64,
+    /// What clients may still publish into the room (made at the first publication).
+    budget: Option<protocol::Budget>,
 }
 
 #[derive(Default)]
@@ -316,6 +324,9 @@ struct Inner {
     delivered: AtomicU64,
     denied: AtomicU64,
     publishes_refused: AtomicU64,
+    actions_refused: AtomicU64,
+    /// Ids of typing timers (a timer acts only on the state that names it).
+    next_timer: AtomicU64,
 }
 
 /// Rooms and presence for one `WebSocketServer`, on one node of a cluster. Cheap to
@@ -355,7 +366,7 @@ struct TypingPayload<'a> {
 /// The TTL timer of one (room, member): sleeps until the typing deadline, again while
 /// refreshes move it, and clears the indicator once it passes. Ends when the member stops
 /// typing, leaves, or the rooms are dropped.
-async fn typing_timer(inner: Weak<Inner>, room: String, member: String) {
+async fn typing_timer(inner: Weak<Inner>, room: String, member: String, id: u64) {
     loop {
         let Some(rooms) = inner.upgrade().map(|inner| Rooms { inner }) else {
             return;
@@ -371,6 +382,10 @@ async fn typing_timer(inner: Weak<Inner>, room: String, member: String) {
                 return;
             };
             let t = &mut m.typing;
+            if t.timer != Some(id) {
+                // not ours any more (the member left and came back): another timer serves it
+                return;
+            }
             match t.until {
                 Some(until) if t.on && until > now => Some(until),
                 _ => {
@@ -428,6 +443,8 @@ impl Rooms {
             delivered: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             publishes_refused: AtomicU64::new(0),
+            actions_refused: AtomicU64::new(0),
+            next_timer: AtomicU64::new(1),
         });
         let (w1, w2) = (Arc::downgrade(&inner), Arc::downgrade(&inner));
         let hooks = NodeHooks {
@@ -729,6 +746,33 @@ impl Rooms {
         self.inner.publishes_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn count_refused_action(&self) {
+        self.inner.actions_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take one client publication of `len` bytes from `room`'s budget (shared by all its
+    /// publishers); false when it is spent.
+    fn take_room_budget(&self, room: &str, len: usize) -> bool {
+        let rates = self.inner.opts.client.room_rates();
+        let mut st = lock(&self.inner.state);
+        let Some(r) = st.rooms.get_mut(room) else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        r.budget
+            .get_or_insert_with(|| protocol::Budget::new(rates, now))
+            .take(len, now)
+    }
+
+    /// Whether `member` is flagged as typing in `room` on this node.
+    fn is_typing(&self, room: &str, member: &str) -> bool {
+        lock(&self.inner.state)
+            .rooms
+            .get(room)
+            .and_then(|r| r.members.get(member))
+            .is_some_and(|m| m.typing.on)
+    }
+
     fn allowed(&self, socket: &Socket, room: &str, member: &str) -> bool {
         let hook = self
             .inner
@@ -903,21 +947,23 @@ impl Rooms {
             let changed = t.on != typing;
             t.on = typing;
             // a timer is started only when none runs: a refresh just moves the deadline
-            let start_timer = typing && ttl.is_some() && !t.timer && rt.is_some();
+            let start_timer = (typing && ttl.is_some() && t.timer.is_none() && rt.is_some())
+                .then(|| self.inner.next_timer.fetch_add(1, Ordering::Relaxed));
             if typing {
                 t.until = ttl.map(|d| tokio::time::Instant::now() + d);
-                t.timer |= start_timer;
+                t.timer = t.timer.or(start_timer);
             }
             (changed, start_timer)
         };
         if changed {
             self.announce_typing(room, member, typing, from);
         }
-        if let (true, Some(rt)) = (start_timer, rt) {
+        if let (Some(id), Some(rt)) = (start_timer, rt) {
             rt.spawn(typing_timer(
                 Arc::downgrade(&self.inner),
                 room.to_owned(),
                 member.to_owned(),
+                id,
             ));
         }
         Ok(())
@@ -1061,6 +1107,7 @@ impl Rooms {
             delivered: i.delivered.load(Ordering::Relaxed),
             denied: i.denied.load(Ordering::Relaxed),
             publishes_refused: i.publishes_refused.load(Ordering::Relaxed),
+            actions_refused: i.actions_refused.load(Ordering::Relaxed),
             broker: i.broker.stats(),
         }
     }

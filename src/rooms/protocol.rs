@@ -14,16 +14,27 @@ use crate::ws::Socket;
 /// What clients may do through the client protocol, and how much (see
 /// [`RoomsOptions::client`](super::RoomsOptions)). Every field has a default.
 ///
-/// A room multiplies what one member sends by its size, so a client's publications have a
-/// budget of their own, well inside what a reader at a normal pace takes in: one
-/// publisher's burst (at most `2 × publish_messages_per_sec` messages and the larger of
-/// `4 × publish_bytes_per_sec` and `max_publish_bytes` bytes) stays far below a
-/// connection's `max_queue_bytes` (1 MiB by default), so a fair reader is never closed as
-/// a slow consumer because someone else sent a lot at once. Over budget, the publication
-/// is refused with `room:error` (`"reason": "rate limit"` or `"payload too large"`),
-/// counted in [`RoomsStats::publishes_refused`](super::RoomsStats), and the connection
-/// stays open. (Centrifugo leaves client publications off by default; Phoenix and
-/// Socket.IO leave budgets to the app.)
+/// A room multiplies what a member sends by its size, so publications have budgets of
+/// their own, well inside what a reader at a normal pace takes in:
+/// - per connection: `publish_messages_per_sec` and `publish_bytes_per_sec` (bursts of
+///   twice the messages and the larger of four seconds' bytes and `max_publish_bytes`);
+/// - per room, for all its publishers together: `room_messages_per_sec` and
+///   `room_bytes_per_sec` (bursts of twice as much). This is what protects fair readers
+///   however many sockets a publisher opens: everything clients publish into a room in a
+///   burst (512 KiB by default) stays below a reader's `max_queue_bytes` (1 MiB), so no
+///   reader is closed as a slow consumer because others sent a lot at once. The price: a
+///   flood can use up a room's budget, and the others' publications are refused until it
+///   refills (nobody is disconnected).
+///
+/// Joins, leaves and typing *changes* (each one is an event to the whole room) take from a
+/// third, per-connection budget, `actions_per_sec` (burst twice as many); repeating
+/// `typing: true` is free.
+///
+/// Over a budget, the action is refused with `room:error` (`"reason": "rate limit"`, or
+/// `"room rate limit"`, or `"payload too large"`) and counted in
+/// [`RoomsStats::publishes_refused`](super::RoomsStats) or `actions_refused`; the
+/// connection stays open. (Centrifugo leaves client publications off by default; Phoenix
+/// and Socket.IO leave budgets to the app.)
 ///
 /// ```
 /// use street::rooms::{ClientPolicy, RoomsOptions};
@@ -46,12 +57,18 @@ pub struct ClientPolicy {
     pub publishable_events: Vec<String>,
     /// Largest `payload` of one publication, in bytes of JSON. Default 64 KiB.
     pub max_publish_bytes: usize,
-    /// Publications per second per connection (burst: twice as many). 0 disables.
-    /// Default 10.
+    /// Publications per second per connection. 0 disables. Default 10.
     pub publish_messages_per_sec: u32,
-    /// Payload bytes per second per connection (burst: the larger of four seconds' worth
-    /// and `max_publish_bytes`). 0 disables. Default 64 KiB.
+    /// Payload bytes per second per connection. 0 disables. Default 64 KiB.
     pub publish_bytes_per_sec: u32,
+    /// Client publications per second into one room, all publishers together. 0
+    /// disables. Default 100.
+    pub room_messages_per_sec: u32,
+    /// Payload bytes per second into one room, all publishers together. 0 disables.
+    /// Default 256 KiB.
+    pub room_bytes_per_sec: u32,
+    /// Joins, leaves and typing changes per second per connection. 0 disables. Default 20.
+    pub actions_per_sec: u32,
 }
 
 impl Default for ClientPolicy {
@@ -61,6 +78,9 @@ impl Default for ClientPolicy {
             max_publish_bytes: 64 * 1024,
             publish_messages_per_sec: 10,
             publish_bytes_per_sec: 64 * 1024,
+            room_messages_per_sec: 100,
+            room_bytes_per_sec: 256 * 1024,
+            actions_per_sec: 20,
         }
     }
 }
@@ -70,42 +90,86 @@ impl ClientPolicy {
         !reserved(event) && self.publishable_events.iter().any(|e| e == event)
     }
 
-    fn msg_burst(&self) -> f32 {
-        2.0 * self.publish_messages_per_sec as f32
+    fn connection_rates(&self) -> Rates {
+        Rates::new(
+            self.publish_messages_per_sec,
+            self.publish_bytes_per_sec,
+            (4.0 * self.publish_bytes_per_sec as f32).max(self.max_publish_bytes as f32),
+        )
     }
 
-    fn byte_burst(&self) -> f32 {
-        (4.0 * self.publish_bytes_per_sec as f32).max(self.max_publish_bytes as f32)
+    pub(super) fn room_rates(&self) -> Rates {
+        Rates::new(
+            self.room_messages_per_sec,
+            self.room_bytes_per_sec,
+            2.0 * self.room_bytes_per_sec as f32,
+        )
+    }
+
+    fn action_rates(&self) -> Rates {
+        Rates::new(self.actions_per_sec, 0, 0.0)
     }
 }
 
-/// One connection's publication budget.
-struct Budget {
+/// Rates (per second) and bursts of a [`Budget`]; a rate of 0 is no limit.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rates {
+    msgs: f32,
+    msg_burst: f32,
+    bytes: f32,
+    byte_burst: f32,
+}
+
+impl Rates {
+    fn new(msgs: u32, bytes: u32, byte_burst: f32) -> Self {
+        Self {
+            msgs: msgs as f32,
+            msg_burst: 2.0 * msgs as f32,
+            bytes: bytes as f32,
+            byte_burst,
+        }
+    }
+}
+
+/// A budget of messages and bytes (two token buckets).
+#[derive(Debug)]
+pub(super) struct Budget {
+    rates: Rates,
     msgs: Bucket,
     bytes: Bucket,
 }
 
 impl Budget {
-    fn new(p: &ClientPolicy, now: Instant) -> Self {
+    pub(super) fn new(rates: Rates, now: Instant) -> Self {
         Self {
-            msgs: Bucket::full(p.msg_burst(), now),
-            bytes: Bucket::full(p.byte_burst(), now),
+            rates,
+            msgs: Bucket::full(rates.msg_burst, now),
+            bytes: Bucket::full(rates.byte_burst, now),
         }
     }
 
-    /// Take one publication of `len` bytes, if the budget allows it.
-    fn take(&mut self, p: &ClientPolicy, len: usize, now: Instant) -> bool {
-        let (mr, br) = (p.publish_messages_per_sec, p.publish_bytes_per_sec);
-        // both buckets are checked before either is charged
-        let mut msgs = self.msgs;
-        let mut bytes = self.bytes;
-        let ok = (mr == 0 || msgs.take(1.0, mr as f32, p.msg_burst(), now))
-            && (br == 0 || bytes.take(len as f32, br as f32, p.byte_burst(), now));
+    /// Take one message of `len` bytes, if the budget allows it (both buckets are checked
+    /// before either is charged).
+    pub(super) fn take(&mut self, len: usize, now: Instant) -> bool {
+        let r = self.rates;
+        let (mut msgs, mut bytes) = (self.msgs, self.bytes);
+        let ok = (r.msgs == 0.0 || msgs.take(1.0, r.msgs, r.msg_burst, now))
+            && (r.bytes == 0.0 || bytes.take(len as f32, r.bytes, r.byte_burst, now));
         if ok {
             (self.msgs, self.bytes) = (msgs, bytes);
         }
         ok
     }
+}
+
+/// A connection's budget, shared by its handlers.
+type Shared = Arc<Mutex<Budget>>;
+
+fn take(budget: &Shared, len: usize) -> bool {
+    budget
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(len, Instant::now())
 }
 
 #[derive(Deserialize)]
@@ -163,16 +227,37 @@ fn refuse(socket: &Socket, channel: &str, action: &str, reason: &str) {
 pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<(), RoomError> {
     let listener_error = |e: crate::ws::SocketError| RoomError::Serialize(e.to_string());
 
-    let (r, s, m) = (rooms.clone(), socket.clone(), member.to_owned());
+    let policy = &rooms.inner.opts.client;
+    let actions: Shared = Arc::new(Mutex::new(Budget::new(
+        policy.action_rates(),
+        Instant::now(),
+    )));
+    let publications: Shared = Arc::new(Mutex::new(Budget::new(
+        policy.connection_rates(),
+        Instant::now(),
+    )));
+
+    let (r, s, m, a0) = (
+        rooms.clone(),
+        socket.clone(),
+        member.to_owned(),
+        actions.clone(),
+    );
     socket
         .on("room:join", move |req: ChannelReq| {
-            let (r, s, m) = (r.clone(), s.clone(), m.clone());
+            let (r, s, m, a) = (r.clone(), s.clone(), m.clone(), a0.clone());
             async move {
+                if !take(&a, 0) {
+                    r.count_refused_action();
+                    refuse(&s, &req.channel, "join", "rate limit");
+                    return;
+                }
                 if !r.allowed(&s, &req.channel, &m) {
                     refuse(&s, &req.channel, "join", "forbidden");
                     return;
                 }
                 if let Err(e) = r.join(&s, &req.channel, &m) {
+                    r.count_refused_action();
                     refuse(&s, &req.channel, "join", &e.to_string());
                     return;
                 }
@@ -189,9 +274,14 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
         })
         .map_err(listener_error)?;
 
-    let (r, s) = (rooms.clone(), socket.clone());
+    let (r, s, a) = (rooms.clone(), socket.clone(), actions.clone());
     socket
         .on("room:leave", move |req: ChannelReq| {
+            if !take(&a, 0) {
+                r.count_refused_action();
+                refuse(&s, &req.channel, "leave", "rate limit");
+                return;
+            }
             if r.leave(&s, &req.channel).left {
                 let _ = s.emit("room:left", &serde_json::json!({ "channel": req.channel }));
             } else {
@@ -201,10 +291,6 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
         .map_err(listener_error)?;
 
     let (r, s, m) = (rooms.clone(), socket.clone(), member.to_owned());
-    let budget = Arc::new(Mutex::new(Budget::new(
-        &rooms.inner.opts.client,
-        Instant::now(),
-    )));
     socket
         .on("room:publish", move |req: PublishReq| {
             let policy = &r.inner.opts.client;
@@ -216,12 +302,10 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                 Some("not in room")
             } else if len > policy.max_publish_bytes {
                 Some("payload too large")
-            } else if !budget.lock().unwrap_or_else(|p| p.into_inner()).take(
-                policy,
-                len,
-                Instant::now(),
-            ) {
+            } else if !take(&publications, len) {
                 Some("rate limit")
+            } else if !r.take_room_budget(&req.channel, len) {
+                Some("room rate limit")
             } else {
                 None
             };
@@ -251,6 +335,13 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
         .on("typing", move |req: TypingReq| {
             if !r.rooms_of(&s).contains(&req.channel) {
                 refuse(&s, &req.channel, "typing", "not in room");
+                return;
+            }
+            // a change is an event to the whole room; a refresh only moves a deadline
+            let changes = r.is_typing(&req.channel, &m) != req.typing;
+            if changes && !take(&actions, 0) {
+                r.count_refused_action();
+                refuse(&s, &req.channel, "typing", "rate limit");
                 return;
             }
             let _ = r.set_typing(&req.channel, &m, req.typing, Some(&s));

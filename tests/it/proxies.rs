@@ -73,10 +73,18 @@ async fn a_trusted_proxy_names_the_client_for_handlers_auth_and_per_ip_limits() 
         body_of("127.0.0.1", addr, b"", &get("/whoami", xff)).await,
         "198.51.100.7"
     );
+    // one header is read (X-Forwarded-For by default): a Forwarded header the client wrote
+    // and the proxy passed through names nobody
     let fwd = "Forwarded: for=\"[2001:db8::7]:4711\";proto=https\r\n";
     assert_eq!(
         body_of("127.0.0.1", addr, b"", &get("/whoami", fwd)).await,
-        "2001:db8::7"
+        "127.0.0.1"
+    );
+    // a client's own X-Forwarded-For entry, left of what the proxy appended, is ignored
+    let spoof = "X-Forwarded-For: x, 6.6.6.6, 198.51.100.9\r\n";
+    assert_eq!(
+        body_of("127.0.0.1", addr, b"", &get("/whoami", spoof)).await,
+        "198.51.100.9"
     );
     // an untrusted peer cannot name anyone
     assert_eq!(

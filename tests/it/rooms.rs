@@ -652,3 +652,109 @@ async fn rooms_per_address_are_capped() {
     send_env(&mut a2, "room:join", json!({"channel": "r5"})).await;
     assert_eq!(next_is(&mut a2, "room:joined").await["channel"], "r5");
 }
+
+/// The room's own budget: a publisher with many sockets (one address, or many names)
+/// still cannot burst more into a room than a fair reader's queue holds.
+#[tokio::test]
+async fn many_sockets_of_one_publisher_cannot_empty_a_room_either() {
+    let mut n = node(RoomsOptions::default()).await;
+    n.rooms.authorize(|_, _, _| true);
+    let (mut reader, _r) = n.client("reader").await;
+    send_env(&mut reader, "room:join", json!({"channel": "general"})).await;
+    let _ = next_is(&mut reader, "room:joined").await;
+    let mut socks = Vec::new();
+    for i in 0..6 {
+        let (mut c, _) = n.client(&format!("mallory{i}")).await;
+        send_env(&mut c, "room:join", json!({"channel": "general"})).await;
+        let _ = recv_type(&mut c, "room:joined").await;
+        socks.push(c);
+    }
+    // each socket's own budget would take four 60 KB publications: 1.4 MB in all
+    let big = "y".repeat(60_000);
+    for c in socks.iter_mut() {
+        for _ in 0..5 {
+            send_env(
+                c,
+                "room:publish",
+                json!({"channel": "general", "payload": big}),
+            )
+            .await;
+        }
+    }
+    eventually("the room's budget to refuse the rest", || {
+        n.rooms.stats().publishes_refused >= 21
+    })
+    .await;
+    let refused = n.rooms.stats().publishes_refused as usize;
+    let delivered = 30 - refused;
+    // the room's burst (512 KiB) holds eight of them; the reader's queue is 1 MiB
+    assert!((8..=9).contains(&delivered), "{delivered} delivered");
+    for _ in 0..delivered {
+        assert_eq!(
+            recv_type(&mut reader, "message").await["payload"]
+                .as_str()
+                .map(str::len),
+            Some(60_000)
+        );
+    }
+    assert_eq!(n.wss.stats().slow_consumers, 0);
+    drop(socks);
+}
+
+/// Joins, leaves and typing changes take from the connection's action budget.
+#[tokio::test]
+async fn join_leave_churn_is_budgeted() {
+    let mut n = node(RoomsOptions::default()).await;
+    n.rooms.authorize(|_, _, _| true);
+    let (mut c, _) = n.client("churn").await;
+    for _ in 0..40 {
+        send_env(&mut c, "room:join", json!({"channel": "r"})).await;
+        send_env(&mut c, "room:leave", json!({"channel": "r"})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..80 {
+        let v = recv_json(&mut c).await;
+        if v["type"] == "room:error" && v["payload"]["reason"] == "rate limit" {
+            limited += 1;
+        }
+    }
+    // a burst of 40 actions, then about 20 a second
+    assert!(limited >= 30, "{limited} refused");
+    assert_eq!(n.rooms.stats().actions_refused, limited);
+}
+
+/// A typing timer left over from before a leave and a rejoin ends at its first wake,
+/// even while the member keeps typing in the room again.
+#[tokio::test]
+async fn typing_timers_do_not_outlive_a_rejoin() {
+    let mut n = node(RoomsOptions {
+        typing_ttl: Some(Duration::from_millis(300)),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (_a, a_s) = n.client("ana").await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    for _ in 0..100 {
+        n.rooms.join(&a_s, "r", "ana").expect("join");
+        n.rooms.set_typing("r", "ana", true, None).expect("typing");
+        n.rooms.leave(&a_s, "r");
+    }
+    n.rooms.join(&a_s, "r", "ana").expect("join");
+    // keep typing (refreshes) while the old timers wake: they must all end
+    within("the old timers to end", async {
+        loop {
+            n.rooms.set_typing("r", "ana", true, None).expect("typing");
+            if tasks() <= before + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(n.rooms.typing_members("r"), ["ana"]);
+}
