@@ -348,7 +348,15 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         data,
     );
     let span = tracing::info_span!("ws", conn = %socket.id());
-    let task = serve_upgraded(task_wss, on_upgrade, permit, request, socket, ip_slot);
+    let start = Box::new(Start {
+        wss: task_wss,
+        socket,
+        on_upgrade,
+        permit,
+        request,
+        ip_slot,
+    });
+    let task = serve_upgraded(start);
     if span.is_disabled() {
         wss.shared.tasks.spawn(task);
     } else {
@@ -393,14 +401,26 @@ impl Drop for Registered {
     }
 }
 
-async fn serve_upgraded(
+/// What the connection task needs only until the connection is up. Boxed: a future keeps
+/// its arguments for its whole life, so what is passed unboxed costs every idle connection.
+struct Start {
     wss: WebSocketServer,
+    socket: Socket,
     on_upgrade: hyper::upgrade::OnUpgrade,
     permit: Option<OwnedSemaphorePermit>,
     request: ConnectRequest,
-    socket: Socket,
     ip_slot: IpSlot,
-) {
+}
+
+async fn serve_upgraded(start: Box<Start>) {
+    let Start {
+        wss,
+        socket,
+        on_upgrade,
+        permit,
+        request,
+        ip_slot,
+    } = *start;
     // This future is the connection's task for its whole life: what it holds across the
     // long await is what every idle connection costs, so the one-off steps (taking the
     // stream, rejecting, the connection handler, closing) are boxed.
@@ -445,14 +465,18 @@ async fn serve_upgraded(
         .await;
         return;
     }
+    // the guard owns the server and the socket from here (one copy of each in the task)
     let guard = Registered {
-        wss: wss.clone(),
-        socket: socket.clone(),
+        wss,
+        socket,
         _permit: permit,
         _ip: ip_slot,
     };
+    let (wss, socket) = (&guard.wss, &guard.socket);
+    let shared = &wss.shared;
+    let opts = &shared.opts;
     shared.stats.accepted.inc();
-    super::heartbeat::ensure_started(&wss);
+    super::heartbeat::ensure_started(wss);
     tracing::debug!(socket = %socket.id(), peer = ?socket.remote_addr(), "connected");
 
     if let Some(handler) = handler {
@@ -464,13 +488,13 @@ async fn serve_upgraded(
         }
     }
     socket.compact();
-    let mut conn = Conn::new(stream, pre, &socket, mode, opts);
+    let mut conn = Conn::new(stream, pre, socket, mode, opts);
     let end = (&mut conn).await;
     let Conn { stream, .. } = conn;
     let info = Box::pin(connection::conclude(
         end,
         &stream,
-        &socket,
+        socket,
         opts.close_timeout,
     ))
     .await;
@@ -531,14 +555,14 @@ mod size_tests {
             None,
             http::Extensions::new(),
         );
-        let f = super::serve_upgraded(
+        let f = super::serve_upgraded(Box::new(super::Start {
             wss,
-            hyper::upgrade::on(http::Request::new(())),
-            None,
-            super::ConnectRequest::for_test("/"),
             socket,
-            crate::net::per_ip::IpSlot::none(),
-        )
+            on_upgrade: hyper::upgrade::on(http::Request::new(())),
+            permit: None,
+            request: super::ConnectRequest::for_test("/"),
+            ip_slot: crate::net::per_ip::IpSlot::none(),
+        }))
         .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);
         eprintln!(
