@@ -372,25 +372,7 @@ impl Raw {
 /// A raw HTTP request; returns the status code (or None if the connection was dropped).
 pub async fn http_status(addr: SocketAddr, request: &str) -> Option<u16> {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(request.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    within("http response", async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1)?.parse().ok()
+    http_on(&mut s, request.as_bytes()).await.map(|r| r.0)
 }
 
 /// Spawn a child with piped stdout (and stdin, for protocols that answer it) and forward
