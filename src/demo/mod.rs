@@ -15,6 +15,8 @@
 //! - tokens are signed with `STREET_JWT_SECRET`, or, when it is not set, with a random
 //!   secret made at startup (a warning is logged: tokens then do not survive a restart, and
 //!   the nodes of a cluster must share a `STREET_JWT_SECRET`);
+//! - behind a reverse proxy, `STREET_TRUSTED_PROXIES` (comma-separated CIDRs) lets the
+//!   proxy name the client in `X-Forwarded-For`, for the per-IP limits and the logs;
 //! - `/metrics` is served only when `STREET_METRICS_TOKEN` is set, and only to requests
 //!   with `Authorization: Bearer <that token>` (401 otherwise; 404 when it is not set);
 //! - every HTTP response of the site (pages, assets, API, `/metrics`, 404s) carries a strict
@@ -47,6 +49,7 @@ pub(crate) struct Config {
     redis_url: Option<String>,
     jwt_secret: Option<String>,
     metrics_token: Option<String>,
+    trusted_proxies: Option<String>,
 }
 
 impl Config {
@@ -58,6 +61,7 @@ impl Config {
             metrics_token: std::env::var("STREET_METRICS_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
+            trusted_proxies: std::env::var("STREET_TRUSTED_PROXIES").ok(),
         }
     }
 }
@@ -73,6 +77,8 @@ pub(crate) enum DemoError {
     Cluster(#[from] street::cluster::BrokerError),
     #[error("no randomness from the OS for the JWT secret ({0}); set STREET_JWT_SECRET")]
     Random(getrandom::Error),
+    #[error("STREET_TRUSTED_PROXIES: {0}")]
+    Proxies(#[from] street::net::CidrError),
 }
 
 /// `STREET_JWT_SECRET`, or else 32 random bytes for this process only (a secret in the
@@ -129,11 +135,20 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
     .await?;
     rooms.authorize(|_socket, room, _member| chat::OPEN_ROOMS.contains(&room));
 
-    let app = street::app(cfg.app);
+    let mut app_options = cfg.app;
+    if let Some(list) = &cfg.trusted_proxies {
+        // comma-separated CIDRs of the reverse proxies in front (see the README's deployment
+        // section): their X-Forwarded-For names the client for the per-IP limits
+        app_options.trusted_proxies = street::net::TrustedProxies::parse(
+            list.split(',').map(str::trim).filter(|s| !s.is_empty()),
+        )?;
+    }
+    let app = street::app(app_options);
     let metrics = Metrics::new();
     metrics.websocket("chat", &wss);
     metrics.rooms("chat", &rooms);
     metrics.sse(app.sse_registry());
+    metrics.http(&app.http_stats());
     let feed = SseHub::new(HubOptions {
         replay_events: 0,
         ..HubOptions::default()

@@ -296,10 +296,14 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
             let policy = &r.inner.opts.client;
             let event = req.event.as_deref().unwrap_or("message");
             let len = req.payload.as_ref().map_or(0, |p| p.get().len());
+            // a publication outside any room the client is in is a client bug, not abuse:
+            // refused but not counted
+            if !r.rooms_of(&s).contains(&req.channel) {
+                refuse(&s, &req.channel, "publish", "not in room");
+                return;
+            }
             let refusal = if !policy.may_publish(event) {
                 Some("event not allowed")
-            } else if !r.rooms_of(&s).contains(&req.channel) {
-                Some("not in room")
             } else if len > policy.max_publish_bytes {
                 Some("payload too large")
             } else if !take(&publications, len) {
@@ -310,9 +314,7 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                 None
             };
             if let Some(reason) = refusal {
-                if reason != "not in room" {
-                    r.count_refused_publish();
-                }
+                r.count_refused_publish();
                 refuse(&s, &req.channel, "publish", reason);
                 return;
             }

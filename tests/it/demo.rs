@@ -574,3 +574,28 @@ async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
     assert_eq!(v["dashboardResumed"], true, "{v}");
     assert!(shots.join("chat.png").exists() && shots.join("dashboard.png").exists());
 }
+
+/// `STREET_TRUSTED_PROXIES` must be CIDRs: a typo stops the demo with a clear message
+/// instead of silently trusting nobody (or everybody).
+#[tokio::test]
+async fn demo_refuses_bad_trusted_proxies() {
+    let out = within(
+        "the demo to exit",
+        tokio::task::spawn_blocking(|| {
+            Command::new(env!("CARGO_BIN_EXE_street"))
+                .env("PORT", crate::examples::free_port().to_string())
+                .env("STREET_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal")
+                .stdout(Stdio::null())
+                .output()
+        }),
+    )
+    .await
+    .expect("join")
+    .expect("run the demo");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("STREET_TRUSTED_PROXIES") && err.contains("proxy.internal"),
+        "{err}"
+    );
+}
