@@ -248,8 +248,7 @@ impl Metrics {
 
     /// Everything, in the Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        let mut w = Writer { out: &mut out };
+        let mut w = Writer::default();
         for src in lock(&self.inner.sources).iter() {
             match src {
                 Source::Ws(name, wss) => w.websocket(name, wss),
@@ -287,40 +286,74 @@ impl Metrics {
                 *v,
             );
         }
+        w.finish()
+    }
+}
+
+/// Collects samples by metric family and writes each family once, `# HELP` and `# TYPE`
+/// first and all its samples together, in the order families were first seen (the text
+/// format allows a family in one group only, so samples of two servers, hubs or rooms
+/// must not interleave with other families).
+#[derive(Default)]
+struct Writer {
+    families: Vec<Family>,
+    index: std::collections::HashMap<String, usize>,
+    current: Option<usize>,
+}
+
+struct Family {
+    head: String,
+    samples: String,
+}
+
+impl Writer {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let next = self.families.len();
+        let i = *self.index.entry(name.to_owned()).or_insert(next);
+        if i == next {
+            self.families.push(Family {
+                head: format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"),
+                samples: String::new(),
+            });
+        }
+        self.current = Some(i);
+    }
+
+    fn finish(self) -> String {
+        let mut out = String::with_capacity(
+            self.families
+                .iter()
+                .map(|f| f.head.len() + f.samples.len())
+                .sum(),
+        );
+        for f in self.families {
+            out.push_str(&f.head);
+            out.push_str(&f.samples);
+        }
         out
     }
-}
 
-/// Writes samples, each metric's `# HELP`/`# TYPE` once.
-struct Writer<'a> {
-    out: &'a mut String,
-}
-
-impl Writer<'_> {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let line = format!("# TYPE {name} {kind}\n");
-        if !self.out.contains(&line) {
-            let _ = writeln!(self.out, "# HELP {name} {help}");
-            self.out.push_str(&line);
-        }
-    }
-
+    /// A sample of the family named by the last [`Writer::head`].
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
-        self.out.push_str(name);
+        let Some(f) = self.current.and_then(|i| self.families.get_mut(i)) else {
+            return;
+        };
+        let out = &mut f.samples;
+        out.push_str(name);
         if !labels.is_empty() {
-            self.out.push('{');
+            out.push('{');
             for (i, (k, val)) in labels.iter().enumerate() {
                 if i > 0 {
-                    self.out.push(',');
+                    out.push(',');
                 }
-                let _ = write!(self.out, "{}=\"{}\"", sanitize(k), label(val));
+                let _ = write!(out, "{}=\"{}\"", sanitize(k), label(val));
             }
-            self.out.push('}');
+            out.push('}');
         }
         if v.is_infinite() {
-            self.out.push_str(" +Inf\n");
+            out.push_str(" +Inf\n");
         } else {
-            let _ = writeln!(self.out, " {v}");
+            let _ = writeln!(out, " {v}");
         }
     }
 

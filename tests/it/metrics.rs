@@ -105,3 +105,102 @@ async fn metrics_count_connections_messages_rejections_and_fanout() {
     close(&mut b).await;
     srv.shutdown().await;
 }
+
+/// The exposition is valid for a real parser (Python's `prometheus_client`, installed by
+/// scripts/test into a venv named by `STREET_TEST_PYTHON`) with everything registered
+/// twice: each family comes once, in one group, whatever the number of servers, hubs and
+/// rooms reporting it.
+#[tokio::test]
+async fn the_exposition_parses_with_two_of_everything() {
+    let (w1, w2) = (
+        WebSocketServer::new(opts()),
+        WebSocketServer::new(WsOptions {
+            path: "/ws2".into(),
+            ..opts()
+        }),
+    );
+    let app = street::app(app_opts());
+    let metrics = Metrics::new();
+    metrics.websocket("one", &w1);
+    metrics.websocket("two", &w2);
+    metrics.sse(app.sse_registry());
+    metrics.http(&app.http_stats());
+    let (h1, h2) = (
+        street::sse::SseHub::new(Default::default()),
+        street::sse::SseHub::new(Default::default()),
+    );
+    metrics.sse_hub("a", &h1);
+    metrics.sse_hub("b", &h2);
+    let r1 = street::rooms::Rooms::new(&w1, Default::default())
+        .await
+        .expect("rooms");
+    let r2 = street::rooms::Rooms::new(&w2, Default::default())
+        .await
+        .expect("rooms");
+    metrics.rooms("r1", &r1);
+    metrics.rooms("r2", &r2);
+    metrics.track("logins", 1);
+    metrics.gauge("queue", 2.5);
+    let srv = serve_app(app.websocket(&w1).websocket(&w2)).await;
+    let _c = connect(srv.local_addr()).await;
+    let text = metrics.render();
+
+    let python = std::env::var("STREET_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let check = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+names = []
+samples = 0
+for f in text_string_to_metric_families(sys.stdin.read()):
+    names.append(f.name)
+    samples += len(f.samples)
+dup = sorted({n for n in names if names.count(n) > 1})
+assert not dup, "families split into several groups: %s" % dup
+print(len(names), samples)
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", check])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/test sets STREET_TEST_PYTHON)"));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write");
+    }
+    let out = within(
+        "the parser",
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("join")
+    .expect("parser output");
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts = String::from_utf8_lossy(&out.stdout);
+    let families: usize = counts
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(families > 40, "{counts}");
+    // both servers' samples are in the one family
+    assert!(
+        text.contains("street_ws_connections{server=\"one\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("street_ws_connections{server=\"two\"} 0"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("# TYPE street_ws_connections gauge").count(),
+        1
+    );
+    srv.shutdown().await;
+}
