@@ -1083,6 +1083,14 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// Whether `socket` is in `room` (without copying its room list).
+    fn is_in(&self, socket: &Socket, room: &str) -> bool {
+        lock(&self.inner.state)
+            .socket_rooms
+            .get(&socket.id())
+            .is_some_and(|v| v.iter().any(|r| &**r == room))
+    }
+
     /// This node's presence, for the broker to re-send after it lost it.
     fn snapshot(&self) -> Vec<(String, String, usize)> {
         let st = lock(&self.inner.state);

@@ -298,7 +298,7 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
             let len = req.payload.as_ref().map_or(0, |p| p.get().len());
             // a publication outside any room the client is in is a client bug, not abuse:
             // refused but not counted
-            if !r.rooms_of(&s).contains(&req.channel) {
+            if !r.is_in(&s, &req.channel) {
                 refuse(&s, &req.channel, "publish", "not in room");
                 return;
             }
@@ -335,7 +335,7 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
     let (r, s, m) = (rooms.clone(), socket.clone(), member.to_owned());
     socket
         .on("typing", move |req: TypingReq| {
-            if !r.rooms_of(&s).contains(&req.channel) {
+            if !r.is_in(&s, &req.channel) {
                 refuse(&s, &req.channel, "typing", "not in room");
                 return;
             }

@@ -65,6 +65,17 @@ async fn start_demo_env(port: u16, env: &[(&str, Option<&str>)]) -> Demo {
     Demo { child, addr }
 }
 
+/// A token for `claims` signed with `secret` (the demo's, or a forger's).
+fn sign_with(secret: &str, claims: Value) -> String {
+    street::jwt::JwtService::new(street::jwt::JwtOptions {
+        secret: Some(secret.into()),
+        ..Default::default()
+    })
+    .expect("jwt")
+    .sign(&claims)
+    .expect("sign")
+}
+
 async fn login(addr: SocketAddr, name: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("http://{addr}/api/login"))
@@ -109,24 +120,13 @@ async fn demo_login_and_connection_rules() {
         recv_close(&mut bad).await,
         (4001, "Unauthorized: invalid token".into())
     );
-    let jwt = street::jwt::JwtService::new(street::jwt::JwtOptions {
-        secret: Some(SECRET.into()),
-        ..Default::default()
-    })
-    .expect("jwt");
-    let expired = jwt.sign(&json!({ "sub": "ana", "exp": 1 })).expect("sign");
+    let expired = sign_with(SECRET, json!({ "sub": "ana", "exp": 1 }));
     let mut old = connect_path(addr, &format!("/ws?token={expired}")).await;
     assert_eq!(
         recv_close(&mut old).await,
         (4001, "Unauthorized: token expired".into())
     );
-    let forged = street::jwt::JwtService::new(street::jwt::JwtOptions {
-        secret: Some("another-secret-of-enough-length".into()),
-        ..Default::default()
-    })
-    .expect("jwt")
-    .sign(&json!({ "sub": "ana" }))
-    .expect("sign");
+    let forged = sign_with("another-secret-of-enough-length", json!({ "sub": "ana" }));
     let mut f = connect_path(addr, &format!("/ws?token={forged}")).await;
     assert_eq!(recv_close(&mut f).await.0, 4001);
 
@@ -265,13 +265,10 @@ async fn demo_identity_random_secret_name_rule_and_open_login_notice() {
     )
     .await;
     let addr = demo.addr;
-    let old_constant = street::jwt::JwtService::new(street::jwt::JwtOptions {
-        secret: Some("street-demo-development-secret-change-me".into()),
-        ..Default::default()
-    })
-    .expect("jwt")
-    .sign(&json!({ "sub": "admin" }))
-    .expect("sign");
+    let old_constant = sign_with(
+        "street-demo-development-secret-change-me",
+        json!({ "sub": "admin" }),
+    );
     let mut forged = connect_path(addr, &format!("/ws?token={old_constant}")).await;
     assert_eq!(
         recv_close(&mut forged).await,

@@ -77,6 +77,34 @@ pub async fn recv_type(c: &mut Client, ty: &str) -> Value {
     }
 }
 
+/// A node with a typing TTL of `ttl_ms`, and ana and bo in room `r` (ana saw bo arrive).
+async fn typing_room(ttl_ms: u64) -> (Node, Client, Client) {
+    let mut n = node(RoomsOptions {
+        typing_ttl: Some(Duration::from_millis(ttl_ms)),
+        ..RoomsOptions::default()
+    })
+    .await;
+    let (mut a, a_s) = n.client("ana").await;
+    let (b, b_s) = n.client("bo").await;
+    n.rooms.join(&a_s, "r", "ana").expect("join");
+    n.rooms.join(&b_s, "r", "bo").expect("join");
+    let _ = recv_type(&mut a, "presence:join").await;
+    (n, a, b)
+}
+
+/// Send `room:join` through the client protocol and wait for `room:joined`.
+async fn join_room(c: &mut Client, room: &str) {
+    send_env(c, "room:join", json!({"channel": room})).await;
+    let _ = next_is(c, "room:joined").await;
+}
+
+/// Tasks alive on this runtime (the server runs in the test's runtime).
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
 /// The very next envelope, which must be of type `ty`: what must *not* arrive is checked
 /// by a marker sent after it (delivery is ordered per connection), never by waiting.
 pub async fn next_is(c: &mut Client, ty: &str) -> Value {
@@ -195,16 +223,7 @@ async fn publish_skips_a_connection_or_every_connection_of_a_member() {
 
 #[tokio::test]
 async fn typing_is_sent_on_changes_only_and_clears_itself_after_the_ttl() {
-    let mut n = node(RoomsOptions {
-        typing_ttl: Some(Duration::from_millis(300)),
-        ..RoomsOptions::default()
-    })
-    .await;
-    let (mut a, a_s) = n.client("ana").await;
-    let (mut b, b_s) = n.client("bo").await;
-    n.rooms.join(&a_s, "r", "ana").expect("join");
-    n.rooms.join(&b_s, "r", "bo").expect("join");
-    let _ = recv_type(&mut a, "presence:join").await;
+    let (n, mut a, mut b) = typing_room(300).await;
     // a flood of typing from ana's client: one event for bo
     for _ in 0..50 {
         send_env(&mut a, "typing", json!({"channel": "r", "typing": true})).await;
@@ -466,8 +485,7 @@ async fn rooms_are_closed_by_default_and_publications_are_allow_listed() {
     n.rooms.authorize(|_, _, _| true);
     let (mut bo, _b) = n.client("bo").await;
     for c in [&mut ana, &mut bo] {
-        send_env(c, "room:join", json!({"channel": "general"})).await;
-        let _ = next_is(c, "room:joined").await;
+        join_room(c, "general").await;
     }
     let _ = next_is(&mut ana, "presence:join").await;
     for event in [
@@ -517,8 +535,7 @@ async fn one_publisher_cannot_empty_a_room() {
     let (mut mallory, _m) = n.client("mallory").await;
     let (mut reader, _r) = n.client("reader").await;
     for c in [&mut mallory, &mut reader] {
-        send_env(c, "room:join", json!({"channel": "general"})).await;
-        let _ = next_is(c, "room:joined").await;
+        join_room(c, "general").await;
     }
     let _ = next_is(&mut mallory, "presence:join").await;
     let huge = "x".repeat(400_000);
@@ -575,22 +592,8 @@ async fn one_publisher_cannot_empty_a_room() {
 /// Typing state costs one timer per (room, member), however many typing messages arrive.
 #[tokio::test]
 async fn typing_floods_keep_one_timer_per_member() {
-    let mut n = node(RoomsOptions {
-        typing_ttl: Some(Duration::from_millis(500)),
-        ..RoomsOptions::default()
-    })
-    .await;
-    let (mut a, a_s) = n.client("ana").await;
-    let (mut b, b_s) = n.client("bo").await;
-    n.rooms.join(&a_s, "r", "ana").expect("join");
-    n.rooms.join(&b_s, "r", "bo").expect("join");
-    let _ = recv_type(&mut a, "presence:join").await;
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = tasks();
+    let (n, mut a, mut b) = typing_room(500).await;
+    let before = alive_tasks();
     for i in 0..500 {
         // a refresh, and now and then a stop and a start again
         let typing = i % 100 != 50;
@@ -605,10 +608,10 @@ async fn typing_floods_keep_one_timer_per_member() {
     .await;
     let _ = next_is(&mut a, "room:error").await;
     assert!(
-        tasks() <= before + 1,
+        alive_tasks() <= before + 1,
         "typing timers: {} tasks before, {} after",
         before,
-        tasks()
+        alive_tasks()
     );
     assert_eq!(n.rooms.typing_members("r"), ["ana"]);
     // and it still clears itself
@@ -632,11 +635,9 @@ async fn rooms_per_address_are_capped() {
     let (mut a1, _) = n.client("a1").await;
     let (mut a2, _) = n.client("a2").await;
     for room in ["r1", "r2"] {
-        send_env(&mut a1, "room:join", json!({"channel": room})).await;
-        let _ = next_is(&mut a1, "room:joined").await;
+        join_room(&mut a1, room).await;
     }
-    send_env(&mut a2, "room:join", json!({"channel": "r3"})).await;
-    let _ = next_is(&mut a2, "room:joined").await;
+    join_room(&mut a2, "r3").await;
     send_env(&mut a2, "room:join", json!({"channel": "r4"})).await;
     assert_eq!(
         next_is(&mut a2, "room:error").await["reason"],
@@ -660,13 +661,11 @@ async fn many_sockets_of_one_publisher_cannot_empty_a_room_either() {
     let mut n = node(RoomsOptions::default()).await;
     n.rooms.authorize(|_, _, _| true);
     let (mut reader, _r) = n.client("reader").await;
-    send_env(&mut reader, "room:join", json!({"channel": "general"})).await;
-    let _ = next_is(&mut reader, "room:joined").await;
+    join_room(&mut reader, "general").await;
     let mut socks = Vec::new();
     for i in 0..6 {
         let (mut c, _) = n.client(&format!("mallory{i}")).await;
-        send_env(&mut c, "room:join", json!({"channel": "general"})).await;
-        let _ = recv_type(&mut c, "room:joined").await;
+        join_room(&mut c, "general").await;
         socks.push(c);
     }
     // each socket's own budget would take four 60 KB publications: 1.4 MB in all
@@ -733,12 +732,7 @@ async fn typing_timers_do_not_outlive_a_rejoin() {
     })
     .await;
     let (_a, a_s) = n.client("ana").await;
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = tasks();
+    let before = alive_tasks();
     for _ in 0..100 {
         n.rooms.join(&a_s, "r", "ana").expect("join");
         n.rooms.set_typing("r", "ana", true, None).expect("typing");
@@ -749,7 +743,7 @@ async fn typing_timers_do_not_outlive_a_rejoin() {
     within("the old timers to end", async {
         loop {
             n.rooms.set_typing("r", "ana", true, None).expect("typing");
-            if tasks() <= before + 1 {
+            if alive_tasks() <= before + 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
