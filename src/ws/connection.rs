@@ -1,4 +1,5 @@
-//! The task that runs one WebSocket connection over its `TcpStream`.
+//! The task that runs one WebSocket connection over its byte stream (a
+//! [`Transport`]: a `TcpStream` on the fast path, or any `AsyncRead + AsyncWrite`).
 //!
 //! The steady state is one hand-written future, [`Conn`], rather than `select!` over
 //! reader, writer and kill futures: an idle connection's whole state is this struct
@@ -13,15 +14,15 @@
 //!    frame is decoded. When the buffer runs dry it reads into a per-thread scratch
 //!    buffer, so an idle connection holds no read buffer at all.
 //!
-//! Reader and writer share the `TcpStream` by reference (`poll_read_ready`/`try_read`
-//! and `poll_write_ready`/`try_write_vectored` take `&self`).
+//! Reader and writer are two halves of one poll over the one stream the future owns; the
+//! stream's differences (readiness and `try_*` calls on TCP, flushes on TLS) stay behind
+//! [`Transport`].
 //!
 //! Ending: after the last frame (a close reply, a protocol-error close) the write half is
 //! shut down and unread input is drained for a bounded time, so the kernel sends FIN
 //! rather than RST and the peer reads our close. After our own close, reading goes on
 //! until the peer answers or `close_timeout` passes.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -30,7 +31,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 use super::close::{CloseCode, CloseInfo};
 use super::envelope;
@@ -38,6 +38,7 @@ use super::handler::{panic_message, run_dispatch, BoxFuture};
 use super::limits::Bucket;
 use super::proto::{self, Decoder, Event};
 use super::socket::{ErrorEvent, Outbound, RawMessage, Socket};
+use super::transport::{linger, Transport};
 
 /// How this connection interprets text frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +49,8 @@ pub(crate) enum Mode {
     Raw,
 }
 
-/// Size of the per-thread read buffer.
-const SCRATCH: usize = 64 * 1024;
 /// Most frames written per system call.
 const BATCH: usize = 64;
-
-thread_local! {
-    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
-}
 
 /// How the steady state ended.
 pub(crate) enum End {
@@ -73,11 +68,11 @@ pub(crate) enum End {
     CloseTimeout(Option<CloseInfo>),
 }
 
-impl<'a> Conn<'a> {
+impl<'a, T: Transport> Conn<'a, T> {
     /// The steady state of a connection over `stream`; `pre` holds bytes that arrived with
     /// the handshake. Await it by `&mut`, then pass the result to [`conclude`].
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: T,
         pre: Bytes,
         socket: &'a Socket,
         mode: Mode,
@@ -114,9 +109,9 @@ impl<'a> Conn<'a> {
 /// Finish a connection whose steady state ended with `end`: linger after our last frame
 /// when there is one, and tell how it ended (the server's own close code when the
 /// server started the close).
-pub(crate) async fn conclude(
+pub(crate) async fn conclude<T: Transport>(
     end: End,
-    stream: &TcpStream,
+    stream: &mut T,
     socket: &Socket,
     close_timeout: Duration,
 ) -> CloseInfo {
@@ -152,8 +147,8 @@ enum BatchEnd {
 }
 
 /// The steady state of one connection (see the module docs).
-pub(crate) struct Conn<'a> {
-    pub(crate) stream: TcpStream,
+pub(crate) struct Conn<'a, T> {
+    pub(crate) stream: T,
     socket: &'a Socket,
     mode: Mode,
     /// Inbound rate limits (0 = off) and their buckets.
@@ -183,7 +178,7 @@ pub(crate) struct Conn<'a> {
     close_timeout_ms: u32,
 }
 
-impl Future for Conn<'_> {
+impl<T: Transport> Future for Conn<'_, T> {
     type Output = End;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
@@ -235,7 +230,7 @@ impl Future for Conn<'_> {
     }
 }
 
-impl Conn<'_> {
+impl<T: Transport> Conn<'_, T> {
     fn start_deadline(&mut self) {
         if self.first_pending {
             self.first_pending = false;
@@ -297,11 +292,6 @@ impl Conn<'_> {
                 return Poll::Pending;
             }
             while (self.idx as usize) < self.out.len() {
-                match self.stream.poll_write_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
-                }
                 let res = {
                     let mut slices = [IoSlice::new(&[]); BATCH * 2];
                     let mut n = 0;
@@ -321,7 +311,10 @@ impl Conn<'_> {
                             n += 1;
                         }
                     }
-                    self.stream.try_write_vectored(&slices[..n])
+                    match self.stream.poll_write_vectored(cx, &slices[..n]) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(r) => r,
+                    }
                 };
                 match res {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -338,9 +331,14 @@ impl Conn<'_> {
                             }
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Poll::Ready(Err(e)),
                 }
+            }
+            // The batch is written; a buffering stream (TLS) sends it now.
+            match self.stream.poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
             }
             // The batch is on the wire.
             let stats = &self.socket.inner.stats;
@@ -398,16 +396,10 @@ impl Conn<'_> {
                         // Release the buffer while idle; payloads in use keep their bytes.
                         self.rbuf = BytesMut::new();
                     }
-                    match self.stream.poll_read_ready(cx) {
+                    match self.stream.poll_read_some(cx, &mut self.rbuf) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(_)) => return Poll::Ready(Some(End::Eof)),
-                        Poll::Ready(Ok(())) => {}
-                    }
-                    match read_some(&self.stream, &mut self.rbuf) {
-                        Ok(0) => return Poll::Ready(Some(End::Eof)),
-                        Ok(_) => continue,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => return Poll::Ready(Some(End::Eof)),
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Some(End::Eof)),
+                        Poll::Ready(Ok(_)) => continue,
                     }
                 }
                 Err(e) => {
@@ -543,66 +535,6 @@ async fn dispatch_raw_owned(socket: Socket, bytes: Bytes, binary: bool) {
     dispatch_raw(&socket, raw).await;
 }
 
-/// Shut down our write half and discard input until the peer closes (bounded), so the
-/// connection ends with FIN and the peer can read our last frame.
-pub(crate) async fn linger(stream: &TcpStream, limit: Duration) {
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
-    let _ = tokio::time::timeout(limit, async {
-        loop {
-            if std::future::poll_fn(|cx| stream.poll_read_ready(cx))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let n = SCRATCH_BUF.with(|s| stream.try_read(&mut s.borrow_mut()[..]));
-            match n {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
-}
-
-/// One `recv` into the per-thread scratch buffer, appending what arrived to `buf`.
-///
-/// A short read means the socket's receive queue is drained, so readiness is cleared
-/// right away (as libuv does) instead of paying a second `recv` that returns EAGAIN:
-/// that is one system call less per message. It is safe because tokio clears readiness
-/// only for the event tick observed before the read; data that arrives afterwards
-/// raises a new event and wakes the reader again.
-fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    use std::io::Read;
-    let mut got: io::Result<usize> = Err(io::ErrorKind::WouldBlock.into());
-    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-        SCRATCH_BUF.with(|s| {
-            let mut s = s.borrow_mut();
-            let sock = socket2::SockRef::from(stream);
-            match (&*sock).read(&mut s[..]) {
-                Ok(n) => {
-                    buf.extend_from_slice(&s[..n]);
-                    got = Ok(n);
-                    if n > 0 && n < s.len() {
-                        // drained: clear readiness without another system call
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(())
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
-                Err(e) => {
-                    got = Err(e);
-                    Ok(())
-                }
-            }
-        })
-    });
-    got
-}
-
 async fn dispatch_envelope(socket: &Socket, text: &str) {
     let stats = &socket.inner.stats;
     let inc = match envelope::decode(text) {
@@ -727,7 +659,7 @@ mod size_tests {
     /// dispatch and closing steps are boxed for this reason.
     #[test]
     fn the_connection_state_stays_small() {
-        let n = std::mem::size_of::<Conn<'static>>();
+        let n = std::mem::size_of::<Conn<'static, tokio::net::TcpStream>>();
         eprintln!("sizes: Conn {n}");
         assert!(n <= 320, "Conn is {n} bytes");
     }

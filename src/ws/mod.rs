@@ -9,6 +9,8 @@
 
 mod close;
 mod connection;
+#[cfg(test)]
+mod conn_tests;
 pub mod envelope;
 mod handler;
 mod heartbeat;
@@ -18,6 +20,7 @@ mod proto;
 pub mod server;
 pub mod socket;
 pub(crate) mod stats;
+mod transport;
 mod upgrade;
 
 pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};

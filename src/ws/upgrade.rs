@@ -23,6 +23,7 @@ use super::origin::{self, OriginVerdict};
 use super::proto;
 use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
 use super::socket::{Socket, SocketId};
+use super::transport::{linger, write_all, Io, Transport};
 use crate::net::per_ip::{IpRefusal, IpSlot};
 
 /// The upgrade request as the auth hook and the connection handler see it.
@@ -351,7 +352,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     let start = Box::new(Start {
         wss: task_wss,
         socket,
-        on_upgrade,
+        on_upgrade: Some(on_upgrade),
         permit,
         request,
         ip_slot,
@@ -365,9 +366,20 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     resp
 }
 
-/// Wait for hyper to hand over the connection, and take the TCP stream back (street
-/// frames it itself, see `proto.rs`), with any bytes hyper read past the request head.
-async fn take_stream(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, Bytes)> {
+/// The stream hyper hands over after `101 Switching Protocols`.
+enum Taken {
+    /// A plain TCP connection (street's listener, or the host's `axum::serve`): street
+    /// frames it itself on the fast path (see `transport.rs`), starting with the bytes
+    /// hyper read past the request head.
+    Tcp(Box<Accepted<TcpStream>>),
+    /// Anything else (TLS, a Unix socket, the host's own hyper stack), through its
+    /// `AsyncRead + AsyncWrite`; `Upgraded` replays what hyper read past the head itself.
+    Other(Box<Accepted<Io<TokioIo<hyper::upgrade::Upgraded>>>>),
+}
+
+/// Wait for hyper to hand over the connection.
+async fn take_stream(mut start: Box<Start>) -> Option<Taken> {
+    let on_upgrade = start.on_upgrade.take()?;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -375,13 +387,18 @@ async fn take_stream(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream
             return None;
         }
     };
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
-        Err(_) => {
-            tracing::error!("WebSocket upgrade on a non-TCP connection is not supported");
-            None
+    Some(match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            if let Some(n) = start.wss.shared.opts.send_buffer_bytes {
+                if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
+                    tracing::debug!(error = %e, "cannot set SO_SNDBUF");
+                }
+            }
+            Taken::Tcp(start.accepted(stream, parts.read_buf))
         }
-    }
+        Err(upgraded) => Taken::Other(start.accepted(Io(TokioIo::new(upgraded)), Bytes::new())),
+    })
 }
 
 /// Drop guard: whatever happens to the connection task (even a panic), the socket leaves
@@ -406,40 +423,78 @@ impl Drop for Registered {
 struct Start {
     wss: WebSocketServer,
     socket: Socket,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     permit: Option<OwnedSemaphorePermit>,
     request: ConnectRequest,
     ip_slot: IpSlot,
 }
 
+/// What a connection needs once its stream is there. Boxed, for the reason `Start` is.
+pub(crate) struct Accepted<T> {
+    pub(crate) wss: WebSocketServer,
+    pub(crate) socket: Socket,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) request: ConnectRequest,
+    pub(crate) ip_slot: IpSlot,
+    pub(crate) stream: T,
+    /// Bytes that arrived with the handshake.
+    pub(crate) pre: Bytes,
+}
+
 async fn serve_upgraded(start: Box<Start>) {
-    let Start {
+    // This future is the connection's task for its whole life: what it holds across the
+    // long await is what every idle connection costs, so the one-off steps (taking the
+    // stream, rejecting, the connection handler, closing) are boxed, and what they hand
+    // on is boxed too (a moved-from local of an async fn may still take room in its state).
+    match Box::pin(take_stream(start)).await {
+        Some(Taken::Tcp(acc)) => run(acc).await,
+        // Boxed, so the fast path's task does not grow by this one's state.
+        Some(Taken::Other(acc)) => Box::pin(run(acc)).await,
+        None => {}
+    }
+}
+
+impl Start {
+    fn accepted<T>(self: Box<Self>, stream: T, pre: Bytes) -> Box<Accepted<T>> {
+        let Start {
+            wss,
+            socket,
+            permit,
+            request,
+            ip_slot,
+            ..
+        } = *self;
+        Box::new(Accepted {
+            wss,
+            socket,
+            permit,
+            request,
+            ip_slot,
+            stream,
+            pre,
+        })
+    }
+}
+
+/// Run a connection over `stream` (after `101`) to its end: the capacity and shutdown
+/// gates, the connection handler, the steady state, the closing handshake.
+pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
+    let Accepted {
         wss,
         socket,
-        on_upgrade,
         permit,
         request,
         ip_slot,
-    } = *start;
-    // This future is the connection's task for its whole life: what it holds across the
-    // long await is what every idle connection costs, so the one-off steps (taking the
-    // stream, rejecting, the connection handler, closing) are boxed.
-    let Some((stream, pre)) = Box::pin(take_stream(on_upgrade)).await else {
-        return;
-    };
+        mut stream,
+        pre,
+    } = *acc;
     let shared = &wss.shared;
     let opts = &shared.opts;
-    if let Some(n) = opts.send_buffer_bytes {
-        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
-            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
-        }
-    }
-
     let Some(permit) = permit else {
         drop(ip_slot);
         shared.stats.rejected_capacity.inc();
         Box::pin(reject_after_handshake(
-            &stream,
+            &mut stream,
             CloseCode::TRY_AGAIN_LATER,
             &opts.close_reason("Server at capacity"),
             opts.close_timeout,
@@ -457,7 +512,7 @@ async fn serve_upgraded(start: Box<Start>) {
         drop(ip_slot);
         shared.stats.rejected_shutdown.inc();
         Box::pin(reject_after_handshake(
-            &stream,
+            &mut stream,
             CloseCode::GOING_AWAY,
             &opts.close_reason("Going Away"),
             opts.close_timeout,
@@ -490,10 +545,10 @@ async fn serve_upgraded(start: Box<Start>) {
     socket.compact();
     let mut conn = Conn::new(stream, pre, socket, mode, opts);
     let end = (&mut conn).await;
-    let Conn { stream, .. } = conn;
+    let Conn { mut stream, .. } = conn;
     let info = Box::pin(connection::conclude(
         end,
-        &stream,
+        &mut stream,
         socket,
         opts.close_timeout,
     ))
@@ -505,8 +560,8 @@ async fn serve_upgraded(start: Box<Start>) {
     drop(guard);
 }
 
-async fn reject_after_handshake(
-    stream: &TcpStream,
+async fn reject_after_handshake<T: Transport>(
+    stream: &mut T,
     code: CloseCode,
     reason: &str,
     timeout: std::time::Duration,
@@ -515,25 +570,10 @@ async fn reject_after_handshake(
     let (h, n) = proto::header(proto::OP_CLOSE, 2 + reason.len());
     let mut frame = h[..n].to_vec();
     frame.extend_from_slice(&proto::close_payload(code.0, reason));
-    let written = tokio::time::timeout(timeout, async {
-        let mut written = 0;
-        while written < frame.len() {
-            if stream.writable().await.is_err() {
-                return false;
-            }
-            match stream.try_write(&frame[written..]) {
-                Ok(0) => return false,
-                Ok(k) => written += k,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return false,
-            }
-        }
-        true
-    })
-    .await;
-    if matches!(written, Ok(true)) {
+    let written = tokio::time::timeout(timeout, write_all(stream, &frame)).await;
+    if matches!(written, Ok(Ok(()))) {
         // let the client answer, as after any close we send
-        connection::linger(stream, timeout).await;
+        linger(stream, timeout).await;
     }
 }
 
@@ -558,7 +598,7 @@ mod size_tests {
         let f = super::serve_upgraded(Box::new(super::Start {
             wss,
             socket,
-            on_upgrade: hyper::upgrade::on(http::Request::new(())),
+            on_upgrade: Some(hyper::upgrade::on(http::Request::new(()))),
             permit: None,
             request: super::ConnectRequest::for_test("/"),
             ip_slot: crate::net::per_ip::IpSlot::none(),
