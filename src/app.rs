@@ -271,17 +271,62 @@ impl App {
     /// If another route already uses the same path.
     #[track_caller]
     pub fn websocket(mut self, wss: &WebSocketServer) -> Self {
-        let path = wss.options().path.clone();
-        let w = wss.clone();
-        self.router = self.router.route(
-            &path,
-            axum::routing::any(move |req: axum::extract::Request| {
-                let w = w.clone();
-                async move { crate::ws::handle_upgrade(w, req).await }
-            }),
-        );
+        self.router = self.router.route(&wss.options().path, wss.route());
         self.servers.push(wss.clone());
         self
+    }
+
+    /// Wrap the routes added so far in a tower layer (axum's `Router::layer`): tracing,
+    /// CORS, compression, your auth middleware. The WebSocket routes added so far are
+    /// wrapped too, so request extensions your middleware sets reach the auth hook and
+    /// the connection handler ([`ConnectRequest::extensions`](crate::ws::ConnectRequest::extensions)).
+    /// Routes added later are not wrapped, as in axum.
+    ///
+    /// ```
+    /// let app = street::app(street::AppOptions::default())
+    ///     .route("/", axum::routing::get(|| async { "hi" }))
+    ///     .layer(axum::middleware::from_fn(
+    ///         |req: axum::extract::Request, next: axum::middleware::Next| async move {
+    ///             let mut res = next.run(req).await;
+    ///             res.headers_mut().insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+    ///             res
+    ///         },
+    ///     ));
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+        L::Service: Service<axum::extract::Request> + Clone + Send + Sync + 'static,
+        <L::Service as Service<axum::extract::Request>>::Response:
+            axum::response::IntoResponse + 'static,
+        <L::Service as Service<axum::extract::Request>>::Error: Into<Infallible> + 'static,
+        <L::Service as Service<axum::extract::Request>>::Future: Send + 'static,
+    {
+        self.router = self.router.layer(layer);
+        self
+    }
+
+    /// The app as a plain axum `Router`, to serve with your own server or nest in a
+    /// bigger router. Its routes, controllers, WebSocket routes and the context street's
+    /// extractors need ([`Inject`](crate::container::Inject),
+    /// [`SseRequest`](crate::sse::SseRequest) with this app's caps) come along. What
+    /// street's listener does is then yours: serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, bound connections and
+    /// header reads, and on shutdown call [`WebSocketServer::close`] on each server you
+    /// mounted and [`SseRegistry::close_all`] (see [`WebSocketServer::route`]).
+    ///
+    /// ```
+    /// let wss = street::ws::WebSocketServer::new(Default::default());
+    /// let router: axum::Router = street::app(street::AppOptions::default())
+    ///     .websocket(&wss)
+    ///     .into_router();
+    /// let host = axum::Router::new().nest("/realtime", router);
+    /// ```
+    pub fn into_router(self) -> Router {
+        self.router.layer(Extension(AppContext {
+            container: self.container,
+            sse: self.sse,
+        }))
     }
 
     /// Use this container for [`Inject`](crate::container::Inject) in handlers instead of

@@ -180,6 +180,7 @@ pub(crate) fn endpoints(flags: &Flags) -> (WebSocketServer, WebSocketServer) {
 }
 
 /// Bind, print `banner(addr)` (harnesses wait for a line), serve until SIGTERM/SIGINT.
+#[allow(dead_code)] // `embed` serves with axum's own server
 pub(crate) async fn serve(
     app: street::App,
     banner: impl FnOnce(std::net::SocketAddr) -> String,

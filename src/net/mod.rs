@@ -33,6 +33,7 @@
 //! ```
 
 pub(crate) mod body;
+mod layer;
 pub(crate) mod per_ip;
 pub(crate) mod proxy_protocol;
 
@@ -43,6 +44,7 @@ use std::str::FromStr;
 use http::HeaderMap;
 
 pub use body::BodyTimeout;
+pub use layer::{ClientAddr, ClientAddrLayer};
 pub use proxy_protocol::{encode_v1 as proxy_v1_header, encode_v2 as proxy_v2_header};
 
 use crate::ws::stats::Counter;

@@ -96,6 +96,17 @@ impl RegistryInner {
 }
 
 /// The SSE streams of one app. Cheap to clone. See the [module docs](self).
+///
+/// street's [`App`](crate::App) has one. In your own axum app, add one as an extension
+/// so [`SseRequest`] applies its caps, and call [`close_all`](Self::close_all) on
+/// shutdown:
+///
+/// ```
+/// use axum::{Extension, Router};
+/// use street::sse::SseRegistry;
+/// let streams = SseRegistry::with_limits(8_000, 500);
+/// let app: Router = Router::new().layer(Extension(streams.clone()));
+/// ```
 #[derive(Debug, Clone)]
 pub struct SseRegistry {
     inner: Arc<RegistryInner>,
@@ -320,8 +331,14 @@ impl<S: Send + Sync> FromRequestParts<S> for SseRequest {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        let slot = match parts.extensions.get::<crate::app::AppContext>() {
-            Some(ctx) => Some(ctx.sse.acquire(client)?),
+        // street's app, or an `Extension(SseRegistry)` in the host's own router
+        let registry = parts
+            .extensions
+            .get::<crate::app::AppContext>()
+            .map(|ctx| &ctx.sse)
+            .or_else(|| parts.extensions.get::<SseRegistry>());
+        let slot = match registry {
+            Some(r) => Some(r.acquire(client)?),
             None => None,
         };
         Ok(Self {

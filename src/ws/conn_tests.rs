@@ -27,7 +27,11 @@ struct Harness {
     closed: oneshot::Receiver<CloseInfo>,
 }
 
-fn start(opts: WsOptions, capacity: usize, setup: impl Fn(&Socket) + Send + Sync + 'static) -> Harness {
+fn start(
+    opts: WsOptions,
+    capacity: usize,
+    setup: impl Fn(&Socket) + Send + Sync + 'static,
+) -> Harness {
     let wss = WebSocketServer::new(opts.clone());
     let socket = Socket::new(
         SocketId::new(),
@@ -117,7 +121,10 @@ async fn read_close(io: &mut DuplexStream) -> (u16, String) {
         if op == OP_CLOSE {
             assert!(p.len() >= 2, "close frame with a code");
             let code = u16::from_be_bytes([p[0], p[1]]);
-            return (code, String::from_utf8(p[2..].to_vec()).expect("utf8 reason"));
+            return (
+                code,
+                String::from_utf8(p[2..].to_vec()).expect("utf8 reason"),
+            );
         }
     }
 }
@@ -165,6 +172,7 @@ async fn a_continuation_without_a_start_fails_with_1002() {
         .await
         .expect("write");
     assert_eq!(read_close(&mut h.client).await.0, 1002);
+    h.client.shutdown().await.expect("shutdown");
     assert_eq!(closed(&mut h).await.code, CloseCode::PROTOCOL_ERROR.0);
 }
 
@@ -198,9 +206,7 @@ async fn the_peer_closes_and_the_server_echoes_its_code_then_ends() {
 async fn the_server_closes_and_waits_for_the_peers_answer() {
     let mut h = start(WsOptions::default(), 64 * 1024, |_| {});
     h.socket.emit("last", &1).expect("emit");
-    h.socket
-        .close(CloseCode::NORMAL.0, "done")
-        .expect("close");
+    h.socket.close(CloseCode::NORMAL.0, "done").expect("close");
     // what was emitted before the close arrives first
     let (_, op, p) = read_frame(&mut h.client).await;
     assert_eq!(op, OP_TEXT);
@@ -303,7 +309,10 @@ async fn a_client_that_does_not_read_is_closed_as_a_slow_consumer() {
         .await
         .expect("write");
     assert_eq!(closed(&mut h).await.code, 4008);
-    assert!(h.socket.emit("late", &1).is_err(), "no emit after the close");
+    assert!(
+        h.socket.emit("late", &1).is_err(),
+        "no emit after the close"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -345,7 +354,11 @@ async fn a_binary_message_without_raw_handlers_is_reported_not_dropped_silently(
         echo(s);
     });
     let mut bytes = frame(true, OP_BINARY, &[1, 2, 3]);
-    bytes.extend(frame(true, OP_TEXT, br#"{"type":"echo","payload":"after"}"#));
+    bytes.extend(frame(
+        true,
+        OP_TEXT,
+        br#"{"type":"echo","payload":"after"}"#,
+    ));
     h.client.write_all(&bytes).await.expect("write");
     let (_, op, p) = read_frame(&mut h.client).await;
     assert_eq!(op, OP_TEXT);

@@ -8,9 +8,9 @@
 //! - `upgrade` and `connection`: the handshake gates and the per-connection task.
 
 mod close;
-mod connection;
 #[cfg(test)]
 mod conn_tests;
+mod connection;
 pub mod envelope;
 mod handler;
 mod heartbeat;
@@ -33,8 +33,6 @@ pub use server::{
 pub use socket::{ErrorEvent, ListenerId, RawMessage, Socket, SocketError, SocketId};
 pub use stats::StatsSnapshot;
 pub use upgrade::ConnectRequest;
-
-pub(crate) use upgrade::handle as handle_upgrade;
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API).
 #[doc(hidden)]

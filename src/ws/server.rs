@@ -265,6 +265,62 @@ impl WebSocketServer {
         }
     }
 
+    /// This server as an axum route, to mount in your own `Router` at any path, inside
+    /// your own layers, served by your own `axum::serve` or hyper server. The path in
+    /// [`WsOptions::path`] is not used here: the route's path is where you mount it, and
+    /// its parameters reach the auth hook and the connection handler
+    /// ([`ConnectRequest::path_param`]), as do the request extensions your middleware
+    /// sets ([`ConnectRequest::extensions`]).
+    ///
+    /// What the host must do:
+    /// - serve with `into_make_service_with_connect_info::<SocketAddr>()`, so per-address
+    ///   limits apply (without `ConnectInfo` they are off); behind a proxy, add
+    ///   [`TrustedProxies::layer`](crate::net::TrustedProxies::layer);
+    /// - on shutdown, call [`close`](Self::close) (1001 to every client, waits up to
+    ///   `shutdown_timeout`) from the graceful-shutdown future, before the HTTP drain:
+    ///   upgraded connections are no longer the HTTP server's, so it does not wait
+    ///   for them.
+    ///
+    /// Capacity, origin checks, auth, per-address limits, heartbeat and rate limits hold
+    /// as under [`App::websocket`](crate::App::websocket). A TLS stream or any other
+    /// transport works (street frames plain TCP itself, anything else through its
+    /// `AsyncRead + AsyncWrite`).
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use axum::{routing::get, Router};
+    /// use street::ws::{ConnectRequest, Socket, WebSocketServer, WsOptions};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let wss = WebSocketServer::new(WsOptions::default());
+    /// wss.on_connection(|socket: Socket, req: ConnectRequest| {
+    ///     let room = req.path_param("room").unwrap_or("lobby").to_owned();
+    ///     socket.emit("joined", &room)
+    /// });
+    /// let app = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .route("/ws/{room}", wss.route());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// let closing = wss.clone();
+    /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    ///     .with_graceful_shutdown(async move {
+    ///         street::app::shutdown_signal().await;
+    ///         closing.close().await;
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn route<S>(&self) -> axum::routing::MethodRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let wss = self.clone();
+        axum::routing::any(move |req: axum::extract::Request| {
+            let wss = wss.clone();
+            async move { super::upgrade::handle(wss, req).await }
+        })
+    }
+
     /// The options this server runs with.
     pub fn options(&self) -> &WsOptions {
         &self.shared.opts

@@ -34,8 +34,11 @@ thread_local! {
 pub(crate) trait Transport: Send + Unpin + 'static {
     /// Read what is available and append it to `buf`; `Ok(0)` is end of stream. Reads
     /// go through a per-thread buffer, so an idle connection holds none.
-    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut)
-        -> Poll<io::Result<usize>>;
+    fn poll_read_some(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
 
     /// Write some of `bufs`, in order.
     fn poll_write_vectored(
@@ -169,8 +172,8 @@ where
 /// Write all of `bytes`, then flush.
 pub(crate) async fn write_all<T: Transport>(io: &mut T, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        let n = std::future::poll_fn(|cx| io.poll_write_vectored(cx, &[IoSlice::new(bytes)]))
-            .await?;
+        let n =
+            std::future::poll_fn(|cx| io.poll_write_vectored(cx, &[IoSlice::new(bytes)])).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -26,8 +26,9 @@ use super::socket::{Socket, SocketId};
 use super::transport::{linger, write_all, Io, Transport};
 use crate::net::per_ip::{IpRefusal, IpSlot};
 
-/// The upgrade request as the auth hook and the connection handler see it.
-/// Cheap to clone.
+/// The upgrade request as the auth hook and the connection handler see it: method, URI,
+/// headers, the peer's address, the route's path parameters (`/ws/{room}`) and the
+/// request extensions set by the host app's middleware. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
     inner: Arc<ReqInner>,
@@ -39,6 +40,8 @@ struct ReqInner {
     uri: Uri,
     headers: HeaderMap,
     remote_addr: Option<SocketAddr>,
+    params: Vec<(Box<str>, Box<str>)>,
+    extensions: http::Extensions,
 }
 
 impl ConnectRequest {
@@ -48,12 +51,32 @@ impl ConnectRequest {
         headers: HeaderMap,
         remote_addr: Option<SocketAddr>,
     ) -> Self {
+        Self::with_parts(
+            method,
+            uri,
+            headers,
+            remote_addr,
+            Vec::new(),
+            http::Extensions::new(),
+        )
+    }
+
+    fn with_parts(
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        remote_addr: Option<SocketAddr>,
+        params: Vec<(Box<str>, Box<str>)>,
+        extensions: http::Extensions,
+    ) -> Self {
         Self {
             inner: Arc::new(ReqInner {
                 method,
                 uri,
                 headers,
                 remote_addr,
+                params,
+                extensions,
             }),
         }
     }
@@ -70,9 +93,39 @@ impl ConnectRequest {
     pub fn headers(&self) -> &HeaderMap {
         &self.inner.headers
     }
-    /// The peer's address, when served by street's listener.
+    /// The client's address: the `ConnectInfo<SocketAddr>` the server put on the request
+    /// (street's own listener, or `into_make_service_with_connect_info` in your
+    /// `axum::serve`; behind a proxy, as resolved by
+    /// [`TrustedProxies`](crate::net::TrustedProxies)). `None` without one, and then no
+    /// per-address limit applies.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.inner.remote_addr
+    }
+    /// A path parameter of the route the server is mounted on, percent-decoded: with
+    /// `.route("/ws/{room}", wss.route())`, `path_param("room")`.
+    pub fn path_param(&self, name: &str) -> Option<&str> {
+        self.inner
+            .params
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| &**v)
+    }
+    /// Every path parameter, in route order.
+    pub fn path_params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inner.params.iter().map(|(k, v)| (&**k, &**v))
+    }
+    /// The request's extensions: what middleware put there (an authenticated user from
+    /// your auth layer, a request id), besides axum's own.
+    ///
+    /// ```no_run
+    /// # fn f(req: street::ws::ConnectRequest) {
+    /// #[derive(Clone)]
+    /// struct User(String);
+    /// let user: Option<&User> = req.extensions().get::<User>();
+    /// # }
+    /// ```
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.inner.extensions
     }
     /// The first value of query parameter `name`, percent-decoded.
     ///
@@ -202,7 +255,7 @@ pub(crate) fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
-/// The axum handler behind a mounted [`WebSocketServer`].
+/// The axum handler behind a mounted [`WebSocketServer`] (see [`WebSocketServer::route`]).
 pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response {
     let (mut parts, _body) = req.into_parts();
     let shared = &wss.shared;
@@ -271,11 +324,18 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     }
 
     let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    let request = ConnectRequest::new(
+    // The route's parameters (axum keeps them in a private extension).
+    let params = match axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(p) => p.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        Err(_) => Vec::new(),
+    };
+    let request = ConnectRequest::with_parts(
         std::mem::take(&mut parts.method),
         std::mem::take(&mut parts.uri),
         std::mem::take(&mut parts.headers),
         remote,
+        params,
+        std::mem::take(&mut parts.extensions),
     );
     let headers = request.headers();
 

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use crate::common::*;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 /// A running example process, killed on drop.
 pub struct Example {
@@ -225,7 +226,17 @@ async fn shutdown_example_sends_1001_on_sigterm_and_exits_0() {
 
 #[tokio::test]
 async fn bench_server_implements_the_contract() {
-    let mut ex = start("bench_server", &[]).await;
+    contract_holds("bench_server").await;
+}
+
+/// The same contract, served by street mounted in a plain axum app on `axum::serve`.
+#[tokio::test]
+async fn embed_implements_the_contract() {
+    contract_holds("embed").await;
+}
+
+async fn contract_holds(example: &str) {
+    let mut ex = start(example, &[]).await;
     let mut a = connect(ex.addr).await;
     let mut b = connect(ex.addr).await;
     send_env(&mut a, "echo", json!({"n": [1, 2, 3]})).await;
@@ -276,16 +287,25 @@ async fn bench_server_implements_the_contract() {
 
 #[tokio::test]
 async fn bench_server_flags() {
-    let ex = start("bench_server", &[]).await;
+    contract_flags_hold("bench_server").await;
+}
+
+#[tokio::test]
+async fn embed_flags() {
+    contract_flags_hold("embed").await;
+}
+
+async fn contract_flags_hold(example: &str) {
+    let ex = start(example, &[]).await;
     drop(ex);
-    let bad = Command::new(example_path("bench_server"))
+    let bad = Command::new(example_path(example))
         .arg("--nope")
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(2));
     let port = free_port();
     let ex = {
-        let child = Command::new(example_path("bench_server"))
+        let child = Command::new(example_path(example))
             .args([
                 "--addr",
                 &format!("127.0.0.1:{port}"),
@@ -318,13 +338,42 @@ async fn bench_server_flags() {
 /// `--trusted-proxy` and `--proxy-protocol`.
 #[tokio::test]
 async fn bench_server_takes_the_per_ip_and_proxy_flags() {
-    use tokio::io::AsyncWriteExt;
-    let upgrade = |extra: &str| {
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        )
-    };
+    let ex = per_ip_and_trusted_proxy_flags_hold("bench_server").await;
+    drop(ex);
+    let ex = start_with("bench_server", free_port(), &["--proxy-protocol"], &[]).await;
+    let mut s = tokio::net::TcpStream::connect(ex.addr).await.expect("tcp");
+    let header = street::net::proxy_v1_header("198.51.100.1:5000".parse().unwrap(), ex.addr);
+    s.write_all(header.as_bytes()).await.expect("write");
+    assert_eq!(
+        http_on(&mut s, upgrade("").as_bytes()).await.map(|r| r.0),
+        Some(101)
+    );
+    // without a header: no answer
+    let mut bare = tokio::net::TcpStream::connect(ex.addr).await.expect("tcp");
+    assert_eq!(http_on(&mut bare, upgrade("").as_bytes()).await, None);
+}
+
+/// Embedded, the per-IP caps hold (axum's `ConnectInfo`) and a trusted proxy names the
+/// client (`TrustedProxies::layer`); the PROXY protocol is refused with exit code 2.
+#[tokio::test]
+async fn embed_takes_the_per_ip_and_proxy_flags() {
+    let ex = per_ip_and_trusted_proxy_flags_hold("embed").await;
+    drop(ex);
+    let refused = Command::new(example_path("embed"))
+        .args(["--proxy-protocol", "--addr", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+}
+
+fn upgrade(extra: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+async fn per_ip_and_trusted_proxy_flags_hold(example: &str) -> Example {
     let args = [
         "--max-connections-per-ip",
         "2",
@@ -333,7 +382,7 @@ async fn bench_server_takes_the_per_ip_and_proxy_flags() {
         "--trusted-proxy",
         "127.0.0.1/32",
     ];
-    let ex = start_with("bench_server", free_port(), &args, &[]).await;
+    let ex = start_with(example, free_port(), &args, &[]).await;
     // a direct client at 127.0.0.2: two WebSockets, the third gets 429
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -355,17 +404,37 @@ async fn bench_server_takes_the_per_ip_and_proxy_flags() {
         );
         via.push(s);
     }
-    drop((held, via, ex));
+    drop((held, via));
+    ex
+}
 
-    let ex = start_with("bench_server", free_port(), &["--proxy-protocol"], &[]).await;
-    let mut s = tokio::net::TcpStream::connect(ex.addr).await.expect("tcp");
-    let header = street::net::proxy_v1_header("198.51.100.1:5000".parse().unwrap(), ex.addr);
-    s.write_all(header.as_bytes()).await.expect("write");
+/// The host app's own routes and layers work around street's: `/` and `/health` are
+/// axum handlers with CORS headers from tower-http; `/ws/{room}` sees its path parameter
+/// and the request id the host's middleware set.
+#[tokio::test]
+async fn embed_mounts_street_among_the_hosts_routes_and_layers() {
+    let ex = start("embed", &[]).await;
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/health", ex.addr))
+        .header("Origin", "https://elsewhere.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
     assert_eq!(
-        http_on(&mut s, upgrade("").as_bytes()).await.map(|r| r.0),
-        Some(101)
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        Some("*".into())
     );
-    // without a header: no answer
-    let mut bare = tokio::net::TcpStream::connect(ex.addr).await.expect("tcp");
-    assert_eq!(http_on(&mut bare, upgrade("").as_bytes()).await, None);
+    assert_eq!(r.text().await.expect("body"), "ok");
+    let mut a = connect_path(ex.addr, "/ws/kitchen").await;
+    let m = recv_json(&mut a).await;
+    assert_eq!(m["type"], "welcome");
+    assert_eq!(m["payload"]["room"], "kitchen");
+    let first = m["payload"]["request_id"].as_u64().expect("a request id");
+    let mut b = connect_path(ex.addr, "/ws/caf%C3%A9").await;
+    let m = recv_json(&mut b).await;
+    assert_eq!(m["payload"]["room"], "café", "percent-decoded");
+    assert!(m["payload"]["request_id"].as_u64().expect("id") > first);
 }

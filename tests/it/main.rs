@@ -10,6 +10,7 @@ mod broadcast;
 mod capacity;
 mod chaos;
 mod demo;
+mod embed;
 mod examples;
 mod heartbeat;
 mod http_limits;
