@@ -6,6 +6,7 @@
 //!   (raw, verbatim), plus `/ws/{room}` whose connection handler greets with the path
 //!   parameter and the request id the host's middleware set;
 //! - the host's own routes: `/` and `/health`;
+//! - `--tls-cert`/`--tls-key` through [`TlsListener`] (SIGHUP reloads the files);
 //! - `--trusted-proxy` through [`TrustedProxies::layer`](street::net::TrustedProxies::layer);
 //!   `--proxy-protocol` needs street's own listener and is refused here (exit 2).
 //!
@@ -20,6 +21,7 @@ use axum::middleware::Next;
 use axum::routing::get;
 use axum::Router;
 use serde_json::value::RawValue;
+use street::tls::TlsListener;
 use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
@@ -103,16 +105,27 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         }
     }
     let servers = [ws, echo, rooms];
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let shutdown = async move {
         street::app::shutdown_signal().await;
         // WebSockets are no longer axum's once upgraded: close them here (1001).
         futures_util::future::join_all(servers.iter().map(WebSocketServer::close)).await;
-    })
-    .await;
+    };
+    let make = router.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match app.tls {
+        // `tap_io`: axum gives `ConnectInfo<SocketAddr>` to wrapped listeners
+        Some(tls) => {
+            use axum::serve::ListenerExt;
+            let tls = TlsListener::new(listener, tls, std::time::Duration::from_secs(10));
+            axum::serve(tls.tap_io(|_| {}), make)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, make)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -114,6 +114,13 @@ pub struct AppOptions {
     /// proxy reach the port: whoever connects can name any address in the header, and
     /// connections are counted per address only once it is read. Default off.
     pub proxy_protocol: bool,
+    /// Serve TLS (`https://`, `wss://`) on this port with this certificate (feature
+    /// `tls`; see [`crate::tls`]). The handshake must finish within
+    /// `header_read_timeout`; a failed or late one closes the connection (counted in
+    /// [`TlsConfig::stats`](crate::tls::TlsConfig::stats)). Default none: plain TCP.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for AppOptions {
@@ -134,6 +141,8 @@ impl Default for AppOptions {
             body_read_timeout: Duration::from_secs(30),
             trusted_proxies: TrustedProxies::default(),
             proxy_protocol: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -448,6 +457,8 @@ struct ConnContext {
     max_body: usize,
     /// Connections being answered 429 at once (each for at most a second).
     refusals: Arc<Semaphore>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 /// A server running in the background (see [`Server::spawn`]).
@@ -514,6 +525,8 @@ impl Server {
             body_timeout: opts.body_read_timeout,
             max_body: opts.max_body_bytes,
             refusals: Arc::new(Semaphore::new(MAX_REFUSING)),
+            #[cfg(feature = "tls")]
+            tls: opts.tls.clone(),
         });
         let permits = Arc::new(Semaphore::new(
             opts.max_connections.min(Semaphore::MAX_PERMITS),
@@ -623,6 +636,29 @@ async fn serve_connection(
             }
         }
     };
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &ctx.tls {
+        // Bounded like a request head: a client that stalls its handshake holds its
+        // slot for `header_read_timeout` at most.
+        let Some(stream) = tls.accept(stream, ctx.header_timeout, peer).await else {
+            return;
+        };
+        return serve_http(ctx, builder, stream, peer, stop, permit).await;
+    }
+    serve_http(ctx, builder, stream, peer, stop, permit).await;
+}
+
+/// HTTP/1 over `io` (plain TCP, or TLS), until the client is done or the server stops.
+async fn serve_http<IO>(
+    ctx: Arc<ConnContext>,
+    builder: http1::Builder,
+    io: IO,
+    peer: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    permit: OwnedSemaphorePermit,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let ctx = svc_ctx.clone();
@@ -643,7 +679,7 @@ async fn serve_connection(
         }
     });
     let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let res = tokio::select! {

@@ -39,6 +39,7 @@
 //! }
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod app;
 pub mod cluster;
@@ -49,6 +50,9 @@ pub mod metrics;
 pub mod net;
 pub mod rooms;
 pub mod sse;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 pub mod ws;
 
 pub use app::{app, App, AppOptions};

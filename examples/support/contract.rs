@@ -27,13 +27,17 @@ pub(crate) struct Flags {
     pub(crate) trusted_proxies: Vec<String>,
     /// Every connection starts with a PROXY protocol header.
     pub(crate) proxy_protocol: bool,
+    /// TLS: PEM certificate chain and key (both or neither).
+    pub(crate) tls_cert: Option<String>,
+    pub(crate) tls_key: Option<String>,
 }
 
 pub(crate) const USAGE: &str =
     "flags: [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] \
 [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N] [--max-sse-streams N] \
 [--cluster-heartbeat-ms MS] [--reconnect-hint-ms MS] [--max-connections-per-ip N] \
-[--max-handshakes-per-ip-per-sec N] [--trusted-proxy CIDR]... [--proxy-protocol]";
+[--max-handshakes-per-ip-per-sec N] [--trusted-proxy CIDR]... [--proxy-protocol] \
+[--tls-cert PATH --tls-key PATH]";
 
 pub(crate) fn parse() -> Result<Flags, String> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "9001".into());
@@ -51,6 +55,8 @@ pub(crate) fn parse() -> Result<Flags, String> {
         max_handshakes_per_ip_per_sec: 0,
         trusted_proxies: Vec::new(),
         proxy_protocol: false,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -86,6 +92,8 @@ pub(crate) fn parse() -> Result<Flags, String> {
             "--max-handshakes-per-ip-per-sec" => f.max_handshakes_per_ip_per_sec = small(val()?)?,
             "--trusted-proxy" => f.trusted_proxies.push(val()?),
             "--proxy-protocol" => f.proxy_protocol = true,
+            "--tls-cert" => f.tls_cert = Some(val()?),
+            "--tls-key" => f.tls_key = Some(val()?),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -121,6 +129,10 @@ where
         }
     };
     rt.block_on(async move {
+        // SIGHUP reloads the certificate (new connections get it; open ones keep theirs).
+        if let Some(tls) = app.tls.clone() {
+            tokio::spawn(reload_on_sighup(tls));
+        }
         // Quiet by default (nothing per message); RUST_LOG=debug for connection-level logs.
         tracing_subscriber::fmt()
             .with_env_filter(
@@ -131,6 +143,29 @@ where
             .init();
         body(flags, app).await
     })
+}
+
+async fn reload_on_sighup(tls: street::tls::TlsConfig) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => eprintln!("TLS certificate reloaded"),
+            Err(e) => eprintln!("TLS reload failed, keeping the current certificate: {e}"),
+        }
+    }
+}
+
+/// `--tls-cert` and `--tls-key`, read.
+pub(crate) fn tls(flags: &Flags) -> Result<Option<street::tls::TlsConfig>, String> {
+    match (&flags.tls_cert, &flags.tls_key) {
+        (Some(cert), Some(key)) => street::tls::TlsConfig::from_pem_files(cert, key)
+            .map(Some)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+        (None, None) => Ok(None),
+        _ => Err("--tls-cert and --tls-key go together".into()),
+    }
 }
 
 /// The app's options: `--addr`; for HTTP connections, `--max-connections` (with room for
@@ -155,6 +190,7 @@ pub(crate) fn app_options(flags: &Flags) -> Result<street::AppOptions, String> {
         max_sse_streams_per_ip: flags.max_connections_per_ip,
         trusted_proxies,
         proxy_protocol: flags.proxy_protocol,
+        tls: tls(flags)?,
         ..Default::default()
     })
 }

@@ -26,4 +26,5 @@ mod shutdown;
 mod socket_api;
 mod sse;
 mod street_js;
+mod tls;
 mod wire;
