@@ -79,6 +79,12 @@ pub struct RedisOptions {
     pub max_queue_bytes: usize,
     /// Timeout of each Redis command. Default 2 s.
     pub response_timeout: Duration,
+    /// For `rediss://` URLs (feature `tls`): a CA certificate (PEM) to trust for the
+    /// server's certificate, e.g. your own CA or a self-signed one; `None` trusts the
+    /// system's roots. Default `None`.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for RedisOptions {
@@ -92,6 +98,8 @@ impl Default for RedisOptions {
             max_queue: 10_000,
             max_queue_bytes: 64 * 1024 * 1024,
             response_timeout: Duration::from_secs(2),
+            #[cfg(feature = "tls")]
+            tls_ca_pem: None,
         }
     }
 }
@@ -104,6 +112,27 @@ impl RedisOptions {
             ..Self::default()
         }
     }
+}
+
+/// `url` asking for RESP3 (unless it names a protocol), before any `#fragment`
+/// (`rediss://host/#insecure`).
+fn with_resp3(url: &str) -> String {
+    let (base, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let mut out = if base.contains("protocol=") {
+        base.to_owned()
+    } else if base.contains('?') {
+        format!("{base}&protocol=resp3")
+    } else {
+        format!("{base}?protocol=resp3")
+    };
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 enum Cmd {
@@ -262,13 +291,15 @@ impl Shared {
     }
 
     fn client(&self) -> Result<redis::Client, BrokerError> {
-        let url = if self.opts.url.contains("protocol=") {
-            self.opts.url.clone()
-        } else if self.opts.url.contains('?') {
-            format!("{}&protocol=resp3", self.opts.url)
-        } else {
-            format!("{}?protocol=resp3", self.opts.url)
-        };
+        let url = with_resp3(&self.opts.url);
+        #[cfg(feature = "tls")]
+        if let Some(ca) = &self.opts.tls_ca_pem {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            };
+            return redis::Client::build_with_tls(url, certs).map_err(unavailable);
+        }
         redis::Client::open(url).map_err(unavailable)
     }
 
@@ -739,6 +770,23 @@ impl Broker for RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resp3_is_asked_for_before_the_fragment() {
+        assert_eq!(with_resp3("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(
+            with_resp3("redis://h:1/?a=b"),
+            "redis://h:1/?a=b&protocol=resp3"
+        );
+        assert_eq!(
+            with_resp3("rediss://h:1/#insecure"),
+            "rediss://h:1/?protocol=resp3#insecure"
+        );
+        assert_eq!(
+            with_resp3("redis://h/?protocol=resp2"),
+            "redis://h/?protocol=resp2"
+        );
+    }
 
     #[test]
     fn the_byte_budget_refuses_the_newest_and_lets_one_into_an_empty_queue() {

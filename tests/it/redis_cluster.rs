@@ -649,3 +649,94 @@ async fn garbage_on_the_bus_never_reaches_a_socket() {
     let st = b.rooms.stats().broker;
     assert_eq!(st.invalid, 3, "{st:?}");
 }
+
+/// `rediss://`: a `redis-server` that speaks only TLS (a self-signed certificate made
+/// here), two nodes trusting it through `RedisOptions::tls_ca_pem`: a broadcast crosses.
+/// A node that does not trust the certificate fails at start with a typed error.
+#[tokio::test]
+async fn nodes_reach_each_other_through_redis_over_tls() {
+    let cert = crate::tls::make_cert();
+    let port = crate::examples::free_port();
+    let cert_path = cert.cert.to_str().expect("path");
+    let key_path = cert.key.to_str().expect("path");
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert_path,
+            "--tls-key-file",
+            key_path,
+            "--tls-ca-cert-file",
+            cert_path,
+            "--tls-auth-clients",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let _redis = Redis {
+        child: Some(child),
+        port,
+    };
+    crate::examples::wait_listening(format!("127.0.0.1:{port}").parse().expect("addr")).await;
+    let url = format!("rediss://localhost:{port}");
+    let ca = std::fs::read(&cert.cert).expect("read cert");
+    let tls_node = |id: &'static str| {
+        let url = url.clone();
+        let ca = ca.clone();
+        async move {
+            node(RoomsOptions {
+                broker: Some(Arc::new(RedisBroker::new(RedisOptions {
+                    tls_ca_pem: Some(ca),
+                    ..redis_opts(&url, "tls")
+                }))),
+                node_id: Some(id.into()),
+                ..RoomsOptions::default()
+            })
+            .await
+        }
+    };
+    let mut a = tls_node("a").await;
+    let mut b = tls_node("b").await;
+    let (mut ana, _ana_s) = a.client("ana").await;
+    let (mut bo, _bo_s) = b.client("bo").await;
+    within("both nodes subscribed", async {
+        loop {
+            a.rooms.broadcast("over-tls", &json!(1)).expect("broadcast");
+            if let Ok(m) =
+                tokio::time::timeout(Duration::from_millis(200), recv_type(&mut bo, "over-tls"))
+                    .await
+            {
+                assert_eq!(m, json!(1));
+                return;
+            }
+        }
+    })
+    .await;
+    let _ = recv_type(&mut ana, "over-tls").await;
+    // no CA: the self-signed certificate is refused, and the node says so at start
+    let wss = WebSocketServer::new(WsOptions::default());
+    let refused = Rooms::new(
+        &wss,
+        RoomsOptions {
+            broker: Some(Arc::new(RedisBroker::new(redis_opts(&url, "tls")))),
+            ..RoomsOptions::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(BrokerError::Unavailable(_))),
+        "{refused:?}"
+    );
+    drop(b);
+}
