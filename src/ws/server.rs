@@ -435,7 +435,7 @@ impl WebSocketServer {
             self.shared.closing.store(true, Ordering::Release);
             for s in clients.values() {
                 let _ = s.close(
-                    CloseCode::GOING_AWAY.0,
+                    CloseCode::GOING_AWAY,
                     &self.shared.opts.close_reason("Going Away"),
                 );
             }

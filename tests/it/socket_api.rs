@@ -6,7 +6,8 @@ use crate::common::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use street::ws::{
-    CloseInfo, ConnectRequest, Envelope, ErrorEvent, Socket, SocketError, WebSocketServer,
+    CloseCode, CloseInfo, ConnectRequest, Envelope, ErrorEvent, RawMessage, Socket, SocketError,
+    WebSocketServer,
 };
 use tokio::sync::mpsc;
 
@@ -114,14 +115,45 @@ async fn wildcard_off_lifecycle_names_and_listener_limit() {
         let id = socket.on("ping", move |_: Value| {
             let _ = t.send("ping-handler".into());
         })?;
+        // lifecycle names are refused by `on`, with the typed method to use
+        for (event, method) in [
+            ("close", "on_close"),
+            ("error", "on_error"),
+            ("raw", "on_raw"),
+        ] {
+            let t = tx.clone();
+            let err = socket
+                .on(event, move |_: Value| {
+                    let _ = t.send("never".into());
+                })
+                .expect_err("a lifecycle name must be refused");
+            assert!(
+                matches!(err, SocketError::ReservedEvent { event: e, method: m } if e == event && m == method),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(&format!("Socket::{method}")), "{err}");
+            assert_eq!(socket.listener_count(event), 0);
+        }
+        // ...and reachable through the typed methods, which off/listener_count name
         let t = tx.clone();
-        socket.on("close", move |_: CloseInfo| {
+        socket.on_close(move |_: CloseInfo| {
             let _ = t.send("close-handler".into());
         })?;
         let t = tx.clone();
-        socket.on("error", move |_: ErrorEvent| {
+        socket.on_error(move |_: ErrorEvent| {
             let _ = t.send("error-handler".into());
         })?;
+        let raw = socket.on_raw(|_: RawMessage| {})?;
+        assert_eq!(
+            (
+                socket.listener_count("close"),
+                socket.listener_count("error"),
+                socket.listener_count("raw")
+            ),
+            (1, 1, 1)
+        );
+        assert!(socket.off("raw", raw));
+        assert_eq!(socket.listener_count("raw"), 0);
         let s = socket.clone();
         socket.on("unping", move |_: Value| {
             assert!(s.off("ping", id));
@@ -159,7 +191,8 @@ async fn wildcard_off_lifecycle_names_and_listener_limit() {
         Some("ping-handler")
     );
     assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("*:ping:1"));
-    // lifecycle names from the client do not trigger lifecycle handlers (only `*`)
+    // lifecycle names from the client do not trigger lifecycle handlers (only `*`): the
+    // error handler would send "error-handler" and the close handler "close-handler"
     send_env(&mut c, "close", json!({"code": 1000, "reason": "x"})).await;
     assert_eq!(
         within("rx", rx.recv()).await.as_deref(),
@@ -211,7 +244,13 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
             let _ = t.send((w.clone(), info));
         })?;
         let s = socket.clone();
-        socket.on("quit", move |code: u16| s.close(code, "server says bye"))?;
+        socket.on("quit", move |code: u16| {
+            match s.close(CloseCode(code), "server says bye") {
+                // a code the app may not send: typed error, nothing sent, still open
+                Err(SocketError::InvalidCloseCode(c)) => s.emit("refused", &c.0),
+                other => other,
+            }
+        })?;
         Ok::<_, SocketError>(())
     });
     let srv = serve(&wss).await;
@@ -235,7 +274,14 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
 
     // 3. invalid close codes are refused by the API and do not close
     let mut c = connect_path(addr, "/ws?who=bad").await;
-    send_env(&mut c, "quit", json!(1006)).await;
+    for code in [1006, 1005, 1015, 1004, 999, 2000, 5000] {
+        send_env(&mut c, "quit", json!(code)).await;
+        let r = recv_json(&mut c).await;
+        assert_eq!(
+            (r["type"].as_str(), r["payload"].as_u64()),
+            (Some("refused"), Some(code))
+        );
+    }
     send_env(&mut c, "quit", json!(1000)).await;
     assert_eq!(recv_close(&mut c).await.0, 1000);
     let (w, _) = within("close", rx.recv()).await.expect("info");
