@@ -384,3 +384,99 @@ async fn listeners_and_their_captures_are_released_when_the_socket_closes() {
     assert!(matches!(socket.emit("late", &1), Err(SocketError::Closed)));
     srv.shutdown().await;
 }
+
+/// A second `on_connection` adds a handler (like Node's `on('connection')`): they run in
+/// registration order, each (async ones too) finishing before the next; an error in one
+/// closes with 1011 and the later ones do not run.
+#[tokio::test]
+async fn connection_handlers_add_up_and_run_in_order() {
+    #[derive(Clone)]
+    struct First;
+    let wss = WebSocketServer::new(opts());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let t = tx.clone();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        socket.set(First);
+        let t2 = t.clone();
+        socket.on_close(move |_: CloseInfo| {
+            let _ = t2.send("closed".into());
+        })?;
+        let _ = t.send("1".into());
+        Ok::<_, SocketError>(())
+    });
+    let t = tx.clone();
+    wss.on_connection(move |socket: Socket, req: ConnectRequest| {
+        let t = t.clone();
+        async move {
+            // async: the next handler must wait for this future
+            tokio::task::yield_now().await;
+            assert!(
+                socket.get::<First>().is_some(),
+                "the first handler ran before"
+            );
+            let _ = t.send("2".into());
+            match req.query_param("fail") {
+                Some(_) => Err("second handler failed"),
+                None => Ok(()),
+            }
+        }
+    });
+    let t = tx.clone();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let _ = t.send("3".into());
+        socket.emit("ready", &())
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+
+    let mut c = connect(addr).await;
+    assert_eq!(recv_json(&mut c).await["type"], "ready");
+    for want in ["1", "2", "3"] {
+        assert_eq!(within("rx", rx.recv()).await.as_deref(), Some(want));
+    }
+    close(&mut c).await;
+    assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("closed"));
+
+    // the second fails: 1011, and the third never runs (the close handler comes next)
+    let mut c = connect_path(addr, "/ws?fail=1").await;
+    assert_eq!(recv_close(&mut c).await, (1011, "internal error".into()));
+    for want in ["1", "2", "closed"] {
+        assert_eq!(within("rx", rx.recv()).await.as_deref(), Some(want));
+    }
+    assert_eq!(wss.stats().handler_errors, 1);
+    srv.shutdown().await;
+    assert!(rx.try_recv().is_err());
+}
+
+/// A second `on_protocol` with the same name adds a handler for that subprotocol.
+#[tokio::test]
+async fn protocol_handlers_for_one_name_add_up() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_protocol("echo-v1", |socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on_raw(move |m: RawMessage| s.send_raw(m))?;
+        Ok::<_, SocketError>(())
+    });
+    wss.on_protocol("echo-v1", |socket: Socket, _: ConnectRequest| {
+        socket.send_text("hello")
+    });
+    let srv = serve(&wss).await;
+    let mut c = try_connect_with(
+        srv.local_addr(),
+        "/ws",
+        &[("sec-websocket-protocol", "echo-v1")],
+    )
+    .await
+    .expect("connect");
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let next_text = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(Message::Text(t))) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    };
+    assert_eq!(next_text(within("hello", c.next()).await), "hello");
+    c.send(Message::text("ping")).await.expect("send");
+    assert_eq!(next_text(within("echo", c.next()).await), "ping");
+    close(&mut c).await;
+    srv.shutdown().await;
+}
