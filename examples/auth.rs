@@ -7,7 +7,7 @@
 use axum::extract::Query;
 use street::container::Inject;
 use street::jwt::{JwtOptions, JwtService};
-use street::ws::{ConnectRequest, Socket, WebSocketServer, WsOptions};
+use street::ws::{CloseCode, ConnectRequest, Socket, WebSocketServer, WsOptions};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Claims {
@@ -36,18 +36,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wss = WebSocketServer::new(WsOptions::default());
     wss.on_connection(|socket: Socket, req: ConnectRequest| {
         let Some(token) = req.query_param("token") else {
-            let _ = socket.close(4001, "Unauthorized");
+            let _ = socket.close(CloseCode(4001), "Unauthorized");
             return;
         };
 
         let Ok(jwt) = street::container().resolve::<JwtService>() else {
-            let _ = socket.close(1011, "JWT service missing");
+            let _ = socket.close(CloseCode::INTERNAL_ERROR, "JWT service missing");
             return;
         };
         match jwt.verify::<Claims>(&token) {
             Ok(payload) => socket.set(UserId(payload.user_id)),
             Err(_) => {
-                let _ = socket.close(4001, "Invalid token");
+                let _ = socket.close(CloseCode(4001), "Invalid token");
                 return;
             }
         }

@@ -72,7 +72,7 @@ fn chat_connection_handler(
         })?;
 
         let (conns, name) = (connections.clone(), user_name);
-        socket.on("close", move |_: CloseInfo| {
+        socket.on_close(move |_: CloseInfo| {
             conns
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -29,7 +29,7 @@ async fn main() -> Result<(), street::app::AppError> {
             s.emit("echo", &data)
         })?;
 
-        socket.on("close", |_: CloseInfo| {
+        socket.on_close(|_: CloseInfo| {
             println!("Client disconnected");
         })?;
         Ok::<_, SocketError>(())

@@ -32,7 +32,7 @@
 //!     wss.on_connection(|socket: Socket, _req: ConnectRequest| {
 //!         let s = socket.clone();
 //!         socket.on("message", move |data: serde_json::Value| s.emit("echo", &data))?;
-//!         socket.on("close", |_: street::ws::CloseInfo| println!("Client disconnected"))?;
+//!         socket.on_close(|_: street::ws::CloseInfo| println!("Client disconnected"))?;
 //!         Ok::<_, SocketError>(())
 //!     });
 //!     app.websocket(&wss).listen().await

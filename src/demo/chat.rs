@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use street::rooms::PublishOptions;
-use street::ws::{ConnectRequest, Socket};
+use street::ws::{CloseCode, ConnectRequest, Socket};
 
 use super::Demo;
 
@@ -255,6 +255,6 @@ pub(crate) fn wire(demo: &Demo) {
 fn reject(socket: &Socket, reason: &str) -> Result<(), BoxError> {
     tracing::info!(reason, "closing an unauthenticated connection with 4001");
     AUTH_REJECTED.fetch_add(1, Ordering::Relaxed);
-    socket.close(4001, reason)?;
+    socket.close(CloseCode(4001), reason)?;
     Ok(())
 }

@@ -317,7 +317,9 @@ struct Inner {
     broker: Arc<dyn Broker>,
     opts: RoomsOptions,
     state: Mutex<State>,
-    authorize: RwLock<Option<Authorize>>,
+    /// Every hook given to [`Rooms::authorize`], in order (shared with readers: checking a
+    /// join clones one `Arc`).
+    authorize: RwLock<Arc<[Authorize]>>,
     joins: AtomicU64,
     leaves: AtomicU64,
     published: AtomicU64,
@@ -436,7 +438,7 @@ impl Rooms {
             broker: broker.clone(),
             opts,
             state: Mutex::new(State::default()),
-            authorize: RwLock::new(None),
+            authorize: RwLock::new(Arc::new([])),
             joins: AtomicU64::new(0),
             leaves: AtomicU64::new(0),
             published: AtomicU64::new(0),
@@ -734,12 +736,26 @@ impl Rooms {
     /// member) -> allowed`. Rooms are closed by default: without a hook every client join
     /// is refused (`room:error` "forbidden"); `rooms.authorize(|_, _, _| true)` opens
     /// them all.
+    ///
+    /// Calling it again adds a hook (it does not replace the first): a join is allowed
+    /// only when every hook allows it. They run in registration order and stop at the
+    /// first refusal; a hook that panics refuses.
+    ///
+    /// ```no_run
+    /// # fn f(rooms: street::rooms::Rooms) {
+    /// // rooms "public:…" are open to all, "staff" only to the boss
+    /// rooms.authorize(|_socket, room, _member| room.starts_with("public:") || room == "staff");
+    /// rooms.authorize(|_socket, room, member| room != "staff" || member == "boss");
+    /// # }
+    /// ```
     pub fn authorize(&self, hook: impl Fn(&Socket, &str, &str) -> bool + Send + Sync + 'static) {
-        *self
+        let mut all = self
             .inner
             .authorize
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(hook));
+            .unwrap_or_else(|p| p.into_inner());
+        let hook: Authorize = Arc::new(hook);
+        *all = all.iter().cloned().chain([hook]).collect();
     }
 
     fn count_refused_publish(&self) {
@@ -774,16 +790,18 @@ impl Rooms {
     }
 
     fn allowed(&self, socket: &Socket, room: &str, member: &str) -> bool {
-        let hook = self
+        let hooks = self
             .inner
             .authorize
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let ok = hook.is_some_and(|h| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(socket, room, member)))
-                .unwrap_or(false)
-        });
+        // Closed without a hook; with hooks, every one must allow.
+        let ok = !hooks.is_empty()
+            && hooks.iter().all(|h| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(socket, room, member)))
+                    .unwrap_or(false)
+            });
         if !ok {
             self.inner.denied.fetch_add(1, Ordering::Relaxed);
         }

@@ -16,7 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A WebSocket close status code.
+/// A WebSocket close status code, as [`Socket::close`](super::Socket::close) takes it:
+/// a constant below, or `CloseCode(4000..=4999)` for an application's own codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CloseCode(pub u16);
 

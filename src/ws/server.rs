@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::close::{CloseCode, CloseInfo};
 use super::envelope::{self, EnvelopeError};
-use super::handler::{BoxFuture, DispatchOut, Handler2};
+use super::handler::{run_dispatch, BoxFuture, Dispatch, DispatchOut, Handler2};
 use super::origin::Origin;
 use super::socket::{Socket, SocketId};
 use super::stats::{Stats, StatsSnapshot};
@@ -60,6 +60,60 @@ impl AuthRejection {
 pub(crate) type AuthFn =
     Arc<dyn Fn(ConnectRequest) -> BoxFuture<Result<http::Extensions, AuthRejection>> + Send + Sync>;
 type ConnFn = Arc<dyn Fn(Socket, ConnectRequest) -> DispatchOut + Send + Sync>;
+
+/// One connection handler running `hooks` in order; the first error stops the chain and
+/// is the chain's error. Inline handlers run inline until the first one that returns a
+/// future; the rest run after it, in the same future.
+fn chain_connection(hooks: Arc<[ConnFn]>) -> ConnFn {
+    Arc::new(move |socket: Socket, req: ConnectRequest| {
+        let mut next = 0;
+        while let Some(h) = hooks.get(next) {
+            next += 1;
+            match h(socket.clone(), req.clone()).0 {
+                Dispatch::Done(Ok(())) => {}
+                Dispatch::Done(Err(e)) => return DispatchOut(Dispatch::Done(Err(e))),
+                Dispatch::Pending(fut) => {
+                    let hooks = hooks.clone();
+                    return DispatchOut(Dispatch::Pending(Box::pin(async move {
+                        fut.await?;
+                        for h in hooks.get(next..).unwrap_or_default() {
+                            let (s, r) = (socket.clone(), req.clone());
+                            run_dispatch(move || h(s, r)).await?;
+                        }
+                        Ok(())
+                    })));
+                }
+            }
+        }
+        DispatchOut(Dispatch::Done(Ok(())))
+    })
+}
+
+/// One auth hook running `hooks` in order: each must accept, the first rejection is the
+/// chain's; the data every hook returned is merged (a later hook's value of the same type
+/// replaces an earlier one's).
+fn chain_auth(hooks: Arc<[AuthFn]>) -> AuthFn {
+    Arc::new(move |req: ConnectRequest| {
+        let hooks = hooks.clone();
+        Box::pin(async move {
+            let mut data = http::Extensions::new();
+            for h in hooks.iter() {
+                data.extend(h(req.clone()).await?);
+            }
+            Ok(data)
+        })
+    })
+}
+
+/// Add `hook` to `all` and return what to run: the hook itself when it is the only one
+/// (so one hook costs nothing more than before), else a chain of them all.
+fn add_hook<F: Clone>(all: &mut Vec<F>, hook: F, chain: impl FnOnce(Arc<[F]>) -> F) -> F {
+    all.push(hook);
+    match all.as_slice() {
+        [only] => only.clone(),
+        many => chain(many.into()),
+    }
+}
 
 /// Options for a [`WebSocketServer`]. Every field has a default (the seed's where it has
 /// one); set what you need and use `..Default::default()`.
@@ -171,6 +225,14 @@ impl Default for WsOptions {
     }
 }
 
+/// The hooks behind [`Shared::on_connection`], [`Shared::protocols`] and [`Shared::auth`].
+#[derive(Default)]
+struct Hooks {
+    connection: Vec<ConnFn>,
+    protocols: Vec<(String, Vec<ConnFn>)>,
+    auth: Vec<AuthFn>,
+}
+
 pub(crate) struct Shared {
     pub(crate) opts: WsOptions,
     pub(crate) allowed: Vec<Origin>,
@@ -182,9 +244,14 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     pub(crate) empty: Notify,
     pub(crate) heartbeat_started: AtomicBool,
+    /// What runs for a connection without a subprotocol: the registered handlers, chained.
     pub(crate) on_connection: RwLock<Option<ConnFn>>,
+    /// What runs for each served subprotocol: its registered handlers, chained.
     pub(crate) protocols: RwLock<Vec<(String, ConnFn)>>,
+    /// What runs before an upgrade: the registered auth hooks, chained.
     pub(crate) auth: RwLock<Option<AuthFn>>,
+    /// Every hook registered, in order (read only when one is added).
+    hooks: Mutex<Hooks>,
     pub(crate) close_lock: tokio::sync::Mutex<()>,
     pub(crate) closed_done: Mutex<bool>,
     pub(crate) per_ip: Arc<crate::net::per_ip::PerIp>,
@@ -254,6 +321,7 @@ impl WebSocketServer {
                 on_connection: RwLock::new(None),
                 protocols: RwLock::new(Vec::new()),
                 auth: RwLock::new(None),
+                hooks: Mutex::new(Hooks::default()),
                 close_lock: tokio::sync::Mutex::new(()),
                 closed_done: Mutex::new(false),
                 per_ip: crate::net::per_ip::PerIp::new(
@@ -326,33 +394,75 @@ impl WebSocketServer {
         &self.shared.opts
     }
 
-    /// Set the connection handler (`wss.on('connection', …)` in the seed). It runs before
-    /// the socket's first message is dispatched, so listeners it registers see every
-    /// message. It may be async, and may return `Result<(), E>`: an error closes the
-    /// socket with 1011.
+    /// Add a connection handler (`wss.on('connection', …)` in the seed). Handlers run
+    /// before the socket's first message is dispatched, so listeners they register see
+    /// every message. Each may be async, and may return `Result<(), E>`.
+    ///
+    /// Calling it again adds a handler, as Node's `on('connection')` does (it does not
+    /// replace the first): the handlers run one after the other in registration order,
+    /// each finishing (its future too) before the next starts. An error (or a panic) in
+    /// one closes the socket with 1011 and the later ones do not run. Closing the socket
+    /// from a handler does not stop the later ones.
+    ///
+    /// ```no_run
+    /// use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
+    /// # let wss = WebSocketServer::new(Default::default());
+    /// #[derive(Clone)]
+    /// struct Greeted;
+    /// wss.on_connection(|socket: Socket, _: ConnectRequest| socket.set(Greeted));
+    /// // runs second: sees what the first one did
+    /// wss.on_connection(|socket: Socket, _: ConnectRequest| async move {
+    ///     assert!(socket.get::<Greeted>().is_some());
+    ///     socket.emit("hello", "world")
+    /// });
+    /// ```
     pub fn on_connection<M, H>(&self, handler: H)
     where
         H: Handler2<Socket, ConnectRequest, M>,
     {
         let f: ConnFn = Arc::new(move |s, r| handler.call(s, r));
-        *write(&self.shared.on_connection) = Some(f);
+        let mut hooks = lock(&self.shared.hooks);
+        let run = add_hook(&mut hooks.connection, f, chain_connection);
+        *write(&self.shared.on_connection) = Some(run);
     }
 
     /// Handle connections that negotiate the WebSocket subprotocol `name`
     /// (StreetJS's `attachProtocol`). Their frames are not parsed as envelopes: register
     /// [`Socket::on_raw`] and answer with [`Socket::send_text`]/[`Socket::send_binary`].
     /// Capacity, origin, auth and heartbeat apply as for every connection.
+    ///
+    /// Calling it again with a name already registered adds a handler for that
+    /// subprotocol, with the same semantics as [`on_connection`](Self::on_connection):
+    /// the handlers run in registration order, and the first error closes with 1011.
     pub fn on_protocol<M, H>(&self, name: &str, handler: H)
     where
         H: Handler2<Socket, ConnectRequest, M>,
     {
         let f: ConnFn = Arc::new(move |s, r| handler.call(s, r));
-        write(&self.shared.protocols).push((name.to_owned(), f));
+        let mut hooks = lock(&self.shared.hooks);
+        let run = match hooks.protocols.iter_mut().find(|(n, _)| n == name) {
+            Some((_, all)) => add_hook(all, f, chain_connection),
+            None => {
+                hooks.protocols.push((name.to_owned(), vec![f.clone()]));
+                f
+            }
+        };
+        let mut served = write(&self.shared.protocols);
+        match served.iter_mut().find(|(n, _)| n == name) {
+            Some((_, current)) => *current = run,
+            None => served.push((name.to_owned(), run)),
+        }
     }
 
-    /// Set the auth hook, run before the upgrade with the request's method, URI (with
+    /// Add an auth hook, run before the upgrade with the request's method, URI (with
     /// query), headers and peer address. `Ok(value)` lets the connection in and attaches
     /// `value` to the socket (read it with [`Socket::get`]); `Err` refuses it with 401.
+    ///
+    /// Calling it again adds a hook (it does not replace the first): the hooks run one
+    /// after the other in registration order and all must accept. The first rejection (or
+    /// panic) refuses the upgrade with 401 and the later hooks do not run. When all
+    /// accept, each hook's value is attached to the socket; two hooks returning the same
+    /// type leave the later one's value.
     ///
     /// ```no_run
     /// # let wss = street::ws::WebSocketServer::new(Default::default());
@@ -381,7 +491,9 @@ impl WebSocketServer {
                 Ok(ext)
             })
         });
-        *write(&self.shared.auth) = Some(f);
+        let mut hooks = lock(&self.shared.hooks);
+        let run = add_hook(&mut hooks.auth, f, chain_auth);
+        *write(&self.shared.auth) = Some(run);
     }
 
     /// Send `{"type":event,"payload":…,"ts":…}` to every connected client. The envelope is
@@ -491,7 +603,7 @@ impl WebSocketServer {
             self.shared.closing.store(true, Ordering::Release);
             for s in clients.values() {
                 let _ = s.close(
-                    CloseCode::GOING_AWAY.0,
+                    CloseCode::GOING_AWAY,
                     &self.shared.opts.close_reason("Going Away"),
                 );
             }

@@ -50,9 +50,25 @@ pub struct ListenerId(u64);
 /// Pongs queued at most per connection (older ones are dropped under a ping flood).
 const MAX_PENDING_PONGS: usize = 16;
 
-/// Event names with a lifecycle meaning. `on()` with one of these registers a lifecycle
-/// handler; a client frame whose `type` is one of these never triggers lifecycle handlers.
+/// Event names with a lifecycle meaning, reachable only through the typed methods
+/// [`Socket::on_close`], [`Socket::on_error`] and [`Socket::on_raw`].
+///
+/// [`Socket::on`] refuses them ([`SocketError::ReservedEvent`]); [`Socket::off`] and
+/// [`Socket::listener_count`] accept them (they name the typed listeners). A client
+/// envelope whose `type` is one of these (`{"type":"close",…}`) is an ordinary message
+/// that only `"*"` handlers see: it never reaches a lifecycle handler, so a client cannot
+/// fake a close, an error or a raw frame.
 pub const LIFECYCLE_EVENTS: &[&str] = &["close", "error", "raw"];
+
+/// The typed method that registers the lifecycle event `event`, if it is one.
+fn lifecycle_method(event: &str) -> Option<(&'static str, &'static str)> {
+    match event {
+        "close" => Some(("close", "on_close")),
+        "error" => Some(("error", "on_error")),
+        "raw" => Some(("raw", "on_raw")),
+        _ => None,
+    }
+}
 
 /// Errors from the socket API.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +101,21 @@ pub enum SocketError {
         /// The limit.
         limit: usize,
     },
-    /// A close code that may not be sent (RFC 6455 §7.4).
+    /// A close code that may not be sent (RFC 6455 §7.4): 1004–1006, 1015, codes below
+    /// 1000, and the reserved 1016–2999 and 5000+. Nothing is sent; the socket stays open.
     #[error("close code {0} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)")]
-    InvalidCloseCode(u16),
+    InvalidCloseCode(CloseCode),
+    /// [`Socket::on`] was given a lifecycle event name (see [`LIFECYCLE_EVENTS`]); those
+    /// are registered with their typed method, named in `method`.
+    #[error(
+        "\"{event}\" is a lifecycle event, not a message event: register it with Socket::{method}"
+    )]
+    ReservedEvent {
+        /// The refused name: `"close"`, `"error"` or `"raw"`.
+        event: &'static str,
+        /// The method to use instead: `"on_close"`, `"on_error"` or `"on_raw"`.
+        method: &'static str,
+    },
 }
 
 /// An error delivered to a socket's `error` handlers. Nothing here closes the connection.
@@ -465,15 +493,30 @@ impl Socket {
         Ok(())
     }
 
-    /// Start the closing handshake. Messages emitted before this call are delivered first.
-    /// The reason is cut to 123 bytes. Calling it on a closed socket does nothing.
+    /// Start the closing handshake with `code` and `reason`. Messages emitted before this
+    /// call are delivered first. The reason is cut to 123 bytes. Calling it on a closed
+    /// socket does nothing.
+    ///
+    /// Use a [`CloseCode`] constant, or `CloseCode(4000..=4999)` for application codes.
     ///
     /// # Errors
-    /// [`SocketError::InvalidCloseCode`] for codes that may not be sent (e.g. 1005, 1006).
-    pub fn close(&self, code: u16, reason: &str) -> Result<(), SocketError> {
-        let code = CloseCode(code);
+    /// [`SocketError::InvalidCloseCode`] for a code that may not be sent (see
+    /// [`CloseCode::is_sendable`]: e.g. 1005, 1006, 1015, 999); nothing is sent then and
+    /// the socket stays open.
+    ///
+    /// ```no_run
+    /// # fn f(socket: street::ws::Socket) -> Result<(), street::ws::SocketError> {
+    /// use street::ws::{CloseCode, SocketError};
+    /// assert!(matches!(
+    ///     socket.close(CloseCode::ABNORMAL, "no"),
+    ///     Err(SocketError::InvalidCloseCode(CloseCode::ABNORMAL))
+    /// ));
+    /// socket.close(CloseCode(4001), "Unauthorized")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SocketError> {
         if !code.is_sendable() {
-            return Err(SocketError::InvalidCloseCode(code.0));
+            return Err(SocketError::InvalidCloseCode(code));
         }
         let mut st = self.inner.outbox.lock();
         if st.closing || st.kill.is_some() {
@@ -561,18 +604,22 @@ impl Socket {
     /// `serde_json::Value` for anything). A payload that does not fit `T` is counted and
     /// reported to the `error` handlers; the connection stays open.
     ///
-    /// `event` may also be `"*"` (receives every envelope, see [`Envelope`](super::Envelope)),
-    /// or a lifecycle name: `"close"` (argument: [`CloseInfo`]), `"error"` ([`ErrorEvent`]),
-    /// `"raw"` ([`RawMessage`] as JSON-less values are not possible, use [`Socket::on_raw`]).
+    /// `event` may also be `"*"`: it receives every envelope, see
+    /// [`Envelope`](super::Envelope). The lifecycle names `"close"`, `"error"` and `"raw"`
+    /// are refused: register those with [`Socket::on_close`], [`Socket::on_error`] and
+    /// [`Socket::on_raw`], which are typed. A client envelope named like them reaches only
+    /// `"*"` handlers (see [`LIFECYCLE_EVENTS`]).
     ///
     /// Handlers may be plain closures or return futures; one socket's messages are handled
     /// in order, each handler finishing before the next message is dispatched.
     ///
     /// # Errors
+    /// [`SocketError::ReservedEvent`] for `"close"`, `"error"` and `"raw"`;
     /// [`SocketError::TooManyListeners`] beyond 64 listeners for one event (configurable).
     ///
     /// ```no_run
     /// # fn f(socket: street::ws::Socket) -> Result<(), street::ws::SocketError> {
+    /// use street::ws::{CloseInfo, SocketError};
     /// #[derive(serde::Deserialize)]
     /// struct Chat { text: String }
     /// let s = socket.clone();
@@ -580,6 +627,12 @@ impl Socket {
     /// socket.on("slow", |n: u64| async move {
     ///     tokio::time::sleep(std::time::Duration::from_millis(n)).await;
     /// })?;
+    /// // lifecycle events have typed methods
+    /// assert!(matches!(
+    ///     socket.on("close", |_: CloseInfo| {}),
+    ///     Err(SocketError::ReservedEvent { method: "on_close", .. })
+    /// ));
+    /// socket.on_close(|info: CloseInfo| println!("closed with {}", info.code))?;
     /// # Ok(()) }
     /// ```
     pub fn on<T, M, H>(&self, event: &str, handler: H) -> Result<ListenerId, SocketError>
@@ -587,28 +640,8 @@ impl Socket {
         T: DeserializeOwned + Send + 'static,
         H: Handler<T, M>,
     {
-        match event {
-            "close" => {
-                return self.add_close(Arc::new(move |info: CloseInfo| match serde_json::to_value(
-                    &info,
-                )
-                .and_then(serde_json::from_value::<T>)
-                {
-                    Ok(t) => handler.call(t),
-                    Err(_) => DispatchOut(super::handler::Dispatch::Done(Ok(()))),
-                }))
-            }
-            "error" => {
-                return self.add_error(Arc::new(
-                    move |ev: ErrorEvent| match serde_json::to_value(&ev)
-                        .and_then(serde_json::from_value::<T>)
-                    {
-                        Ok(t) => handler.call(t),
-                        Err(_) => DispatchOut(super::handler::Dispatch::Done(Ok(()))),
-                    },
-                ))
-            }
-            _ => {}
+        if let Some((event, method)) = lifecycle_method(event) {
+            return Err(SocketError::ReservedEvent { event, method });
         }
         let erased: Erased = Arc::new(move |payload: Option<&RawValue>, _ev: &str| {
             let text = payload.map_or("null", RawValue::get);
@@ -713,8 +746,8 @@ impl Socket {
         Ok(id)
     }
 
-    /// Remove a listener registered with `on`, `on_close`, `on_error` or `on_raw`.
-    /// Returns whether it was found.
+    /// Remove a listener registered with `on`, `on_close`, `on_error` or `on_raw` (pass
+    /// `"close"`, `"error"` or `"raw"` for the last three). Returns whether it was found.
     pub fn off(&self, event: &str, id: ListenerId) -> bool {
         let mut l = lock(&self.inner.listeners);
         let before = l.entries.len();
@@ -723,7 +756,8 @@ impl Socket {
         l.entries.len() != before
     }
 
-    /// Number of listeners registered for `event`.
+    /// Number of listeners registered for `event` (`"close"`, `"error"` and `"raw"` count
+    /// the typed lifecycle listeners).
     pub fn listener_count(&self, event: &str) -> usize {
         lock(&self.inner.listeners).count(event)
     }
@@ -764,7 +798,8 @@ impl Socket {
     // ---- dispatch (called by the connection task) ----
 
     /// Handlers for one incoming envelope, in registration order: the event's own
-    /// handlers (unless the name is a lifecycle name), then `*` handlers.
+    /// handlers, then `*` handlers. An envelope named `*` or like a lifecycle event gets
+    /// only `*` handlers (`on` refuses lifecycle names; the check here keeps it so).
     pub(crate) fn handlers_for(&self, event: &str) -> (Vec<Erased>, Vec<Erased>) {
         let l = lock(&self.inner.listeners);
         let lifecycle = LIFECYCLE_EVENTS.contains(&event) || event == "*";
@@ -875,3 +910,66 @@ fn spawn_dispatch(out: DispatchOut) {
 /// Allow `Outcome` to be named in bounds by users writing generic helpers.
 #[doc(hidden)]
 pub fn _assert_outcome<O: Outcome>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket() -> Socket {
+        Socket::new(
+            SocketId::new(),
+            Arc::default(),
+            1 << 20,
+            64,
+            None,
+            None,
+            http::Extensions::new(),
+        )
+    }
+
+    #[test]
+    fn on_refuses_lifecycle_names_and_names_the_typed_method() {
+        let s = socket();
+        for (event, method) in [
+            ("close", "on_close"),
+            ("error", "on_error"),
+            ("raw", "on_raw"),
+        ] {
+            let err = s
+                .on(event, |_: serde_json::Value| {})
+                .expect_err("reserved");
+            assert!(
+                matches!(err, SocketError::ReservedEvent { event: e, method: m } if e == event && m == method)
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("\"{event}\" is a lifecycle event, not a message event: register it with Socket::{method}")
+            );
+            assert_eq!(s.listener_count(event), 0);
+        }
+        // the typed methods work, and off/listener_count take their names
+        let id = s.on_close(|_: CloseInfo| {}).expect("on_close");
+        assert_eq!(s.listener_count("close"), 1);
+        assert!(s.off("close", id));
+        assert_eq!(s.listener_count("close"), 0);
+        // ordinary names and "*" are still accepted
+        s.on("closed", |_: serde_json::Value| {}).expect("on");
+        s.on("*", |_: serde_json::Value| {}).expect("on *");
+    }
+
+    #[test]
+    fn close_refuses_codes_that_may_not_be_sent_and_stays_open() {
+        let s = socket();
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert!(
+                matches!(s.close(CloseCode(code), "x"), Err(SocketError::InvalidCloseCode(c)) if c.0 == code),
+                "{code}"
+            );
+            assert!(!s.closed(), "{code}");
+        }
+        s.close(CloseCode(4001), "bye").expect("4001 may be sent");
+        assert!(s.closed());
+        // closing again is a no-op
+        s.close(CloseCode::NORMAL, "again").expect("no-op");
+    }
+}

@@ -599,7 +599,7 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
         if let Err(e) = Box::pin(run_dispatch(move || handler(s, request))).await {
             shared.stats.handler_errors.inc();
             tracing::warn!(socket = %socket.id(), error = %e, "connection handler failed; closing with 1011");
-            let _ = socket.close(CloseCode::INTERNAL_ERROR.0, "internal error");
+            let _ = socket.close(CloseCode::INTERNAL_ERROR, "internal error");
         }
     }
     socket.compact();

@@ -62,3 +62,77 @@ async fn auth_hook_runs_before_the_upgrade_and_its_value_rides_on_the_socket() {
     assert_eq!(wss.stats().rejected_auth, 4);
     srv.shutdown().await;
 }
+
+#[derive(Clone, Debug, PartialEq)]
+struct User(String);
+#[derive(Clone, Debug, PartialEq)]
+struct Role(String);
+
+/// A second `auth` adds a hook: both run in order, both values ride on the socket, and
+/// the first rejection is a 401 (later hooks do not run).
+#[tokio::test]
+async fn auth_hooks_add_up_all_must_accept_and_each_value_is_attached() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let wss = WebSocketServer::new(opts());
+    let second_ran = Arc::new(AtomicUsize::new(0));
+    let connected = Arc::new(AtomicUsize::new(0));
+    wss.auth(|req: ConnectRequest| async move {
+        match req.query_param("token").as_deref() {
+            Some("good") => Ok(User("u1".into())),
+            _ => Err(AuthRejection::new("bad token")),
+        }
+    });
+    let ran = second_ran.clone();
+    wss.auth(move |req: ConnectRequest| {
+        ran.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match req.query_param("role") {
+                Some(r) if r != "banned" => Ok(Role(r)),
+                _ => Err(AuthRejection::new("no role")),
+            }
+        }
+    });
+    let conns = connected.clone();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        conns.fetch_add(1, Ordering::SeqCst);
+        let user = socket.get::<User>().map(|u| u.0);
+        let role = socket.get::<Role>().map(|r| r.0);
+        let _ = socket.emit("hello", &serde_json::json!({"user": user, "role": role}));
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+
+    // both accept: both values are on the socket
+    let mut c = try_connect_with(addr, "/ws?token=good&role=admin", &[])
+        .await
+        .expect("connect");
+    assert_eq!(
+        recv_json(&mut c).await["payload"],
+        serde_json::json!({"user": "u1", "role": "admin"})
+    );
+    assert_eq!(second_ran.load(Ordering::SeqCst), 1);
+
+    // the second rejects: 401
+    for path in ["/ws?token=good&role=banned", "/ws?token=good"] {
+        assert_eq!(try_connect_with(addr, path, &[]).await.err(), Some(401));
+    }
+    assert_eq!(second_ran.load(Ordering::SeqCst), 3);
+
+    // the first rejects: 401, and the second never ran
+    assert_eq!(
+        try_connect_with(addr, "/ws?token=bad&role=admin", &[])
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_eq!(second_ran.load(Ordering::SeqCst), 3);
+    assert_eq!(wss.stats().rejected_auth, 3);
+    assert_eq!(
+        connected.load(Ordering::SeqCst),
+        1,
+        "refused upgrades never connect"
+    );
+    srv.shutdown().await;
+}

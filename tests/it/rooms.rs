@@ -752,3 +752,26 @@ async fn typing_timers_do_not_outlive_a_rejoin() {
     .await;
     assert_eq!(n.rooms.typing_members("r"), ["ana"]);
 }
+
+/// A second `authorize` adds a hook: a join needs every hook's consent.
+#[tokio::test]
+async fn authorize_hooks_add_up_and_all_must_allow() {
+    let mut n = node(RoomsOptions::default()).await;
+    n.rooms.authorize(|_s, room, _member| room != "closed");
+    n.rooms
+        .authorize(|_s, room, member| room != "staff" || member == "boss");
+    let (mut ana, _a) = n.client("ana").await;
+    let (mut boss, _b) = n.client("boss").await;
+    join_room(&mut ana, "general").await;
+    // refused by the second hook only, then by the first only
+    for (c, room) in [(&mut ana, "staff"), (&mut boss, "closed")] {
+        send_env(c, "room:join", json!({"channel": room})).await;
+        assert_eq!(
+            next_is(c, "room:error").await,
+            json!({"channel": room, "action": "join", "reason": "forbidden"})
+        );
+    }
+    join_room(&mut boss, "staff").await;
+    assert_eq!(n.rooms.stats().denied, 2);
+    assert!(n.rooms.local_presence("closed").is_empty());
+}

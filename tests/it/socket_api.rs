@@ -6,7 +6,8 @@ use crate::common::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use street::ws::{
-    CloseInfo, ConnectRequest, Envelope, ErrorEvent, Socket, SocketError, WebSocketServer,
+    CloseCode, CloseInfo, ConnectRequest, Envelope, ErrorEvent, RawMessage, Socket, SocketError,
+    WebSocketServer,
 };
 use tokio::sync::mpsc;
 
@@ -114,14 +115,45 @@ async fn wildcard_off_lifecycle_names_and_listener_limit() {
         let id = socket.on("ping", move |_: Value| {
             let _ = t.send("ping-handler".into());
         })?;
+        // lifecycle names are refused by `on`, with the typed method to use
+        for (event, method) in [
+            ("close", "on_close"),
+            ("error", "on_error"),
+            ("raw", "on_raw"),
+        ] {
+            let t = tx.clone();
+            let err = socket
+                .on(event, move |_: Value| {
+                    let _ = t.send("never".into());
+                })
+                .expect_err("a lifecycle name must be refused");
+            assert!(
+                matches!(err, SocketError::ReservedEvent { event: e, method: m } if e == event && m == method),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(&format!("Socket::{method}")), "{err}");
+            assert_eq!(socket.listener_count(event), 0);
+        }
+        // ...and reachable through the typed methods, which off/listener_count name
         let t = tx.clone();
-        socket.on("close", move |_: CloseInfo| {
+        socket.on_close(move |_: CloseInfo| {
             let _ = t.send("close-handler".into());
         })?;
         let t = tx.clone();
-        socket.on("error", move |_: ErrorEvent| {
+        socket.on_error(move |_: ErrorEvent| {
             let _ = t.send("error-handler".into());
         })?;
+        let raw = socket.on_raw(|_: RawMessage| {})?;
+        assert_eq!(
+            (
+                socket.listener_count("close"),
+                socket.listener_count("error"),
+                socket.listener_count("raw")
+            ),
+            (1, 1, 1)
+        );
+        assert!(socket.off("raw", raw));
+        assert_eq!(socket.listener_count("raw"), 0);
         let s = socket.clone();
         socket.on("unping", move |_: Value| {
             assert!(s.off("ping", id));
@@ -159,7 +191,8 @@ async fn wildcard_off_lifecycle_names_and_listener_limit() {
         Some("ping-handler")
     );
     assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("*:ping:1"));
-    // lifecycle names from the client do not trigger lifecycle handlers (only `*`)
+    // lifecycle names from the client do not trigger lifecycle handlers (only `*`): the
+    // error handler would send "error-handler" and the close handler "close-handler"
     send_env(&mut c, "close", json!({"code": 1000, "reason": "x"})).await;
     assert_eq!(
         within("rx", rx.recv()).await.as_deref(),
@@ -211,7 +244,13 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
             let _ = t.send((w.clone(), info));
         })?;
         let s = socket.clone();
-        socket.on("quit", move |code: u16| s.close(code, "server says bye"))?;
+        socket.on("quit", move |code: u16| {
+            match s.close(CloseCode(code), "server says bye") {
+                // a code the app may not send: typed error, nothing sent, still open
+                Err(SocketError::InvalidCloseCode(c)) => s.emit("refused", &c.0),
+                other => other,
+            }
+        })?;
         Ok::<_, SocketError>(())
     });
     let srv = serve(&wss).await;
@@ -235,7 +274,14 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
 
     // 3. invalid close codes are refused by the API and do not close
     let mut c = connect_path(addr, "/ws?who=bad").await;
-    send_env(&mut c, "quit", json!(1006)).await;
+    for code in [1006, 1005, 1015, 1004, 999, 2000, 5000] {
+        send_env(&mut c, "quit", json!(code)).await;
+        let r = recv_json(&mut c).await;
+        assert_eq!(
+            (r["type"].as_str(), r["payload"].as_u64()),
+            (Some("refused"), Some(code))
+        );
+    }
     send_env(&mut c, "quit", json!(1000)).await;
     assert_eq!(recv_close(&mut c).await.0, 1000);
     let (w, _) = within("close", rx.recv()).await.expect("info");
@@ -336,5 +382,101 @@ async fn listeners_and_their_captures_are_released_when_the_socket_closes() {
         "the listener (and its cycle) was dropped"
     );
     assert!(matches!(socket.emit("late", &1), Err(SocketError::Closed)));
+    srv.shutdown().await;
+}
+
+/// A second `on_connection` adds a handler (like Node's `on('connection')`): they run in
+/// registration order, each (async ones too) finishing before the next; an error in one
+/// closes with 1011 and the later ones do not run.
+#[tokio::test]
+async fn connection_handlers_add_up_and_run_in_order() {
+    #[derive(Clone)]
+    struct First;
+    let wss = WebSocketServer::new(opts());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let t = tx.clone();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        socket.set(First);
+        let t2 = t.clone();
+        socket.on_close(move |_: CloseInfo| {
+            let _ = t2.send("closed".into());
+        })?;
+        let _ = t.send("1".into());
+        Ok::<_, SocketError>(())
+    });
+    let t = tx.clone();
+    wss.on_connection(move |socket: Socket, req: ConnectRequest| {
+        let t = t.clone();
+        async move {
+            // async: the next handler must wait for this future
+            tokio::task::yield_now().await;
+            assert!(
+                socket.get::<First>().is_some(),
+                "the first handler ran before"
+            );
+            let _ = t.send("2".into());
+            match req.query_param("fail") {
+                Some(_) => Err("second handler failed"),
+                None => Ok(()),
+            }
+        }
+    });
+    let t = tx.clone();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let _ = t.send("3".into());
+        socket.emit("ready", &())
+    });
+    let srv = serve(&wss).await;
+    let addr = srv.local_addr();
+
+    let mut c = connect(addr).await;
+    assert_eq!(recv_json(&mut c).await["type"], "ready");
+    for want in ["1", "2", "3"] {
+        assert_eq!(within("rx", rx.recv()).await.as_deref(), Some(want));
+    }
+    close(&mut c).await;
+    assert_eq!(within("rx", rx.recv()).await.as_deref(), Some("closed"));
+
+    // the second fails: 1011, and the third never runs (the close handler comes next)
+    let mut c = connect_path(addr, "/ws?fail=1").await;
+    assert_eq!(recv_close(&mut c).await, (1011, "internal error".into()));
+    for want in ["1", "2", "closed"] {
+        assert_eq!(within("rx", rx.recv()).await.as_deref(), Some(want));
+    }
+    assert_eq!(wss.stats().handler_errors, 1);
+    srv.shutdown().await;
+    assert!(rx.try_recv().is_err());
+}
+
+/// A second `on_protocol` with the same name adds a handler for that subprotocol.
+#[tokio::test]
+async fn protocol_handlers_for_one_name_add_up() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_protocol("echo-v1", |socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on_raw(move |m: RawMessage| s.send_raw(m))?;
+        Ok::<_, SocketError>(())
+    });
+    wss.on_protocol("echo-v1", |socket: Socket, _: ConnectRequest| {
+        socket.send_text("hello")
+    });
+    let srv = serve(&wss).await;
+    let mut c = try_connect_with(
+        srv.local_addr(),
+        "/ws",
+        &[("sec-websocket-protocol", "echo-v1")],
+    )
+    .await
+    .expect("connect");
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let next_text = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(Message::Text(t))) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    };
+    assert_eq!(next_text(within("hello", c.next()).await), "hello");
+    c.send(Message::text("ping")).await.expect("send");
+    assert_eq!(next_text(within("echo", c.next()).await), "ping");
+    close(&mut c).await;
     srv.shutdown().await;
 }

@@ -114,7 +114,7 @@ async fn street_js_clients_come_back_after_a_restart_honouring_the_hint_with_jit
 async fn street_js_backs_off_from_a_server_that_keeps_closing_it_even_with_1008() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use street::ws::{ConnectRequest, Socket, WebSocketServer};
+    use street::ws::{CloseCode, ConnectRequest, Socket, WebSocketServer};
 
     let wss = WebSocketServer::new(opts());
     let n = Arc::new(AtomicUsize::new(0));
@@ -123,9 +123,9 @@ async fn street_js_backs_off_from_a_server_that_keeps_closing_it_even_with_1008(
         let _ = tx.send(std::time::Instant::now());
         let i = n.fetch_add(1, Ordering::SeqCst);
         let (code, reason) = if i.is_multiple_of(2) {
-            (4008, "slow consumer")
+            (CloseCode(street::ws::SLOW_CONSUMER_CODE), "slow consumer")
         } else {
-            (1008, "rate limit exceeded")
+            (CloseCode::POLICY_VIOLATION, "rate limit exceeded")
         };
         if i == 4 {
             tokio::spawn(async move {
