@@ -1148,7 +1148,6 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::socket::Outbound;
     use crate::ws::WsOptions;
 
     fn socket() -> Socket {
@@ -1165,20 +1164,15 @@ mod tests {
 
     /// The envelope types queued for a socket, oldest first (and clears the queue).
     fn sent(s: &Socket) -> Vec<String> {
-        let mut st = s.inner.outbox.lock();
-        let out = st
-            .queue
-            .drain(..)
-            .filter_map(|o| match o {
-                Outbound::Data { payload, .. } => {
-                    let v: serde_json::Value = serde_json::from_slice(&payload).ok()?;
-                    Some(format!("{} {}", v["type"].as_str()?, v["payload"]))
-                }
-                Outbound::Close(..) => None,
+        s.inner
+            .outbox
+            .drain_data()
+            .into_iter()
+            .filter_map(|payload| {
+                let v: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+                Some(format!("{} {}", v["type"].as_str()?, v["payload"]))
             })
-            .collect();
-        st.bytes = 0;
-        out
+            .collect()
     }
 
     #[tokio::test]

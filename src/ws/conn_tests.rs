@@ -206,7 +206,7 @@ async fn the_peer_closes_and_the_server_echoes_its_code_then_ends() {
 async fn the_server_closes_and_waits_for_the_peers_answer() {
     let mut h = start(WsOptions::default(), 64 * 1024, |_| {});
     h.socket.emit("last", &1).expect("emit");
-    h.socket.close(CloseCode::NORMAL.0, "done").expect("close");
+    h.socket.close(CloseCode::NORMAL, "done").expect("close");
     // what was emitted before the close arrives first
     let (_, op, p) = read_frame(&mut h.client).await;
     assert_eq!(op, OP_TEXT);
@@ -326,7 +326,7 @@ async fn a_peer_that_stops_reading_does_not_hold_the_close_past_its_timeout() {
     for _ in 0..8 {
         h.socket.emit("fill", &"y".repeat(512)).expect("emit");
     }
-    h.socket.close(CloseCode::NORMAL.0, "bye").expect("close");
+    h.socket.close(CloseCode::NORMAL, "bye").expect("close");
     let started = tokio::time::Instant::now();
     let info = closed(&mut h).await;
     let waited = started.elapsed();

@@ -33,11 +33,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::close::{CloseCode, CloseInfo};
-use super::envelope;
-use super::handler::{panic_message, run_dispatch, BoxFuture};
+use super::dispatch;
+use super::handler::BoxFuture;
 use super::limits::Bucket;
-use super::proto::{self, Decoder, Event};
-use super::socket::{ErrorEvent, Outbound, RawMessage, Socket};
+use super::outbox::{BatchEnd, Frame, Status};
+use super::proto::{Decoder, Event};
+use super::socket::{RawMessage, Socket};
 use super::transport::{linger, Transport};
 
 /// How this connection interprets text frames.
@@ -128,22 +129,7 @@ pub(crate) async fn conclude<T: Transport>(
             info.unwrap_or_else(|| CloseInfo::new(CloseCode::ABNORMAL, "close handshake timeout"))
         }
     };
-    socket
-        .inner
-        .outbox
-        .lock()
-        .sent_close
-        .take()
-        .map_or(info, |b| *b)
-}
-
-/// What ends the connection once the current write batch is on the wire.
-#[derive(PartialEq, Eq)]
-enum BatchEnd {
-    /// A close reply or failure close: the connection ends after it.
-    Terminal,
-    /// Our own close: keep reading until the peer answers.
-    AwaitPeer,
+    socket.inner.outbox.take_sent_close().unwrap_or(info)
 }
 
 /// The steady state of one connection (see the module docs).
@@ -162,7 +148,7 @@ pub(crate) struct Conn<'a, T> {
     /// The handlers of the current message, when they did not finish in one poll.
     dispatching: Option<BoxFuture<()>>,
     /// The write batch being written (empty when idle).
-    out: Vec<Out>,
+    out: Vec<Frame>,
     idx: u32,
     off: usize,
     batch_end: Option<BatchEnd>,
@@ -183,15 +169,11 @@ impl<T: Transport> Future for Conn<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
         let this = self.get_mut();
-        // Register before looking at the outbox, so no wake-up is lost.
-        this.socket.inner.outbox.waker.register(cx.waker());
         loop {
-            let closing = {
-                let st = this.socket.inner.outbox.lock();
-                if let Some(info) = st.kill.clone() {
-                    return Poll::Ready(End::Killed(*info));
-                }
-                st.closing
+            let closing = match this.socket.inner.outbox.status(cx.waker()) {
+                Status::Killed(info) => return Poll::Ready(End::Killed(info)),
+                Status::Closing => true,
+                Status::Open => false,
             };
             // A close is under way (ours, a slow-consumer disconnect, a reply): bound it by
             // `close_timeout` even if the close frame is stuck behind a peer that does not read.
@@ -244,43 +226,7 @@ impl<T: Transport> Conn<'_, T> {
 
     /// Take the next batch from the outbox into `self.out`; false when there is none.
     fn take_batch(&mut self) -> bool {
-        let mut st = self.socket.inner.outbox.lock();
-        if let Some(payload) = st.terminal.take().map(|b| *b) {
-            // Protocol failure or close reply: nothing else goes out.
-            self.out.push(Out::new(proto::OP_CLOSE, payload, 0));
-            self.batch_end = Some(BatchEnd::Terminal);
-            return true;
-        }
-        if let Some(pongs) = st.pongs.take() {
-            for p in *pongs {
-                self.out.push(Out::new(proto::OP_PONG, p, 0));
-            }
-        }
-        if std::mem::take(&mut st.ping) {
-            self.out.push(Out::new(proto::OP_PING, Bytes::new(), 0));
-        }
-        while self.out.len() < BATCH {
-            match st.queue.pop_front() {
-                Some(Outbound::Data { opcode, payload }) => {
-                    let n = payload.len();
-                    self.out.push(Out::new(opcode, payload, n));
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    self.out.push(Out::new(
-                        proto::OP_CLOSE,
-                        proto::close_payload(code.0, &reason),
-                        0,
-                    ));
-                    self.batch_end = Some(BatchEnd::AwaitPeer);
-                    break;
-                }
-                None => break,
-            }
-        }
-        if st.queue.is_empty() && st.queue.capacity() > 64 {
-            // a burst is over: give the memory back
-            st.queue = std::collections::VecDeque::new();
-        }
+        self.batch_end = self.socket.inner.outbox.next_batch(&mut self.out, BATCH);
         !self.out.is_empty()
     }
 
@@ -350,10 +296,7 @@ impl<T: Transport> Conn<'_, T> {
                     stats.bytes_out.add(f.counted as u64);
                 }
             }
-            {
-                let mut st = self.socket.inner.outbox.lock();
-                st.bytes = st.bytes.saturating_sub(counted);
-            }
+            self.socket.inner.outbox.ack(counted);
             // Release the batch's memory: idle connections keep nothing.
             self.out = Vec::new();
             self.idx = 0;
@@ -418,14 +361,14 @@ impl<T: Transport> Conn<'_, T> {
                 _ => {}
             }
             match event {
-                Event::Ping(p) => socket.queue_pong(p),
+                Event::Ping(p) => socket.inner.outbox.pong(p),
                 Event::Pong(_) | Event::Fragment => {}
                 Event::Close(c) => {
                     let info = match &c {
                         Some((code, reason)) => CloseInfo::new(CloseCode(*code), reason.clone()),
                         None => CloseInfo::new(CloseCode::NO_STATUS, ""),
                     };
-                    if socket.queue_close_reply(c.map(|(code, _)| code)) {
+                    if socket.inner.outbox.close_reply(c.map(|(code, _)| code)) {
                         // our reply goes out, then the connection ends
                         self.pending_end = Some(Box::new(info));
                         self.read_stopped = true;
@@ -434,25 +377,26 @@ impl<T: Transport> Conn<'_, T> {
                     }
                     return Poll::Ready(Some(End::PeerClosed(info)));
                 }
-                Event::Text(b) => {
-                    if !self.admit_message(b.len()) {
-                        return Poll::Ready(None);
-                    }
-                    if std::str::from_utf8(&b).is_err() {
-                        self.fail(1007, "invalid UTF-8 in text");
+                Event::Text(text) => {
+                    if !self.admit_message(text.len()) {
                         return Poll::Ready(None);
                     }
                     // Boxed: the dispatch state exists only while a message is handled.
                     self.dispatching = Some(match self.mode {
-                        Mode::Envelope => Box::pin(dispatch_text(socket.clone(), b)),
-                        Mode::Raw => Box::pin(dispatch_raw_owned(socket.clone(), b, false)),
+                        Mode::Envelope => Box::pin(dispatch::envelope(socket.clone(), text)),
+                        Mode::Raw => {
+                            Box::pin(dispatch::raw(socket.clone(), RawMessage::Text(text)))
+                        }
                     });
                 }
                 Event::Binary(b) => {
                     if !self.admit_message(b.len()) {
                         return Poll::Ready(None);
                     }
-                    self.dispatching = Some(Box::pin(dispatch_raw_owned(socket.clone(), b, true)));
+                    self.dispatching = Some(Box::pin(dispatch::raw(
+                        socket.clone(),
+                        RawMessage::Binary(b),
+                    )));
                 }
             }
         }
@@ -503,7 +447,7 @@ impl<T: Transport> Conn<'_, T> {
     /// Close with `code` before anything else, then end.
     fn end_with(&mut self, code: u16, reason: &str) {
         let socket = self.socket;
-        socket.queue_failure(code, reason);
+        socket.inner.outbox.fail(code, reason);
         self.pending_end = Some(Box::new(CloseInfo::new(CloseCode(code), reason)));
         self.read_stopped = true;
         self.start_deadline();
@@ -514,141 +458,6 @@ impl<T: Transport> Conn<'_, T> {
 /// message of the largest allowed size.
 fn byte_burst(rate: u32, max_payload: usize) -> f32 {
     (rate as f32).max(max_payload as f32)
-}
-
-async fn dispatch_text(socket: Socket, bytes: Bytes) {
-    // validated by the caller; checked again here without a copy
-    if let Ok(text) = std::str::from_utf8(&bytes) {
-        dispatch_envelope(&socket, text).await;
-    }
-}
-
-async fn dispatch_raw_owned(socket: Socket, bytes: Bytes, binary: bool) {
-    let raw = if binary {
-        RawMessage::Binary(bytes)
-    } else {
-        match std::str::from_utf8(&bytes) {
-            Ok(t) => RawMessage::Text(t.to_owned()),
-            Err(_) => return,
-        }
-    };
-    dispatch_raw(&socket, raw).await;
-}
-
-async fn dispatch_envelope(socket: &Socket, text: &str) {
-    let stats = &socket.inner.stats;
-    let inc = match envelope::decode(text) {
-        Ok(i) => i,
-        Err(envelope::EnvelopeError::MalformedJson(e)) => {
-            stats.malformed_json.inc();
-            socket
-                .report_error(ErrorEvent::MalformedJson {
-                    message: e.to_string(),
-                })
-                .await;
-            return;
-        }
-        Err(e) => {
-            stats.not_envelope.inc();
-            socket
-                .report_error(ErrorEvent::NotEnvelope {
-                    message: e.to_string(),
-                })
-                .await;
-            return;
-        }
-    };
-    let (own, wild) = socket.handlers_for(&inc.event);
-    if own.is_empty() && wild.is_empty() {
-        return;
-    }
-    let whole = if wild.is_empty() {
-        None
-    } else {
-        serde_json::value::RawValue::from_string(text.to_owned()).ok()
-    };
-    let calls = own
-        .into_iter()
-        .map(|h| (h, inc.payload))
-        .chain(wild.into_iter().map(|h| (h, whole.as_deref())));
-    for (h, arg) in calls {
-        // The handler itself runs inside `h` for inline handlers: catch panics there too.
-        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(arg, &inc.event)));
-        let result = match called {
-            Err(p) => Err(panic_message(&p)),
-            Ok(Ok(out)) => run_dispatch(move || out).await,
-            Ok(Err(message)) => {
-                stats.payload_errors.inc();
-                socket
-                    .report_error(ErrorEvent::Payload {
-                        event: inc.event.to_string(),
-                        message,
-                    })
-                    .await;
-                continue;
-            }
-        };
-        if let Err(message) = result {
-            stats.handler_errors.inc();
-            socket
-                .report_error(ErrorEvent::Handler {
-                    event: inc.event.to_string(),
-                    message,
-                })
-                .await;
-        }
-    }
-}
-
-async fn dispatch_raw(socket: &Socket, raw: RawMessage) {
-    let handlers = socket.raw_handlers();
-    if handlers.is_empty() {
-        socket.inner.stats.unexpected_raw.inc();
-        let (binary, len) = match &raw {
-            RawMessage::Text(t) => (false, t.len()),
-            RawMessage::Binary(b) => (true, b.len()),
-        };
-        socket
-            .report_error(ErrorEvent::UnexpectedRaw { binary, len })
-            .await;
-        return;
-    }
-    for h in handlers {
-        let m = raw.clone();
-        if let Err(message) = run_dispatch(move || h(m)).await {
-            socket.inner.stats.handler_errors.inc();
-            socket
-                .report_error(ErrorEvent::Handler {
-                    event: "raw".into(),
-                    message,
-                })
-                .await;
-        }
-    }
-}
-
-/// One frame ready for the wire.
-struct Out {
-    header: [u8; 10],
-    header_len: u8,
-    payload: Bytes,
-    /// Bytes of this item counted in the outbox (data only).
-    counted: usize,
-}
-
-impl Out {
-    fn new(opcode: u8, payload: Bytes, counted: usize) -> Self {
-        let (header, n) = proto::header(opcode, payload.len());
-        Self {
-            header,
-            header_len: n as u8,
-            payload,
-            counted,
-        }
-    }
-    fn len(&self) -> usize {
-        usize::from(self.header_len) + self.payload.len()
-    }
 }
 
 #[cfg(test)]

@@ -11,15 +11,18 @@ mod close;
 #[cfg(test)]
 mod conn_tests;
 mod connection;
+mod dispatch;
 pub mod envelope;
 mod handler;
 mod heartbeat;
 pub(crate) mod limits;
 mod origin;
+mod outbox;
 mod proto;
 pub mod server;
 pub mod socket;
 pub(crate) mod stats;
+mod text;
 mod transport;
 mod upgrade;
 
@@ -32,6 +35,7 @@ pub use server::{
 };
 pub use socket::{ErrorEvent, ListenerId, RawMessage, Socket, SocketError, SocketId};
 pub use stats::StatsSnapshot;
+pub use text::Text;
 pub use upgrade::ConnectRequest;
 
 /// Entry points for the fuzz targets in `fuzz/` (not a stable API).

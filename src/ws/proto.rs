@@ -21,6 +21,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::text::Text;
+
 pub(crate) const OP_CONTINUATION: u8 = 0x0;
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
@@ -33,7 +35,8 @@ pub(crate) const OP_PONG: u8 = 0xA;
 pub(crate) enum Event {
     /// A text message. Fragmented text has been validated; a single-frame text message is
     /// validated by the caller when it takes the `&str` (one pass, not two).
-    Text(Bytes),
+    /// A complete text message, checked to be UTF-8 (the only check it gets).
+    Text(Text),
     /// A binary message.
     Binary(Bytes),
     /// A ping (answer with a pong carrying the same payload).
@@ -90,6 +93,13 @@ pub(crate) struct Decoder {
 /// Close codes a peer may send (RFC 6455 §7.4.1 plus the IANA registry's 1012–1014).
 pub(crate) fn valid_received_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// A complete text message.
+fn text(bytes: Bytes) -> Result<Event, ProtoError> {
+    Text::from_utf8(bytes)
+        .map(Event::Text)
+        .map_err(|_| ProtoError::InvalidUtf8)
 }
 
 fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), ProtoError> {
@@ -222,11 +232,8 @@ impl Decoder {
             OP_PING => Ok(Some(Event::Ping(payload.freeze()))),
             OP_PONG => Ok(Some(Event::Pong(payload.freeze()))),
             OP_CLOSE => close_event(&payload).map(Some),
-            OP_TEXT | OP_BINARY if fin => Ok(Some(if opcode == OP_TEXT {
-                Event::Text(payload.freeze())
-            } else {
-                Event::Binary(payload.freeze())
-            })),
+            OP_TEXT if fin => text(payload.freeze()).map(Some),
+            OP_BINARY if fin => Ok(Some(Event::Binary(payload.freeze()))),
             OP_TEXT | OP_BINARY => {
                 let mut p = Box::new(Partial {
                     text: opcode == OP_TEXT,
@@ -247,11 +254,13 @@ impl Decoder {
                 if fin {
                     let p = *p;
                     let bytes = p.buf.freeze();
-                    return Ok(Some(if p.text {
-                        Event::Text(bytes)
+                    return if p.text {
+                        // checked as it arrived (to fail fast), and once more whole: a
+                        // `Text` is only made by checking, and this crate has no `unsafe`
+                        text(bytes).map(Some)
                     } else {
-                        Event::Binary(bytes)
-                    }));
+                        Ok(Some(Event::Binary(bytes)))
+                    };
                 }
                 self.partial = Some(p);
                 Ok(Some(Event::Fragment))
@@ -358,9 +367,9 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Ok(Event::Text(Bytes::from_static(b"hello"))),
+                Ok(Event::Text(Text::from("hello"))),
                 Ok(Event::Ping(Bytes::from_static(b"p"))),
-                Ok(Event::Text(Bytes::from_static(b"hello"))),
+                Ok(Event::Text(Text::from("hello"))),
                 Ok(Event::Binary(Bytes::from_static(&[0, 1, 2]))),
                 Ok(Event::Close(Some((1000, "bye".into())))),
             ]
@@ -437,10 +446,7 @@ mod tests {
         assert_eq!(code(frame(false, OP_TEXT, &[0xff]), 10), 1007);
         let mut f = frame(false, OP_TEXT, &[0xce]); // first byte of a 2-byte sequence: fine so far
         f.extend(frame(true, OP_CONTINUATION, &[0xbb]));
-        assert_eq!(
-            decode_all(&f, 10),
-            vec![Ok(Event::Text(Bytes::from_static("λ".as_bytes())))]
-        );
+        assert_eq!(decode_all(&f, 10), vec![Ok(Event::Text(Text::from("λ")))]);
         let mut f = frame(false, OP_TEXT, &[0xce]);
         f.extend(frame(true, OP_CONTINUATION, b""));
         assert_eq!(code(f, 10), 1007);
@@ -522,7 +528,7 @@ mod properties {
                     }
                 }
             }
-            prop_assert_eq!(got, vec![Event::Text(Bytes::from(text.into_bytes())), Event::Binary(Bytes::from(binary))]);
+            prop_assert_eq!(got, vec![Event::Text(Text::from(text)), Event::Binary(Bytes::from(binary))]);
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The per-connection [`Socket`] handle: typed events, listeners, per-socket data and the
 //! byte-bounded outbound queue.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,9 +10,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::close::{truncate_reason, CloseCode, CloseInfo};
+use super::close::{CloseCode, CloseInfo};
 use super::envelope::{self, EnvelopeError};
 use super::handler::{DispatchOut, Handler, Outcome};
+use super::outbox::{Outbox, Refused};
 use super::stats::Stats;
 
 /// A socket's unique id (a random UUID, as StreetJS's `socket.id`).
@@ -46,9 +46,6 @@ impl std::fmt::Display for SocketId {
 /// Identifies one registered listener, for [`Socket::off`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
-
-/// Pongs queued at most per connection (older ones are dropped under a ping flood).
-const MAX_PENDING_PONGS: usize = 16;
 
 /// Event names with a lifecycle meaning, reachable only through the typed methods
 /// [`Socket::on_close`], [`Socket::on_error`] and [`Socket::on_raw`].
@@ -160,8 +157,8 @@ pub enum ErrorEvent {
 /// connection that negotiated a custom subprotocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawMessage {
-    /// A text frame (valid UTF-8).
-    Text(String),
+    /// A text frame (valid UTF-8, shared as it arrived).
+    Text(super::Text),
     /// A binary frame.
     Binary(Bytes),
 }
@@ -241,63 +238,6 @@ impl Listeners {
     }
 }
 
-/// An item in the outbound queue.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A text or binary message (payload shared, never copied).
-    Data { opcode: u8, payload: Bytes },
-    /// Our close frame.
-    Close(CloseCode, String),
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct OutboxState {
-    pub(crate) queue: VecDeque<Outbound>,
-    /// Bytes of data messages queued and not yet handed to the protocol layer.
-    pub(crate) bytes: usize,
-    /// A close frame has been queued: no more data may be queued.
-    pub(crate) closing: bool,
-    /// Drop the connection now, without a close handshake.
-    pub(crate) kill: Option<Box<CloseInfo>>,
-    /// A ping should be sent ahead of queued data.
-    pub(crate) ping: bool,
-    /// The close the server initiated (what close handlers see if the peer echoes it).
-    pub(crate) sent_close: Option<Box<CloseInfo>>,
-    /// Pongs to send (one per ping received, bounded), ahead of data.
-    // Boxed on purpose: 8 bytes in every idle socket instead of a 32-byte VecDeque.
-    #[allow(clippy::box_collection)]
-    pub(crate) pongs: Option<Box<VecDeque<Bytes>>>,
-    /// A close frame payload to send before anything else, after which the connection
-    /// ends: our reply to the peer's close, or a protocol-error close.
-    pub(crate) terminal: Option<Box<Bytes>>,
-}
-
-/// The byte-bounded outbound queue. A `Mutex<VecDeque>` allocates nothing while idle,
-/// which keeps idle connections small; the writer half of the connection task drains it.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    pub(crate) state: Mutex<OutboxState>,
-    /// The connection task's waker: woken when data, a ping, a close or a kill is queued.
-    /// (An `AtomicWaker` is 16 bytes; a `Notify` plus its `Notified` future would be
-    /// several times that in every idle connection.)
-    pub(crate) waker: futures_util::task::AtomicWaker,
-}
-
-impl Outbox {
-    /// Wake the connection task.
-    pub(crate) fn wake(&self) {
-        self.waker.wake();
-    }
-}
-
-impl Outbox {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
-        // A poisoned lock only means a panic elsewhere while holding it; the state is
-        // still consistent (every critical section is a few field updates).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 pub(crate) struct SocketInner {
     pub(crate) id: SocketId,
     pub(crate) outbox: Outbox,
@@ -308,7 +248,6 @@ pub(crate) struct SocketInner {
     /// Heartbeat: the peer sent something since the last sweep.
     pub(crate) alive: AtomicBool,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) max_queue_bytes: usize,
     pub(crate) max_listeners: usize,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) protocol: Option<Box<str>>,
@@ -350,13 +289,12 @@ impl Socket {
         Self {
             inner: Arc::new(SocketInner {
                 id,
-                outbox: Outbox::default(),
+                outbox: Outbox::new(max_queue_bytes),
                 listeners: Mutex::new(Listeners::default()),
                 data: Mutex::new(data),
                 finished: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
                 stats,
-                max_queue_bytes,
                 max_listeners,
                 remote_addr,
                 protocol,
@@ -384,8 +322,7 @@ impl Socket {
         if self.inner.finished.load(Ordering::Acquire) {
             return true;
         }
-        let st = self.inner.outbox.lock();
-        st.closing || st.kill.is_some()
+        self.inner.outbox.is_closing()
     }
 
     /// Send a typed event to this client as `{"type":event,"payload":…,"ts":…}`.
@@ -445,7 +382,7 @@ impl Socket {
     /// As [`Socket::emit`].
     pub fn send_raw(&self, msg: RawMessage) -> Result<(), SocketError> {
         match msg {
-            RawMessage::Text(t) => self.send_text(t),
+            RawMessage::Text(t) => self.push(super::proto::OP_TEXT, t.into_bytes()),
             RawMessage::Binary(b) => self.send_binary(b),
         }
     }
@@ -455,42 +392,26 @@ impl Socket {
     }
 
     /// Queue a message; over the queue limit, a volatile message is dropped for this client
-    /// (counted) and a normal one disconnects the client as a slow consumer.
+    /// (counted) and a normal one disconnects the client as a slow consumer (see
+    /// `outbox.rs` for the rules).
     fn push_with(&self, opcode: u8, payload: Bytes, volatile: bool) -> Result<(), SocketError> {
-        let len = payload.len();
         let inner = &self.inner;
-        let mut st = inner.outbox.lock();
-        if st.closing || st.kill.is_some() || inner.finished.load(Ordering::Acquire) {
+        if inner.finished.load(Ordering::Acquire) {
             return Err(SocketError::Closed);
         }
-        if st.bytes + len > inner.max_queue_bytes && !st.queue.is_empty() && volatile {
-            drop(st);
-            inner.stats.volatile_dropped.inc();
-            return Err(SocketError::Dropped {
-                limit: inner.max_queue_bytes,
-            });
+        let limit = inner.outbox.max_bytes();
+        match inner.outbox.push(opcode, payload, volatile) {
+            Ok(()) => Ok(()),
+            Err(Refused::Closed) => Err(SocketError::Closed),
+            Err(Refused::Dropped) => {
+                inner.stats.volatile_dropped.inc();
+                Err(SocketError::Dropped { limit })
+            }
+            Err(Refused::SlowConsumer) => {
+                inner.stats.slow_consumers.inc();
+                Err(SocketError::SlowConsumer { limit })
+            }
         }
-        if st.bytes + len > inner.max_queue_bytes && !st.queue.is_empty() {
-            // Slow consumer: drop what is queued and disconnect with a typed close.
-            st.queue.clear();
-            st.bytes = 0;
-            queue_close(
-                &mut st,
-                CloseCode(super::SLOW_CONSUMER_CODE),
-                "slow consumer",
-            );
-            drop(st);
-            inner.stats.slow_consumers.inc();
-            inner.outbox.wake();
-            return Err(SocketError::SlowConsumer {
-                limit: inner.max_queue_bytes,
-            });
-        }
-        st.bytes += len;
-        st.queue.push_back(Outbound::Data { opcode, payload });
-        drop(st);
-        inner.outbox.wake();
-        Ok(())
     }
 
     /// Start the closing handshake with `code` and `reason`. Messages emitted before this
@@ -518,84 +439,24 @@ impl Socket {
         if !code.is_sendable() {
             return Err(SocketError::InvalidCloseCode(code));
         }
-        let mut st = self.inner.outbox.lock();
-        if st.closing || st.kill.is_some() {
-            return Ok(());
-        }
-        queue_close(&mut st, code, reason);
-        drop(st);
-        self.inner.outbox.wake();
+        self.inner.outbox.close(code, reason);
         Ok(())
     }
 
     /// Drop the connection at once without a close handshake (what the heartbeat does to a
     /// dead peer). Close handlers see `info`.
     pub(crate) fn kill(&self, info: CloseInfo) {
-        let mut st = self.inner.outbox.lock();
-        if st.kill.is_none() {
-            st.kill = Some(Box::new(info));
-        }
-        drop(st);
-        self.inner.outbox.wake();
-    }
-
-    /// Answer a ping (the latest ping's payload wins, as RFC 6455 allows).
-    pub(crate) fn queue_pong(&self, payload: Bytes) {
-        let mut st = self.inner.outbox.lock();
-        if st.terminal.is_none() {
-            // Answer every ping (clients expect it), but keep at most MAX_PENDING_PONGS:
-            // beyond that the oldest are dropped, which RFC 6455 allows, so a ping flood
-            // cannot grow memory.
-            let q = st.pongs.get_or_insert_with(Default::default);
-            if q.len() >= MAX_PENDING_PONGS {
-                q.pop_front();
-            }
-            q.push_back(payload);
-        }
-        drop(st);
-        self.inner.outbox.wake();
-    }
-
-    /// The peer sent a close: answer it (echoing its code) unless we already sent ours.
-    /// Returns whether a reply was queued.
-    pub(crate) fn queue_close_reply(&self, code: Option<u16>) -> bool {
-        let mut st = self.inner.outbox.lock();
-        let already = st.sent_close.is_some() || st.terminal.is_some();
-        st.closing = true;
-        if !already {
-            st.terminal = Some(Box::new(match code {
-                Some(c) => super::proto::close_payload(c, ""),
-                None => Bytes::new(),
-            }));
-        }
-        drop(st);
-        self.inner.outbox.wake();
-        !already
-    }
-
-    /// The peer broke the protocol: send a close with `code` before anything else.
-    pub(crate) fn queue_failure(&self, code: u16, reason: &str) {
-        let mut st = self.inner.outbox.lock();
-        st.closing = true;
-        st.queue.clear();
-        st.bytes = 0;
-        st.terminal = Some(Box::new(super::proto::close_payload(
-            code,
-            truncate_reason(reason),
-        )));
-        drop(st);
-        self.inner.outbox.wake();
+        self.inner.outbox.kill(info);
     }
 
     /// Ask the writer to send a ping ahead of queued data.
     pub(crate) fn ping(&self) {
-        self.inner.outbox.lock().ping = true;
-        self.inner.outbox.wake();
+        self.inner.outbox.ping();
     }
 
     /// Bytes queued for this client and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.inner.outbox.lock().bytes
+        self.inner.outbox.queued_bytes()
     }
 
     // ---- listeners ----
@@ -858,11 +719,7 @@ impl Socket {
             }
             std::mem::take(&mut *l)
         };
-        {
-            let mut st = self.inner.outbox.lock();
-            st.queue.clear();
-            st.bytes = 0;
-        }
+        self.inner.outbox.clear();
         let closers = listeners.entries.into_iter().filter_map(|(_, k)| match k {
             Kind::Close(h) => Some(h),
             _ => None,
@@ -880,14 +737,6 @@ impl Socket {
         // Listeners dropped here; per-socket data is cleared too.
         lock(&self.inner.data).clear();
     }
-}
-
-/// Queue our close frame after what is queued, and remember it for the close handlers.
-fn queue_close(st: &mut OutboxState, code: CloseCode, reason: &str) {
-    let reason = truncate_reason(reason).to_owned();
-    st.closing = true;
-    st.sent_close = Some(Box::new(CloseInfo::new(code, reason.clone())));
-    st.queue.push_back(Outbound::Close(code, reason));
 }
 
 /// Finish a dispatch in the background (used where nobody can await it).

@@ -1,0 +1,108 @@
+//! Message dispatch: what a decoded message does, apart from the I/O that decoded it
+//! (`connection.rs`) — envelope decoding, listener lookup, error events, panics caught.
+//! Each function is one message's handling, boxed by the connection task while it runs.
+
+use super::envelope;
+use super::handler::{panic_message, run_dispatch};
+use super::socket::{ErrorEvent, RawMessage, Socket};
+use super::text::Text;
+
+/// An envelope (`{"type","payload"}`) to the socket's listeners for its event, and the
+/// whole message to `"*"` listeners; what does not decode is reported to `error`
+/// listeners and counted. Handlers run in order, each finishing before the next.
+pub(crate) async fn envelope(socket: Socket, text: Text) {
+    let socket = &socket;
+    let text: &str = &text;
+    let stats = &socket.inner.stats;
+    let inc = match envelope::decode(text) {
+        Ok(i) => i,
+        Err(envelope::EnvelopeError::MalformedJson(e)) => {
+            stats.malformed_json.inc();
+            socket
+                .report_error(ErrorEvent::MalformedJson {
+                    message: e.to_string(),
+                })
+                .await;
+            return;
+        }
+        Err(e) => {
+            stats.not_envelope.inc();
+            socket
+                .report_error(ErrorEvent::NotEnvelope {
+                    message: e.to_string(),
+                })
+                .await;
+            return;
+        }
+    };
+    let (own, wild) = socket.handlers_for(&inc.event);
+    if own.is_empty() && wild.is_empty() {
+        return;
+    }
+    let whole = if wild.is_empty() {
+        None
+    } else {
+        serde_json::value::RawValue::from_string(text.to_owned()).ok()
+    };
+    let calls = own
+        .into_iter()
+        .map(|h| (h, inc.payload))
+        .chain(wild.into_iter().map(|h| (h, whole.as_deref())));
+    for (h, arg) in calls {
+        // The handler itself runs inside `h` for inline handlers: catch panics there too.
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(arg, &inc.event)));
+        let result = match called {
+            Err(p) => Err(panic_message(&p)),
+            Ok(Ok(out)) => run_dispatch(move || out).await,
+            Ok(Err(message)) => {
+                stats.payload_errors.inc();
+                socket
+                    .report_error(ErrorEvent::Payload {
+                        event: inc.event.to_string(),
+                        message,
+                    })
+                    .await;
+                continue;
+            }
+        };
+        if let Err(message) = result {
+            stats.handler_errors.inc();
+            socket
+                .report_error(ErrorEvent::Handler {
+                    event: inc.event.to_string(),
+                    message,
+                })
+                .await;
+        }
+    }
+}
+
+/// A raw message (binary, or any frame under a custom subprotocol) to the `raw`
+/// listeners; with none, an `UnexpectedRaw` error event.
+pub(crate) async fn raw(socket: Socket, raw: RawMessage) {
+    let socket = &socket;
+    let handlers = socket.raw_handlers();
+    if handlers.is_empty() {
+        socket.inner.stats.unexpected_raw.inc();
+        let (binary, len) = match &raw {
+            RawMessage::Text(t) => (false, t.len()),
+            RawMessage::Binary(b) => (true, b.len()),
+        };
+        socket
+            .report_error(ErrorEvent::UnexpectedRaw { binary, len })
+            .await;
+        return;
+    }
+    for h in handlers {
+        let m = raw.clone();
+        if let Err(message) = run_dispatch(move || h(m)).await {
+            socket.inner.stats.handler_errors.inc();
+            socket
+                .report_error(ErrorEvent::Handler {
+                    event: "raw".into(),
+                    message,
+                })
+                .await;
+        }
+    }
+}
