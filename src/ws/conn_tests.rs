@@ -13,8 +13,7 @@ use super::proto::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TE
 use super::server::{WebSocketServer, WsOptions};
 use super::socket::{Socket, SocketId};
 use super::transport::Io;
-use super::upgrade::{run, Accepted, ConnectRequest};
-use crate::net::per_ip::IpSlot;
+use super::upgrade::{run, Accepted, Admission, ConnectRequest};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -51,13 +50,11 @@ fn start(
     });
     setup(&socket);
     let (client, server) = tokio::io::duplex(capacity);
-    let permit = wss.shared.permits.clone().try_acquire_owned().ok();
     let acc = Accepted {
+        admission: Admission::of(&wss),
         wss,
         socket: socket.clone(),
-        permit,
         request: ConnectRequest::for_test("/ws"),
-        ip_slot: IpSlot::none(),
         stream: Io(server),
         pre: Bytes::new(),
     };

@@ -413,9 +413,11 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
         wss: task_wss,
         socket,
         on_upgrade: Some(on_upgrade),
-        permit,
+        admission: Admission {
+            _ip: ip_slot,
+            permit,
+        },
         request,
-        ip_slot,
     });
     let task = serve_upgraded(start);
     if span.is_disabled() {
@@ -461,13 +463,46 @@ async fn take_stream(mut start: Box<Start>) -> Option<Taken> {
     })
 }
 
+/// What a connection holds of the server's limits: its per-address slot and, when it
+/// got one, its place under `max_connections`. Both go back when this is dropped,
+/// however the connection ends (rejected after `101`, closed, its task panicking).
+pub(crate) struct Admission {
+    _ip: IpSlot,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// Whether it holds a place under `max_connections` (without one the connection is
+    /// refused with 1013 right after the upgrade).
+    fn has_capacity(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// No place and no slot (tests).
+    #[cfg(test)]
+    pub(crate) fn none() -> Self {
+        Self {
+            _ip: IpSlot::none(),
+            permit: None,
+        }
+    }
+
+    /// A place under `max_connections` and no per-address slot (tests).
+    #[cfg(test)]
+    pub(crate) fn of(wss: &WebSocketServer) -> Self {
+        Self {
+            _ip: IpSlot::none(),
+            permit: wss.shared.permits.clone().try_acquire_owned().ok(),
+        }
+    }
+}
+
 /// Drop guard: whatever happens to the connection task (even a panic), the socket leaves
 /// the registry, its close handlers run once and its permit returns to the semaphore.
 struct Registered {
     wss: WebSocketServer,
     socket: Socket,
-    _permit: OwnedSemaphorePermit,
-    _ip: IpSlot,
+    _admission: Admission,
 }
 
 impl Drop for Registered {
@@ -484,18 +519,16 @@ struct Start {
     wss: WebSocketServer,
     socket: Socket,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    permit: Option<OwnedSemaphorePermit>,
+    admission: Admission,
     request: ConnectRequest,
-    ip_slot: IpSlot,
 }
 
 /// What a connection needs once its stream is there. Boxed, for the reason `Start` is.
 pub(crate) struct Accepted<T> {
     pub(crate) wss: WebSocketServer,
     pub(crate) socket: Socket,
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) admission: Admission,
     pub(crate) request: ConnectRequest,
-    pub(crate) ip_slot: IpSlot,
     pub(crate) stream: T,
     /// Bytes that arrived with the handshake.
     pub(crate) pre: Bytes,
@@ -519,17 +552,15 @@ impl Start {
         let Start {
             wss,
             socket,
-            permit,
+            admission,
             request,
-            ip_slot,
             ..
         } = *self;
         Box::new(Accepted {
             wss,
             socket,
-            permit,
+            admission,
             request,
-            ip_slot,
             stream,
             pre,
         })
@@ -542,16 +573,14 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
     let Accepted {
         wss,
         socket,
-        permit,
+        admission,
         request,
-        ip_slot,
         mut stream,
         pre,
     } = *acc;
     let shared = &wss.shared;
     let opts = &shared.opts;
-    let Some(permit) = permit else {
-        drop(ip_slot);
+    if !admission.has_capacity() {
         shared.stats.rejected_capacity.inc();
         Box::pin(reject_after_handshake(
             &mut stream,
@@ -569,7 +598,6 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
     };
     let handler = wss.connection_handler(socket.protocol());
     if !wss.register(&socket) {
-        drop(ip_slot);
         shared.stats.rejected_shutdown.inc();
         Box::pin(reject_after_handshake(
             &mut stream,
@@ -584,8 +612,7 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
     let guard = Registered {
         wss,
         socket,
-        _permit: permit,
-        _ip: ip_slot,
+        _admission: admission,
     };
     let (wss, socket) = (&guard.wss, &guard.socket);
     let shared = &wss.shared;
@@ -659,9 +686,8 @@ mod size_tests {
             wss,
             socket,
             on_upgrade: Some(hyper::upgrade::on(http::Request::new(()))),
-            permit: None,
+            admission: super::Admission::none(),
             request: super::ConnectRequest::for_test("/"),
-            ip_slot: crate::net::per_ip::IpSlot::none(),
         }))
         .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);
