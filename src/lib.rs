@@ -39,11 +39,14 @@
 //! }
 //! ```
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod app;
 pub mod cluster;
 pub mod container;
 pub mod controller;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
 pub mod metrics;
 pub mod net;
