@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::routing::MethodRouter;
 
 use super::{process_rss_bytes, HistogramSnapshot};
+use crate::counters::Series;
 use crate::rooms::Rooms;
 use crate::sse::{SseHub, SseRegistry};
 use crate::ws::WebSocketServer;
@@ -303,351 +304,206 @@ impl Writer {
         self.sample(&format!("{name}_count"), labels, h.count as f64);
     }
 
+    /// One declared series (see `stats!`) of a source labelled `source` (if any).
+    fn series(&mut self, source: Option<(&str, &str)>, s: Series, v: u64) {
+        let labels: Vec<(&str, &str)> = source.into_iter().chain(s.label).collect();
+        self.metric(s.name, s.kind.as_str(), s.help, &labels, v as f64);
+    }
+
     fn websocket(&mut self, name: &str, wss: &WebSocketServer) {
-        let s = wss.stats();
-        let l = [("server", name)];
-        self.metric(
-            "street_ws_connections",
-            "gauge",
-            "WebSocket connections open now.",
-            &l,
-            s.connections as f64,
-        );
-        self.metric(
-            "street_ws_connections_peak",
-            "gauge",
-            "Most WebSocket connections open at once.",
-            &l,
-            s.peak_connections as f64,
-        );
-        self.metric(
-            "street_ws_connections_accepted_total",
-            "counter",
-            "WebSocket connections accepted.",
-            &l,
-            s.accepted as f64,
-        );
-        for (reason, v) in [
-            ("capacity", s.rejected_capacity),
-            ("origin", s.rejected_origin),
-            ("auth", s.rejected_auth),
-            ("shutdown", s.rejected_shutdown),
-            ("handshake", s.rejected_handshake),
-            ("ip", s.rejected_ip),
-        ] {
-            self.metric(
-                "street_ws_connections_rejected_total",
-                "counter",
-                "WebSocket upgrades refused, by reason.",
-                &[("server", name), ("reason", reason)],
-                v as f64,
-            );
-        }
-        for (reason, v) in [
-            ("rate_limit", s.rate_limited),
-            ("first_message_timeout", s.first_message_timeouts),
-            ("heartbeat", s.reaped),
-            ("slow_consumer", s.slow_consumers),
-            ("protocol_error", s.protocol_errors),
-        ] {
-            self.metric(
-                "street_ws_disconnects_total",
-                "counter",
-                "Connections the server ended, by reason.",
-                &[("server", name), ("reason", reason)],
-                v as f64,
-            );
-        }
-        self.metric(
-            "street_ws_messages_in_total",
-            "counter",
-            "Messages received.",
-            &l,
-            s.messages_in as f64,
-        );
-        self.metric(
-            "street_ws_messages_out_total",
-            "counter",
-            "Messages written.",
-            &l,
-            s.messages_out as f64,
-        );
-        self.metric(
-            "street_ws_bytes_in_total",
-            "counter",
-            "Payload bytes received.",
-            &l,
-            s.bytes_in as f64,
-        );
-        self.metric(
-            "street_ws_bytes_out_total",
-            "counter",
-            "Payload bytes written.",
-            &l,
-            s.bytes_out as f64,
-        );
-        self.metric(
-            "street_ws_volatile_dropped_total",
-            "counter",
-            "Volatile messages dropped for full queues.",
-            &l,
-            s.volatile_dropped as f64,
-        );
-        self.metric(
-            "street_ws_broadcasts_total",
-            "counter",
-            "Broadcasts sent.",
-            &l,
-            s.broadcasts as f64,
-        );
-        for (kind, v) in [
-            ("malformed_json", s.malformed_json),
-            ("not_envelope", s.not_envelope),
-            ("payload", s.payload_errors),
-            ("unexpected_raw", s.unexpected_raw),
-            ("handler", s.handler_errors),
-        ] {
-            self.metric(
-                "street_ws_errors_total",
-                "counter",
-                "Bad input and handler failures, by kind (the connection stays).",
-                &[("server", name), ("kind", kind)],
-                v as f64,
-            );
-        }
+        let l = Some(("server", name));
+        wss.stats().visit(&mut |s, v| self.series(l, s, v));
         self.histogram(
             "street_ws_fanout_duration_seconds",
             "Time to queue one broadcast or room message for every local recipient.",
-            &l,
+            &[("server", name)],
             &wss.fanout_histogram(),
         );
     }
 
     fn sse(&mut self, reg: &SseRegistry) {
-        let s = reg.stats();
-        self.metric(
-            "street_sse_streams",
-            "gauge",
-            "SSE streams open now.",
-            &[],
-            s.open as f64,
-        );
-        self.metric(
-            "street_sse_streams_opened_total",
-            "counter",
-            "SSE streams opened.",
-            &[],
-            s.opened as f64,
-        );
-        for (reason, v) in [
-            ("capacity", s.rejected),
-            ("shutdown", s.rejected_shutdown),
-            ("ip", s.rejected_per_ip),
-        ] {
-            self.metric(
-                "street_sse_streams_rejected_total",
-                "counter",
-                "SSE requests refused (503, or 429 for the per-IP cap), by reason.",
-                &[("reason", reason)],
-                v as f64,
-            );
-        }
-        self.metric(
-            "street_sse_slow_readers_total",
-            "counter",
-            "SSE streams ended for reading too slowly.",
-            &[],
-            s.slow_readers as f64,
-        );
+        reg.stats().visit(&mut |s, v| self.series(None, s, v));
     }
 
     fn http(&mut self, h: &crate::app::HttpStatsHandle) {
-        let s = h.get();
-        for (reason, v) in [
-            ("ip", s.rejected_per_ip),
-            ("proxy_header", s.proxy_header_invalid),
-        ] {
-            self.metric(
-                "street_http_connections_rejected_total",
-                "counter",
-                "HTTP connections refused or closed before any request, by reason.",
-                &[("reason", reason)],
-                v as f64,
-            );
-        }
-        for (reason, v) in [("too_large", s.body_too_large), ("timeout", s.body_timeout)] {
-            self.metric(
-                "street_http_bodies_rejected_total",
-                "counter",
-                "Request bodies refused, by reason.",
-                &[("reason", reason)],
-                v as f64,
-            );
-        }
+        h.get().visit(&mut |s, v| self.series(None, s, v));
     }
 
     fn hub(&mut self, name: &str, hub: &SseHub) {
-        let s = hub.stats();
-        let l = [("hub", name)];
-        self.metric(
-            "street_sse_hub_published_total",
-            "counter",
-            "Events published to a hub.",
-            &l,
-            s.published as f64,
-        );
-        self.metric(
-            "street_sse_hub_delivered_total",
-            "counter",
-            "Event deliveries queued by a hub.",
-            &l,
-            s.delivered as f64,
-        );
-        self.metric(
-            "street_sse_hub_replayed_total",
-            "counter",
-            "Events replayed after Last-Event-ID.",
-            &l,
-            s.replayed as f64,
-        );
-        self.metric(
-            "street_sse_hub_replay_gaps_total",
-            "counter",
-            "Resumes sent a street:gap event (aged out, evicted, or over half the queue).",
-            &l,
-            s.replay_gaps as f64,
-        );
+        let l = Some(("hub", name));
+        hub.stats().visit(&mut |s, v| self.series(l, s, v));
         self.metric(
             "street_sse_hub_topics",
             "gauge",
             "Topics held.",
-            &l,
+            &[("hub", name)],
             hub.topic_count() as f64,
         );
     }
 
     fn rooms(&mut self, name: &str, rooms: &Rooms) {
+        let l = Some(("rooms", name));
         let s = rooms.stats();
-        let l = [("rooms", name)];
-        self.metric(
-            "street_rooms",
-            "gauge",
-            "Rooms on this node.",
-            &l,
-            s.rooms as f64,
-        );
-        self.metric(
-            "street_rooms_joins_total",
-            "counter",
-            "Room joins.",
-            &l,
-            s.joins as f64,
-        );
-        self.metric(
-            "street_rooms_leaves_total",
-            "counter",
-            "Room leaves.",
-            &l,
-            s.leaves as f64,
-        );
-        self.metric(
-            "street_rooms_published_total",
-            "counter",
-            "Room messages published here.",
-            &l,
-            s.published as f64,
-        );
-        self.metric(
-            "street_rooms_delivered_total",
-            "counter",
-            "Messages queued to local sockets.",
-            &l,
-            s.delivered as f64,
-        );
-        self.metric(
-            "street_rooms_denied_total",
-            "counter",
-            "Client joins refused by the authorization hook.",
-            &l,
-            s.denied as f64,
-        );
-        self.metric(
-            "street_rooms_publishes_refused_total",
-            "counter",
-            "Client publications refused (event not allowed, too large, over budget).",
-            &l,
-            s.publishes_refused as f64,
-        );
-        self.metric(
-            "street_rooms_actions_refused_total",
-            "counter",
-            "Client joins, leaves and typing changes refused (over budget or a room limit).",
-            &l,
-            s.actions_refused as f64,
-        );
-        let b = s.broker;
-        self.metric(
-            "street_cluster_published_total",
-            "counter",
-            "Messages handed to the broker.",
-            &l,
-            b.published as f64,
-        );
-        self.metric(
-            "street_cluster_received_total",
-            "counter",
-            "Messages received from other nodes.",
-            &l,
-            b.received as f64,
-        );
-        self.metric(
-            "street_cluster_dropped_total",
-            "counter",
-            "Cluster messages dropped (queue full, by count or by bytes).",
-            &l,
-            b.dropped as f64,
-        );
-        self.metric(
-            "street_cluster_dropped_over_bytes_total",
-            "counter",
-            "Cluster messages dropped because a queue reached its byte bound.",
-            &l,
-            b.dropped_over_bytes as f64,
-        );
-        self.metric(
-            "street_cluster_invalid_total",
-            "counter",
-            "Invalid messages from the cluster bus dropped before delivery.",
-            &l,
-            b.invalid as f64,
-        );
-        self.metric(
-            "street_cluster_publish_errors_total",
-            "counter",
-            "Cluster messages lost to broker errors.",
-            &l,
-            b.publish_errors as f64,
-        );
-        self.metric(
-            "street_cluster_disconnects_total",
-            "counter",
-            "Broker connections lost (possible gaps).",
-            &l,
-            b.disconnects as f64,
-        );
-        self.metric(
-            "street_cluster_resyncs_total",
-            "counter",
-            "Presence replaced in the broker (reconnect, lapsed liveness, lost write).",
-            &l,
-            b.resyncs as f64,
-        );
+        s.visit(&mut |s, v| self.series(l, s, v));
+        s.broker.visit(&mut |s, v| self.series(l, s, v));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::Kind;
+
+    /// Fields of the snapshot types that are deliberately not written to `/metrics`.
+    const UNEXPOSED: &[&str] = &[
+        "SseStats.ended_by_shutdown",
+        "HubStats.slow_readers",
+        "HubStats.rejected_topics",
+        "RoomsStats.broker", // its own fields are, through BrokerStats
+    ];
+
+    fn declared() -> Vec<(&'static str, Option<&'static str>, Vec<Series>)> {
+        fn collect(visit: impl FnOnce(&mut dyn FnMut(Series, u64))) -> Vec<Series> {
+            let mut v = Vec::new();
+            visit(&mut |s, _| v.push(s));
+            v
+        }
+        vec![
+            (
+                "StatsSnapshot",
+                Some("server"),
+                collect(|f| crate::ws::StatsSnapshot::default().visit(f)),
+            ),
+            (
+                "SseStats",
+                None,
+                collect(|f| crate::sse::SseStats::default().visit(f)),
+            ),
+            (
+                "HttpStats",
+                None,
+                collect(|f| crate::net::HttpStats::default().visit(f)),
+            ),
+            (
+                "HubStats",
+                Some("hub"),
+                collect(|f| crate::sse::HubStats::default().visit(f)),
+            ),
+            (
+                "RoomsStats",
+                Some("rooms"),
+                collect(|f| crate::rooms::RoomsStats::default().visit(f)),
+            ),
+            (
+                "BrokerStats",
+                Some("rooms"),
+                collect(|f| crate::cluster::BrokerStats::default().visit(f)),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_snapshot_field_is_exposed_or_listed() {
+        let fields = [
+            ("StatsSnapshot", crate::ws::StatsSnapshot::FIELDS),
+            ("SseStats", crate::sse::SseStats::FIELDS),
+            ("HttpStats", crate::net::HttpStats::FIELDS),
+            ("HubStats", crate::sse::HubStats::FIELDS),
+            ("RoomsStats", crate::rooms::RoomsStats::FIELDS),
+            ("BrokerStats", crate::cluster::BrokerStats::FIELDS),
+        ];
+        let mut unexposed = Vec::new();
+        for (ty, fields) in fields {
+            for (field, exposed) in fields {
+                let path = format!("{ty}.{field}");
+                assert!(
+                    *exposed || UNEXPOSED.contains(&path.as_str()),
+                    "{path} has no `=> series` in its stats! block: expose it, or list it in UNEXPOSED"
+                );
+                if !exposed {
+                    unexposed.push(path);
+                }
+            }
+        }
+        unexposed.sort();
+        let mut listed: Vec<String> = UNEXPOSED.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(
+            unexposed, listed,
+            "UNEXPOSED lists a field that is exposed or gone"
+        );
+    }
+
+    /// Every declared series is in the exposition, each family once (one `# HELP`, one
+    /// `# TYPE` of the declared type) however many sources report it, and one sample per
+    /// series and source.
+    #[tokio::test]
+    async fn every_declared_counter_is_one_family_in_the_exposition() {
+        let m = Metrics::new();
+        let app = crate::app(crate::AppOptions::default());
+        for name in ["a", "b"] {
+            let wss = WebSocketServer::new(crate::ws::WsOptions::default());
+            let rooms = Rooms::new(&wss, crate::rooms::RoomsOptions::default())
+                .await
+                .expect("rooms");
+            m.websocket(name, &wss);
+            m.rooms(name, &rooms);
+            m.sse_hub(name, &SseHub::new(crate::sse::HubOptions::default()));
+        }
+        m.sse(app.sse_registry());
+        m.http(&app.http_stats());
+        let text = m.render();
+
+        let mut families: std::collections::HashMap<&str, (&str, Kind)> = Default::default();
+        for (ty, source, series) in declared() {
+            assert!(!series.is_empty(), "{ty} declares no series");
+            for s in series {
+                let (help, kind) = *families.entry(s.name).or_insert((s.help, s.kind));
+                assert_eq!(
+                    (help, kind),
+                    (s.help, s.kind),
+                    "{}: help or type differ",
+                    s.name
+                );
+                let sources: &[&str] = if source.is_some() { &["a", "b"] } else { &[""] };
+                for src in sources {
+                    let labels: Vec<String> = source
+                        .map(|k| format!("{k}=\"{src}\""))
+                        .into_iter()
+                        .chain(s.label.map(|(k, v)| format!("{k}=\"{v}\"")))
+                        .collect();
+                    let series = if labels.is_empty() {
+                        s.name.to_owned()
+                    } else {
+                        format!("{}{{{}}}", s.name, labels.join(","))
+                    };
+                    let n = text
+                        .lines()
+                        .filter(|l| l.strip_prefix(&series).is_some_and(|r| r.starts_with(' ')))
+                        .count();
+                    assert_eq!(n, 1, "{ty}: {series} sampled {n} times in\n{text}");
+                }
+            }
+        }
+        for (name, (help, kind)) in families {
+            let head = format!("# HELP {name} {help}\n# TYPE {name} {}\n", kind.as_str());
+            assert_eq!(
+                text.matches(&head).count(),
+                1,
+                "{name}: head not once in\n{text}"
+            );
+            assert_eq!(
+                text.matches(&format!("# HELP {name} ")).count(),
+                1,
+                "{name}"
+            );
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn app_series_are_bounded_and_names_escaped() {
