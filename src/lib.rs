@@ -45,6 +45,9 @@ pub mod app;
 pub mod cluster;
 pub mod container;
 pub mod controller;
+mod counters;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
 pub mod metrics;
 pub mod net;

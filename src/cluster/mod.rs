@@ -19,6 +19,7 @@
 
 pub mod memory;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
 use std::borrow::Cow;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use crate::counters::stats;
 use crate::ws::SocketId;
 
 /// A boxed future, as brokers return them.
@@ -228,32 +230,58 @@ pub(crate) fn union<'a>(
         .collect()
 }
 
-/// Counters of a broker. Every gap in delivery shows up here.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct BrokerStats {
-    /// Messages handed to the broker by this node.
-    pub published: u64,
-    /// Messages received from other nodes.
-    pub received: u64,
-    /// Messages dropped because the outgoing or incoming queue was full (by count or by
-    /// bytes).
-    pub dropped: u64,
-    /// Of [`BrokerStats::dropped`], those dropped because the queue's bytes reached the
-    /// broker's byte bound (e.g. `RedisOptions::max_queue_bytes`).
-    pub dropped_over_bytes: u64,
-    /// Messages from the bus dropped before delivery because they were invalid: not a
-    /// [`ClusterMessage`] (see [`ClusterMessage::decode`]), e.g. an envelope that is not
-    /// UTF-8, which would make browsers close the connection with 1007.
-    pub invalid: u64,
-    /// Messages lost because the broker failed to take them (e.g. Redis down).
-    pub publish_errors: u64,
-    /// Times the connection to the broker was lost (each is a possible gap).
-    pub disconnects: u64,
-    /// Times this node replaced its whole presence in the broker (after a reconnect, a
-    /// lapsed liveness, or a presence write that was dropped or failed).
-    pub resyncs: u64,
+stats! {
+    /// Counters of a broker. Every gap in delivery shows up here.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct BrokerStats {
+        /// Messages handed to the broker by this node.
+        set published => counter(
+            "street_cluster_published_total",
+            "Messages handed to the broker.",
+        ),
+        /// Messages received from other nodes.
+        set received => counter(
+            "street_cluster_received_total",
+            "Messages received from other nodes.",
+        ),
+        /// Messages dropped because the outgoing or incoming queue was full (by count or by
+        /// bytes).
+        set dropped => counter(
+            "street_cluster_dropped_total",
+            "Cluster messages dropped (queue full, by count or by bytes).",
+        ),
+        /// Of [`BrokerStats::dropped`], those dropped because the queue's bytes reached the
+        /// broker's byte bound (e.g. `RedisOptions::max_queue_bytes`).
+        set dropped_over_bytes => counter(
+            "street_cluster_dropped_over_bytes_total",
+            "Cluster messages dropped because a queue reached its byte bound.",
+        ),
+        /// Messages from the bus dropped before delivery because they were invalid: not a
+        /// [`ClusterMessage`] (see [`ClusterMessage::decode`]), e.g. an envelope that is not
+        /// UTF-8, which would make browsers close the connection with 1007.
+        set invalid => counter(
+            "street_cluster_invalid_total",
+            "Invalid messages from the cluster bus dropped before delivery.",
+        ),
+        /// Messages lost because the broker failed to take them (e.g. Redis down).
+        set publish_errors => counter(
+            "street_cluster_publish_errors_total",
+            "Cluster messages lost to broker errors.",
+        ),
+        /// Times the connection to the broker was lost (each is a possible gap).
+        set disconnects => counter(
+            "street_cluster_disconnects_total",
+            "Broker connections lost (possible gaps).",
+        ),
+        /// Times this node replaced its whole presence in the broker (after a reconnect, a
+        /// lapsed liveness, or a presence write that was dropped or failed).
+        set resyncs => counter(
+            "street_cluster_resyncs_total",
+            "Presence replaced in the broker (reconnect, lapsed liveness, lost write).",
+        ),
+    }
 }
 
 /// Why the broker failed.

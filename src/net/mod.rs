@@ -47,43 +47,35 @@ pub use body::BodyTimeout;
 pub use layer::{ClientAddr, ClientAddrLayer};
 pub use proxy_protocol::{encode_v1 as proxy_v1_header, encode_v2 as proxy_v2_header};
 
-use crate::ws::stats::Counter;
+use crate::counters::stats;
 
-/// What an app's HTTP layer refused, by reason (see [`App::http_stats`](crate::App)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct HttpStats {
-    /// Connections refused with 429: their address already held
-    /// [`AppOptions::max_connections_per_ip`](crate::AppOptions) connections.
-    pub rejected_per_ip: u64,
-    /// Connections closed for a missing or malformed PROXY protocol header.
-    pub proxy_header_invalid: u64,
-    /// Request bodies that went over [`AppOptions::max_body_bytes`](crate::AppOptions)
-    /// (413 from axum's extractors).
-    pub body_too_large: u64,
-    /// Request bodies not received within
-    /// [`AppOptions::body_read_timeout`](crate::AppOptions).
-    pub body_timeout: u64,
-}
-
-/// The live counters behind [`HttpStats`].
-#[derive(Debug, Default)]
-pub(crate) struct HttpCounters {
-    pub(crate) rejected_per_ip: Counter,
-    pub(crate) proxy_header_invalid: Counter,
-    pub(crate) body_too_large: Counter,
-    pub(crate) body_timeout: Counter,
-}
-
-impl HttpCounters {
-    pub(crate) fn snapshot(&self) -> HttpStats {
-        HttpStats {
-            rejected_per_ip: self.rejected_per_ip.get(),
-            proxy_header_invalid: self.proxy_header_invalid.get(),
-            body_too_large: self.body_too_large.get(),
-            body_timeout: self.body_timeout.get(),
-        }
+stats! {
+    families {
+        CONNECTIONS_REJECTED = counter(
+            "street_http_connections_rejected_total",
+            "HTTP connections refused or closed before any request, by reason.",
+        );
+        BODIES_REJECTED = counter(
+            "street_http_bodies_rejected_total",
+            "Request bodies refused, by reason.",
+        );
+    }
+    /// What an app's HTTP layer refused, by reason (see [`App::http_stats`](crate::App)).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct HttpStats counted in HttpCounters {
+        /// Connections refused with 429: their address already held
+        /// [`AppOptions::max_connections_per_ip`](crate::AppOptions) connections.
+        count rejected_per_ip => CONNECTIONS_REJECTED.with("reason", "ip"),
+        /// Connections closed for a missing or malformed PROXY protocol header.
+        count proxy_header_invalid => CONNECTIONS_REJECTED.with("reason", "proxy_header"),
+        /// Request bodies that went over [`AppOptions::max_body_bytes`](crate::AppOptions)
+        /// (413 from axum's extractors).
+        count body_too_large => BODIES_REJECTED.with("reason", "too_large"),
+        /// Request bodies not received within
+        /// [`AppOptions::body_read_timeout`](crate::AppOptions).
+        count body_timeout => BODIES_REJECTED.with("reason", "timeout"),
     }
 }
 

@@ -66,6 +66,7 @@ use serde::Serialize;
 
 use crate::cluster::memory::MemoryBroker;
 use crate::cluster::{Broker, BrokerError, BrokerStats, ClusterMessage, NodeHooks, Target};
+use crate::counters::stats;
 use crate::net::per_ip::ip_key;
 use crate::ws::envelope;
 use crate::ws::{Socket, SocketId, WebSocketServer};
@@ -234,31 +235,45 @@ impl PublishOptions {
     }
 }
 
-/// Counters of a [`Rooms`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct RoomsStats {
-    /// Rooms on this node now.
-    pub rooms: u64,
-    /// Joins since start.
-    pub joins: u64,
-    /// Leaves since start (including by close).
-    pub leaves: u64,
-    /// Room messages published from this node.
-    pub published: u64,
-    /// Messages queued to local sockets (from this node or others).
-    pub delivered: u64,
-    /// Client joins refused by the authorization hook (or for want of one).
-    pub denied: u64,
-    /// Client publications refused: an event not on the allow-list, a payload over
-    /// `max_publish_bytes`, or over the connection's or the room's publish budget.
-    pub publishes_refused: u64,
-    /// Client joins, leaves and typing changes refused: over the connection's action
-    /// budget, or a join over `max_rooms_per_socket`, `max_rooms_per_ip` or `max_rooms`.
-    pub actions_refused: u64,
-    /// The broker's counters.
-    pub broker: BrokerStats,
+stats! {
+    /// Counters of a [`Rooms`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct RoomsStats counted in RoomsCounters {
+        /// Rooms on this node now.
+        set rooms => gauge("street_rooms", "Rooms on this node."),
+        /// Joins since start.
+        count joins => counter("street_rooms_joins_total", "Room joins."),
+        /// Leaves since start (including by close).
+        count leaves => counter("street_rooms_leaves_total", "Room leaves."),
+        /// Room messages published from this node.
+        count published => counter("street_rooms_published_total", "Room messages published here."),
+        /// Messages queued to local sockets (from this node or others).
+        count delivered => counter(
+            "street_rooms_delivered_total",
+            "Messages queued to local sockets.",
+        ),
+        /// Client joins refused by the authorization hook (or for want of one).
+        count denied => counter(
+            "street_rooms_denied_total",
+            "Client joins refused by the authorization hook.",
+        ),
+        /// Client publications refused: an event not on the allow-list, a payload over
+        /// `max_publish_bytes`, or over the connection's or the room's publish budget.
+        count publishes_refused => counter(
+            "street_rooms_publishes_refused_total",
+            "Client publications refused (event not allowed, too large, over budget).",
+        ),
+        /// Client joins, leaves and typing changes refused: over the connection's action
+        /// budget, or a join over `max_rooms_per_socket`, `max_rooms_per_ip` or `max_rooms`.
+        count actions_refused => counter(
+            "street_rooms_actions_refused_total",
+            "Client joins, leaves and typing changes refused (over budget or a room limit).",
+        ),
+        /// The broker's counters (exposed by their own `visit`).
+        set broker: BrokerStats,
+    }
 }
 
 #[derive(Default)]
@@ -320,13 +335,7 @@ struct Inner {
     /// Every hook given to [`Rooms::authorize`], in order (shared with readers: checking a
     /// join clones one `Arc`).
     authorize: RwLock<Arc<[Authorize]>>,
-    joins: AtomicU64,
-    leaves: AtomicU64,
-    published: AtomicU64,
-    delivered: AtomicU64,
-    denied: AtomicU64,
-    publishes_refused: AtomicU64,
-    actions_refused: AtomicU64,
+    counters: RoomsCounters,
     /// Ids of typing timers (a timer acts only on the state that names it).
     next_timer: AtomicU64,
 }
@@ -439,13 +448,7 @@ impl Rooms {
             opts,
             state: Mutex::new(State::default()),
             authorize: RwLock::new(Arc::new([])),
-            joins: AtomicU64::new(0),
-            leaves: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            denied: AtomicU64::new(0),
-            publishes_refused: AtomicU64::new(0),
-            actions_refused: AtomicU64::new(0),
+            counters: RoomsCounters::default(),
             next_timer: AtomicU64::new(1),
         });
         let (w1, w2) = (Arc::downgrade(&inner), Arc::downgrade(&inner));
@@ -596,7 +599,7 @@ impl Rooms {
             }
             (newly, count, room_key, member_key, hook)
         };
-        self.inner.joins.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.joins.inc();
         self.inner
             .broker
             .set_presence(&room_key, &member_key, count);
@@ -667,7 +670,7 @@ impl Rooms {
             }
             (member, count)
         };
-        self.inner.leaves.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.leaves.inc();
         self.inner.broker.set_presence(room, &member, count);
         let now_absent = count == 0;
         if now_absent {
@@ -759,11 +762,11 @@ impl Rooms {
     }
 
     fn count_refused_publish(&self) {
-        self.inner.publishes_refused.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.publishes_refused.inc();
     }
 
     fn count_refused_action(&self) {
-        self.inner.actions_refused.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.actions_refused.inc();
     }
 
     /// Take one client publication of `len` bytes from `room`'s budget (shared by all its
@@ -803,7 +806,7 @@ impl Rooms {
                     .unwrap_or(false)
             });
         if !ok {
-            self.inner.denied.fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.denied.inc();
         }
         ok
     }
@@ -822,7 +825,7 @@ impl Rooms {
     ) -> Result<usize, RoomError> {
         let bytes =
             envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))?;
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.published.inc();
         let target = Target::Room {
             room: room.to_owned(),
             except_socket: opts.except_socket,
@@ -897,7 +900,7 @@ impl Rooms {
         let recipients: Vec<Socket> = match target {
             Target::All => {
                 let n = self.inner.wss.broadcast_encoded(bytes);
-                self.inner.delivered.fetch_add(n as u64, Ordering::Relaxed);
+                self.inner.counters.delivered.add(n as u64);
                 return n;
             }
             Target::Socket(id) => self.inner.wss.client(*id).into_iter().collect(),
@@ -930,7 +933,7 @@ impl Rooms {
             .iter()
             .filter(|s| s.send_text_bytes(bytes.clone()).is_ok())
             .count();
-        self.inner.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.counters.delivered.add(n as u64);
         if matches!(target, Target::Room { .. }) {
             self.inner.wss.observe_fanout(started.elapsed());
         }
@@ -1125,17 +1128,10 @@ impl Rooms {
     /// The counters.
     pub fn stats(&self) -> RoomsStats {
         let i = &self.inner;
-        RoomsStats {
-            rooms: lock(&i.state).rooms.len() as u64,
-            joins: i.joins.load(Ordering::Relaxed),
-            leaves: i.leaves.load(Ordering::Relaxed),
-            published: i.published.load(Ordering::Relaxed),
-            delivered: i.delivered.load(Ordering::Relaxed),
-            denied: i.denied.load(Ordering::Relaxed),
-            publishes_refused: i.publishes_refused.load(Ordering::Relaxed),
-            actions_refused: i.actions_refused.load(Ordering::Relaxed),
-            broker: i.broker.stats(),
-        }
+        let mut s = i.counters.snapshot();
+        s.rooms = lock(&i.state).rooms.len() as u64;
+        s.broker = i.broker.stats();
+        s
     }
 
     /// Leave the cluster: this node's presence is removed from the broker at once. Call

@@ -44,7 +44,6 @@
 //! `slow_readers`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -56,6 +55,7 @@ use super::encode::{encode_event, SseEvent};
 use super::registry::{SseRejection, SseRequest};
 use super::stream::{open, Shared};
 use super::{Sse, SseError, SseOptions};
+use crate::counters::stats;
 
 /// The name of the event that tells a resuming subscriber which ids it will not get
 /// (see the [module docs](self)): data `{"from":first,"to":last}`, id `last`.
@@ -85,24 +85,35 @@ impl Default for HubOptions {
     }
 }
 
-/// Counters of a hub (see [`SseHub::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct HubStats {
-    /// Events published.
-    pub published: u64,
-    /// Event deliveries queued to subscribers.
-    pub delivered: u64,
-    /// Subscribers whose stream ended because they read too slowly.
-    pub slow_readers: u64,
-    /// Events re-sent from replay buffers after a `Last-Event-ID`.
-    pub replayed: u64,
-    /// Resumes that could not replay every event after their `Last-Event-ID` (aged out,
-    /// evicted, or more than half the stream's queue) and got a [`GAP_EVENT`] instead.
-    pub replay_gaps: u64,
-    /// Subscriptions refused because `max_topics` was reached.
-    pub rejected_topics: u64,
+stats! {
+    /// Counters of a hub (see [`SseHub::stats`]).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct HubStats counted in HubCounters {
+        /// Events published.
+        count published => counter("street_sse_hub_published_total", "Events published to a hub."),
+        /// Event deliveries queued to subscribers.
+        count delivered => counter(
+            "street_sse_hub_delivered_total",
+            "Event deliveries queued by a hub.",
+        ),
+        /// Subscribers whose stream ended because they read too slowly.
+        count slow_readers,
+        /// Events re-sent from replay buffers after a `Last-Event-ID`.
+        count replayed => counter(
+            "street_sse_hub_replayed_total",
+            "Events replayed after Last-Event-ID.",
+        ),
+        /// Resumes that could not replay every event after their `Last-Event-ID` (aged out,
+        /// evicted, or more than half the stream's queue) and got a [`GAP_EVENT`] instead.
+        count replay_gaps => counter(
+            "street_sse_hub_replay_gaps_total",
+            "Resumes sent a street:gap event (aged out, evicted, or over half the queue).",
+        ),
+        /// Subscriptions refused because `max_topics` was reached.
+        count rejected_topics,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -136,12 +147,7 @@ impl Topic {
 struct HubInner {
     opts: HubOptions,
     topics: Mutex<HashMap<String, Arc<Mutex<Topic>>>>,
-    published: AtomicU64,
-    delivered: AtomicU64,
-    slow_readers: AtomicU64,
-    replayed: AtomicU64,
-    replay_gaps: AtomicU64,
-    rejected_topics: AtomicU64,
+    counters: HubCounters,
 }
 
 /// A topic-based SSE fan-out. Cheap to clone. See the [module docs](self).
@@ -161,12 +167,7 @@ impl SseHub {
             inner: Arc::new(HubInner {
                 opts,
                 topics: Mutex::new(HashMap::new()),
-                published: AtomicU64::new(0),
-                delivered: AtomicU64::new(0),
-                slow_readers: AtomicU64::new(0),
-                replayed: AtomicU64::new(0),
-                replay_gaps: AtomicU64::new(0),
-                rejected_topics: AtomicU64::new(0),
+                counters: HubCounters::default(),
             }),
         }
     }
@@ -209,7 +210,7 @@ impl SseHub {
     pub fn subscribe(&self, req: SseRequest, topic: &str) -> Result<(Sse, Response), SseRejection> {
         let last = req.last_event_number();
         let Some(t) = self.topic(topic, true) else {
-            self.inner.rejected_topics.fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.rejected_topics.inc();
             return Err(SseRejection::TooManyTopics {
                 limit: self.inner.opts.max_topics,
             });
@@ -261,7 +262,7 @@ impl SseHub {
                 data: format!(r#"{{"from":{first_missing},"to":{lost_to}}}"#),
                 retry: None,
             });
-            self.inner.replay_gaps.fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.replay_gaps.inc();
             tracing::debug!(first_missing, lost_to, "SSE resume with a gap");
             if to.push(gap).is_err() {
                 return;
@@ -274,7 +275,7 @@ impl SseHub {
             }
             n += 1;
         }
-        self.inner.replayed.fetch_add(n, Ordering::Relaxed);
+        self.inner.counters.replayed.add(n);
     }
 
     /// Publish `data` (a string as-is, anything else as JSON) as event `event` to every
@@ -295,7 +296,7 @@ impl SseHub {
                 other => other.to_string(),
             };
         let replay = self.inner.opts.replay_events > 0;
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.published.inc();
         let Some(t) = self.topic(topic, replay) else {
             return Ok(0);
         };
@@ -340,10 +341,8 @@ impl SseHub {
         if idle {
             lock(&self.inner.topics).remove(topic);
         }
-        self.inner
-            .delivered
-            .fetch_add(sent as u64, Ordering::Relaxed);
-        self.inner.slow_readers.fetch_add(slow, Ordering::Relaxed);
+        self.inner.counters.delivered.add(sent as u64);
+        self.inner.counters.slow_readers.add(slow);
         Ok(sent)
     }
 
@@ -360,14 +359,6 @@ impl SseHub {
 
     /// The counters.
     pub fn stats(&self) -> HubStats {
-        let i = &self.inner;
-        HubStats {
-            published: i.published.load(Ordering::Relaxed),
-            delivered: i.delivered.load(Ordering::Relaxed),
-            slow_readers: i.slow_readers.load(Ordering::Relaxed),
-            replayed: i.replayed.load(Ordering::Relaxed),
-            replay_gaps: i.replay_gaps.load(Ordering::Relaxed),
-            rejected_topics: i.rejected_topics.load(Ordering::Relaxed),
-        }
+        self.inner.counters.snapshot()
     }
 }

@@ -30,7 +30,6 @@
 //!   (`slow_readers`), the browser reconnects and resumes with `Last-Event-ID`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -42,29 +41,41 @@ use serde::Serialize;
 
 use super::stream::{open, Shared};
 use super::{Sse, SseOptions};
+use crate::counters::stats;
 use crate::net::per_ip::{IpSlot, PerIp};
 use std::net::IpAddr;
 
-/// Counters of an app's SSE streams (see [`SseRegistry::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct SseStats {
-    /// Streams open now.
-    pub open: u64,
-    /// Streams opened since start.
-    pub opened: u64,
-    /// Requests refused with 503: the cap was reached.
-    pub rejected: u64,
-    /// Requests refused with 429: their address already held its
-    /// [`max_sse_streams_per_ip`](crate::AppOptions::max_sse_streams_per_ip) streams.
-    pub rejected_per_ip: u64,
-    /// Requests refused with 503 during shutdown.
-    pub rejected_shutdown: u64,
-    /// Streams ended because their reader fell more than `max_queue_bytes` behind.
-    pub slow_readers: u64,
-    /// Streams ended by graceful shutdown.
-    pub ended_by_shutdown: u64,
+stats! {
+    families {
+        REJECTED = counter(
+            "street_sse_streams_rejected_total",
+            "SSE requests refused (503, or 429 for the per-IP cap), by reason.",
+        );
+    }
+    /// Counters of an app's SSE streams (see [`SseRegistry::stats`]).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct SseStats counted in SseCounters {
+        /// Streams open now.
+        set open => gauge("street_sse_streams", "SSE streams open now."),
+        /// Streams opened since start.
+        count opened => counter("street_sse_streams_opened_total", "SSE streams opened."),
+        /// Requests refused with 503: the cap was reached.
+        count rejected => REJECTED.with("reason", "capacity"),
+        /// Requests refused with 429: their address already held its
+        /// [`max_sse_streams_per_ip`](crate::AppOptions::max_sse_streams_per_ip) streams.
+        count rejected_per_ip => REJECTED.with("reason", "ip"),
+        /// Requests refused with 503 during shutdown.
+        count rejected_shutdown => REJECTED.with("reason", "shutdown"),
+        /// Streams ended because their reader fell more than `max_queue_bytes` behind.
+        count slow_readers => counter(
+            "street_sse_slow_readers_total",
+            "SSE streams ended for reading too slowly.",
+        ),
+        /// Streams ended by graceful shutdown.
+        count ended_by_shutdown,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,13 +91,8 @@ struct RegState {
 pub(crate) struct RegistryInner {
     max: usize,
     state: Mutex<RegState>,
-    opened: AtomicU64,
     per_ip: Arc<PerIp>,
-    rejected: AtomicU64,
-    rejected_per_ip: AtomicU64,
-    rejected_shutdown: AtomicU64,
-    pub(crate) slow_readers: AtomicU64,
-    ended_by_shutdown: AtomicU64,
+    pub(crate) counters: SseCounters,
 }
 
 impl RegistryInner {
@@ -126,29 +132,16 @@ impl SseRegistry {
                 max: max_streams,
                 state: Mutex::new(RegState::default()),
                 per_ip: PerIp::new(max_per_ip, 0),
-                opened: AtomicU64::new(0),
-                rejected: AtomicU64::new(0),
-                rejected_per_ip: AtomicU64::new(0),
-                rejected_shutdown: AtomicU64::new(0),
-                slow_readers: AtomicU64::new(0),
-                ended_by_shutdown: AtomicU64::new(0),
+                counters: SseCounters::default(),
             }),
         }
     }
 
     /// The counters.
     pub fn stats(&self) -> SseStats {
-        let open = self.inner.lock().streams.len() as u64;
-        let i = &self.inner;
-        SseStats {
-            open,
-            opened: i.opened.load(Ordering::Relaxed),
-            rejected: i.rejected.load(Ordering::Relaxed),
-            rejected_per_ip: i.rejected_per_ip.load(Ordering::Relaxed),
-            rejected_shutdown: i.rejected_shutdown.load(Ordering::Relaxed),
-            slow_readers: i.slow_readers.load(Ordering::Relaxed),
-            ended_by_shutdown: i.ended_by_shutdown.load(Ordering::Relaxed),
-        }
+        let mut s = self.inner.counters.snapshot();
+        s.open = self.inner.lock().streams.len() as u64;
+        s
     }
 
     /// Streams open now.
@@ -166,7 +159,7 @@ impl SseRegistry {
         };
         for s in streams {
             if !s.is_done() {
-                self.inner.ended_by_shutdown.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.ended_by_shutdown.inc();
                 s.close();
             }
         }
@@ -177,7 +170,7 @@ impl SseRegistry {
             Some(ip) => match self.inner.per_ip.admit(ip, std::time::Instant::now()) {
                 Ok(slot) => slot,
                 Err(_) => {
-                    self.inner.rejected_per_ip.fetch_add(1, Ordering::Relaxed);
+                    self.inner.counters.rejected_per_ip.inc();
                     return Err(SseRejection::TooManyFromAddress);
                 }
             },
@@ -186,12 +179,12 @@ impl SseRegistry {
         let mut st = self.inner.lock();
         if st.shutting_down {
             drop(st);
-            self.inner.rejected_shutdown.fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.rejected_shutdown.inc();
             return Err(SseRejection::ShuttingDown);
         }
         if st.taken >= self.inner.max {
             drop(st);
-            self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+            self.inner.counters.rejected.inc();
             return Err(SseRejection::TooManyStreams {
                 limit: self.inner.max,
             });
@@ -220,7 +213,7 @@ impl Slot {
     }
 
     pub(crate) fn attach(&self, shared: &Arc<Shared>) {
-        self.registry.opened.fetch_add(1, Ordering::Relaxed);
+        self.registry.counters.opened.inc();
         let mut st = self.registry.lock();
         st.streams.insert(self.id, Arc::downgrade(shared));
         if st.shutting_down {

@@ -43,7 +43,6 @@ use tokio::sync::Notify;
 
 use super::encode::{encode_comment, encode_event, SseEvent};
 use super::registry::{RegistryInner, Slot};
-use std::sync::atomic::Ordering;
 
 /// Options for [`create_with`].
 #[derive(Debug, Clone)]
@@ -141,7 +140,7 @@ impl Shared {
             st.closed = true;
             drop(st);
             if let Some(r) = &self.registry {
-                r.slow_readers.fetch_add(1, Ordering::Relaxed);
+                r.counters.slow_readers.inc();
             }
             tracing::debug!(limit, "SSE reader too slow; ending its stream");
             self.waker.wake();

@@ -579,7 +579,7 @@ impl WebSocketServer {
 
     /// The server's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot(self.connection_count())
+        self.shared.stats.snapshot_with(self.connection_count())
     }
 
     /// Whether [`close`](Self::close) has been called.
