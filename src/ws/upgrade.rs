@@ -457,9 +457,9 @@ async fn take_stream(mut start: Box<Start>) -> Option<Taken> {
                     tracing::debug!(error = %e, "cannot set SO_SNDBUF");
                 }
             }
-            Taken::Tcp(start.accepted(stream, parts.read_buf))
+            Taken::Tcp((*start).accepted(stream, parts.read_buf))
         }
-        Err(upgraded) => Taken::Other(start.accepted(Io(TokioIo::new(upgraded)), Bytes::new())),
+        Err(upgraded) => Taken::Other((*start).accepted(Io(TokioIo::new(upgraded)), Bytes::new())),
     })
 }
 
@@ -548,14 +548,14 @@ async fn serve_upgraded(start: Box<Start>) {
 }
 
 impl Start {
-    fn accepted<T>(self: Box<Self>, stream: T, pre: Bytes) -> Box<Accepted<T>> {
+    fn accepted<T>(self, stream: T, pre: Bytes) -> Box<Accepted<T>> {
         let Start {
             wss,
             socket,
             admission,
             request,
             ..
-        } = *self;
+        } = self;
         Box::new(Accepted {
             wss,
             socket,
