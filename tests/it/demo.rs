@@ -46,7 +46,7 @@ async fn start_demo_with(port: u16, redis_url: Option<&str>) -> Demo {
 
 /// Start the demo with these variables set (`Some`) or removed (`None`).
 async fn start_demo_env(port: u16, env: &[(&str, Option<&str>)]) -> Demo {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_street"));
+    let mut cmd = Command::new(demo_path());
     for (k, v) in env {
         match v {
             Some(v) => cmd.env(k, v),
@@ -579,7 +579,7 @@ async fn demo_refuses_bad_trusted_proxies() {
     let out = within(
         "the demo to exit",
         tokio::task::spawn_blocking(|| {
-            Command::new(env!("CARGO_BIN_EXE_street"))
+            Command::new(demo_path())
                 .env("PORT", crate::examples::free_port().to_string())
                 .env("STREET_TRUSTED_PROXIES", "10.0.0.0/8, proxy.internal")
                 .stdout(Stdio::null())
@@ -595,4 +595,18 @@ async fn demo_refuses_bad_trusted_proxies() {
         err.contains("STREET_TRUSTED_PROXIES") && err.contains("proxy.internal"),
         "{err}"
     );
+}
+
+/// The demo's binary (`crates/street-demo`, built by scripts/test next to this test).
+pub fn demo_path() -> std::path::PathBuf {
+    // target/<profile>/deps/it-HASH -> target/<profile>/street
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("street");
+    assert!(
+        p.exists(),
+        "{} is not built; run scripts/test (or `cargo build -p street-demo` first)",
+        p.display()
+    );
+    p
 }
