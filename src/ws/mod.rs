@@ -16,6 +16,7 @@ pub mod envelope;
 mod handler;
 mod heartbeat;
 pub(crate) mod limits;
+mod listeners;
 mod origin;
 mod outbox;
 mod proto;

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use super::close::{CloseCode, CloseInfo};
 use super::envelope::{self, EnvelopeError};
 use super::handler::{DispatchOut, Handler, Outcome};
+use super::listeners::{Erased, ErasedClose, ErasedError, ErasedRaw, Kind, Listeners};
 use super::outbox::{Outbox, Refused};
 use super::stats::Stats;
 
@@ -43,9 +44,7 @@ impl std::fmt::Display for SocketId {
     }
 }
 
-/// Identifies one registered listener, for [`Socket::off`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ListenerId(u64);
+pub use super::listeners::ListenerId;
 
 /// Event names with a lifecycle meaning, reachable only through the typed methods
 /// [`Socket::on_close`], [`Socket::on_error`] and [`Socket::on_raw`].
@@ -161,81 +160,6 @@ pub enum RawMessage {
     Text(super::Text),
     /// A binary frame.
     Binary(Bytes),
-}
-
-type Erased = Arc<dyn Fn(Option<&RawValue>, &str) -> Result<DispatchOut, String> + Send + Sync>;
-type ErasedClose = Arc<dyn Fn(CloseInfo) -> DispatchOut + Send + Sync>;
-type ErasedError = Arc<dyn Fn(ErrorEvent) -> DispatchOut + Send + Sync>;
-type ErasedRaw = Arc<dyn Fn(RawMessage) -> DispatchOut + Send + Sync>;
-
-/// An event name, stored inline when short (most are), so a listener costs no extra
-/// allocation for its name.
-enum Name {
-    Inline { len: u8, buf: [u8; 22] },
-    Heap(Box<str>),
-}
-
-impl Name {
-    fn new(s: &str) -> Self {
-        let b = s.as_bytes();
-        if b.len() <= 22 {
-            let mut buf = [0u8; 22];
-            buf[..b.len()].copy_from_slice(b);
-            Name::Inline {
-                len: b.len() as u8,
-                buf,
-            }
-        } else {
-            Name::Heap(s.into())
-        }
-    }
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Name::Inline { len, buf } => &buf[..usize::from(*len)],
-            Name::Heap(s) => s.as_bytes(),
-        }
-    }
-}
-
-enum Kind {
-    Event(Name, Erased),
-    Close(ErasedClose),
-    Error(ErasedError),
-    Raw(ErasedRaw),
-}
-
-impl Kind {
-    /// The name `on()`/`off()` use for this listener.
-    fn name(&self) -> &[u8] {
-        match self {
-            Kind::Event(n, _) => n.as_bytes(),
-            Kind::Close(_) => b"close",
-            Kind::Error(_) => b"error",
-            Kind::Raw(_) => b"raw",
-        }
-    }
-}
-
-/// Every listener of a socket in one flat list, in registration order. One small
-/// allocation per socket (a map plus a vector per event cost several); sockets have a
-/// handful of listeners, so a linear scan is as fast as a lookup.
-#[derive(Default)]
-struct Listeners {
-    next_id: u64,
-    entries: Vec<(ListenerId, Kind)>,
-}
-
-impl Listeners {
-    fn id(&mut self) -> ListenerId {
-        self.next_id += 1;
-        ListenerId(self.next_id)
-    }
-    fn count(&self, name: &str) -> usize {
-        self.entries
-            .iter()
-            .filter(|(_, k)| k.name() == name.as_bytes())
-            .count()
-    }
 }
 
 pub(crate) struct SocketInner {
@@ -511,11 +435,8 @@ impl Socket {
                 Err(e) => Err(e.to_string()),
             }
         });
-        let mut l = lock(&self.inner.listeners);
-        self.check_limit(event, l.count(event))?;
-        let id = l.id();
-        l.entries.push((id, Kind::Event(Name::new(event), erased)));
-        Ok(id)
+        self.listeners()
+            .add(Kind::event(event, erased), Some(self.inner.max_listeners))
     }
 
     /// Register a close handler: runs exactly once when the connection ends, whoever ended
@@ -550,22 +471,12 @@ impl Socket {
     where
         H: Handler<RawMessage, M>,
     {
-        let mut l = lock(&self.inner.listeners);
-        self.check_limit("raw", l.count("raw"))?;
-        let id = l.id();
-        l.entries
-            .push((id, Kind::Raw(Arc::new(move |m| handler.call(m)))));
-        Ok(id)
+        let kind = Kind::Raw(Arc::new(move |m| handler.call(m)));
+        self.listeners().add(kind, Some(self.inner.max_listeners))
     }
 
-    fn check_limit(&self, event: &str, count: usize) -> Result<(), SocketError> {
-        if count >= self.inner.max_listeners {
-            return Err(SocketError::TooManyListeners {
-                event: event.to_owned(),
-                limit: self.inner.max_listeners,
-            });
-        }
-        Ok(())
+    fn listeners(&self) -> MutexGuard<'_, Listeners> {
+        lock(&self.inner.listeners)
     }
 
     /// A close hook for street's own bookkeeping (rooms): not counted against
@@ -583,7 +494,7 @@ impl Socket {
     }
 
     fn add_close_inner(&self, h: ErasedClose, limited: bool) -> Result<ListenerId, SocketError> {
-        let mut l = lock(&self.inner.listeners);
+        let mut l = self.listeners();
         if self.inner.finished.load(Ordering::Acquire) {
             drop(l);
             let info = CloseInfo::new(CloseCode::ABNORMAL, "already closed");
@@ -591,42 +502,30 @@ impl Socket {
             spawn_dispatch(out);
             return Ok(ListenerId(0));
         }
-        if limited {
-            self.check_limit("close", l.count("close"))?;
-        }
-        let id = l.id();
-        l.entries.push((id, Kind::Close(h)));
-        Ok(id)
+        l.add(Kind::Close(h), limited.then_some(self.inner.max_listeners))
     }
 
     fn add_error(&self, h: ErasedError) -> Result<ListenerId, SocketError> {
-        let mut l = lock(&self.inner.listeners);
-        self.check_limit("error", l.count("error"))?;
-        let id = l.id();
-        l.entries.push((id, Kind::Error(h)));
-        Ok(id)
+        self.listeners()
+            .add(Kind::Error(h), Some(self.inner.max_listeners))
     }
 
     /// Remove a listener registered with `on`, `on_close`, `on_error` or `on_raw` (pass
     /// `"close"`, `"error"` or `"raw"` for the last three). Returns whether it was found.
     pub fn off(&self, event: &str, id: ListenerId) -> bool {
-        let mut l = lock(&self.inner.listeners);
-        let before = l.entries.len();
-        l.entries
-            .retain(|(i, k)| !(*i == id && k.name() == event.as_bytes()));
-        l.entries.len() != before
+        self.listeners().remove(event, id)
     }
 
     /// Number of listeners registered for `event` (`"close"`, `"error"` and `"raw"` count
     /// the typed lifecycle listeners).
     pub fn listener_count(&self, event: &str) -> usize {
-        lock(&self.inner.listeners).count(event)
+        self.listeners().count(event)
     }
 
     /// Trim listener storage to its length (called once the connection handler has
     /// registered its listeners).
     pub(crate) fn compact(&self) {
-        lock(&self.inner.listeners).entries.shrink_to_fit();
+        self.listeners().compact();
     }
 
     // ---- typed per-socket data ----
@@ -662,42 +561,15 @@ impl Socket {
     /// handlers, then `*` handlers. An envelope named `*` or like a lifecycle event gets
     /// only `*` handlers (`on` refuses lifecycle names; the check here keeps it so).
     pub(crate) fn handlers_for(&self, event: &str) -> (Vec<Erased>, Vec<Erased>) {
-        let l = lock(&self.inner.listeners);
-        let lifecycle = LIFECYCLE_EVENTS.contains(&event) || event == "*";
-        let mut own = Vec::new();
-        let mut wild = Vec::new();
-        for (_, k) in &l.entries {
-            if let Kind::Event(name, h) = k {
-                if name.as_bytes() == b"*" {
-                    wild.push(h.clone());
-                } else if !lifecycle && name.as_bytes() == event.as_bytes() {
-                    own.push(h.clone());
-                }
-            }
-        }
-        (own, wild)
+        self.listeners().for_event(event)
     }
 
     pub(crate) fn raw_handlers(&self) -> Vec<ErasedRaw> {
-        lock(&self.inner.listeners)
-            .entries
-            .iter()
-            .filter_map(|(_, k)| match k {
-                Kind::Raw(h) => Some(h.clone()),
-                _ => None,
-            })
-            .collect()
+        self.listeners().raw()
     }
 
     pub(crate) async fn report_error(&self, ev: ErrorEvent) {
-        let handlers: Vec<ErasedError> = lock(&self.inner.listeners)
-            .entries
-            .iter()
-            .filter_map(|(_, k)| match k {
-                Kind::Error(h) => Some(h.clone()),
-                _ => None,
-            })
-            .collect();
+        let handlers = self.listeners().errors();
         if handlers.is_empty() {
             tracing::debug!(socket = %self.id(), error = ?ev, "socket error (no error handler)");
         }
@@ -713,18 +585,14 @@ impl Socket {
     /// cycles of handlers that captured this socket).
     pub(crate) fn finish(&self, info: CloseInfo) {
         let listeners = {
-            let mut l = lock(&self.inner.listeners);
+            let mut l = self.listeners();
             if self.inner.finished.swap(true, Ordering::AcqRel) {
                 return;
             }
             std::mem::take(&mut *l)
         };
         self.inner.outbox.clear();
-        let closers = listeners.entries.into_iter().filter_map(|(_, k)| match k {
-            Kind::Close(h) => Some(h),
-            _ => None,
-        });
-        for h in closers {
+        for h in listeners.into_closers() {
             let info = info.clone();
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(info))) {
                 Ok(out) => spawn_dispatch(out),

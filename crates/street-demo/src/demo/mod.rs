@@ -192,7 +192,12 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         )
         .route(
             "/street.js",
-            get(|| async { asset("text/javascript", include_str!("../../../../client/street.js")) }),
+            get(|| async {
+                asset(
+                    "text/javascript",
+                    include_str!("../../../../client/street.js"),
+                )
+            }),
         )
         .route("/health", get(|| async { "ok" }))
         .merge(chat::routes(demo.clone()))
