@@ -1,0 +1,87 @@
+//! The command line: scenario, flags and their defaults.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) scenario: String,
+    pub(crate) url: String,
+    /// `--url` given more than once: `fanout` spreads its subscribers over all of them.
+    pub(crate) more_urls: Vec<String>,
+    pub(crate) connections: usize,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) outstanding: usize,
+    pub(crate) payload_bytes: usize,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) threads: usize,
+    pub(crate) json: bool,
+    pub(crate) label: String,
+    pub(crate) reconnect_window: Duration,
+    pub(crate) timeout: Duration,
+}
+
+pub(crate) const USAGE: &str = "usage: street-bench <echo|fanout|idle|connect-storm|restart|sse-fanout> --url ws://HOST:PORT/ws
+  [--connections N] [--duration SECS] [--warmup SECS] [--concurrency N] [--outstanding N]
+  [--payload-bytes N] [--server-pid PID] [--threads N] [--label NAME] [--json]
+  [--reconnect-window-ms MS] [--timeout SECS]";
+
+pub(crate) fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let scenario = it.next().ok_or(USAGE)?;
+    if scenario == "-h" || scenario == "--help" {
+        return Err(USAGE.into());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut a = Args {
+        connections: match scenario.as_str() {
+            "echo" => 64,
+            "fanout" | "sse-fanout" => 1000,
+            "idle" => 10_000,
+            _ => 1000,
+        },
+        scenario,
+        url: "ws://127.0.0.1:9001/ws".into(),
+        more_urls: Vec::new(),
+        duration: Duration::from_secs(5),
+        warmup: Duration::from_secs(1),
+        concurrency: 256,
+        outstanding: 4,
+        payload_bytes: 32,
+        server_pid: None,
+        threads: cores,
+        json: false,
+        label: String::new(),
+        reconnect_window: Duration::from_secs(2),
+        timeout: Duration::from_secs(60),
+    };
+    let mut url_given = false;
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<f64>().map_err(|_| format!("not a number: {v}"));
+        match flag.as_str() {
+            "--url" if url_given => a.more_urls.push(val()?),
+            "--url" => {
+                a.url = val()?;
+                url_given = true;
+            }
+            "--connections" | "-n" => a.connections = num(val()?)? as usize,
+            "--duration" => a.duration = Duration::from_secs_f64(num(val()?)?),
+            "--warmup" => a.warmup = Duration::from_secs_f64(num(val()?)?),
+            "--concurrency" => a.concurrency = num(val()?)? as usize,
+            "--outstanding" => a.outstanding = num(val()?)? as usize,
+            "--payload-bytes" => a.payload_bytes = num(val()?)? as usize,
+            "--server-pid" => a.server_pid = Some(num(val()?)? as u32),
+            "--threads" => a.threads = (num(val()?)? as usize).clamp(1, cores),
+            "--label" => a.label = val()?,
+            "--json" => a.json = true,
+            "--reconnect-window-ms" => {
+                a.reconnect_window = Duration::from_millis(num(val()?)? as u64);
+            }
+            "--timeout" => a.timeout = Duration::from_secs_f64(num(val()?)?),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}

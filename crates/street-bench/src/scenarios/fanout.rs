@@ -1,0 +1,157 @@
+//! `fanout` and `sse-fanout`: N subscribers, one publisher with at most K broadcasts
+//! outstanding; a broadcast completes when all N received it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_websockets::Message;
+
+use crate::args::Args;
+use crate::conn::{open_spread, payload_id, Ws};
+use crate::measure::Meter;
+use crate::report::{hist, round, Report};
+use crate::sse::{open_many_sse, read_sse_ids};
+
+pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Result<u64, String> {
+    const WINDOW: usize = 1024;
+    let sse = a.scenario == "sse-fanout";
+    let n = a.connections;
+    // subscribers spread over every --url; the publisher is the first connection (on the
+    // first url), popped from the front below
+    let mut urls = vec![a.url.clone()];
+    urls.extend(a.more_urls.iter().cloned());
+    // with SSE the publisher is a client of bench_server's /sse/publish endpoint
+    let pub_urls = if sse {
+        let uri: http::Uri = a.url.parse().map_err(|e| format!("bad url: {e}"))?;
+        let auth = uri.authority().ok_or("url has no host")?;
+        vec![format!("ws://{auth}/sse/publish")]
+    } else {
+        urls.clone()
+    };
+    let (mut conns, failed, _) =
+        open_spread(&pub_urls, if sse { 1 } else { n }, a.concurrency).await;
+    if failed > 0 {
+        return Err(format!("{failed} connections failed"));
+    }
+    let sse_readers = if sse {
+        open_many_sse(&a.url, n, a.concurrency).await?
+    } else {
+        Vec::new()
+    };
+    if conns.is_empty() {
+        return Err("no connections".into());
+    }
+    let publisher = conns.swap_remove(0);
+    let t_base = Instant::now();
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..WINDOW).map(|_| AtomicU64::new(0)).collect());
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..WINDOW).map(|_| AtomicUsize::new(0)).collect());
+    let window = Arc::new(Semaphore::new(a.outstanding.max(1)));
+    let hist_all = Arc::new(std::sync::Mutex::new(hist()));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let measure_from = Arc::new(AtomicU64::new(u64::MAX)); // first id counted
+    let start = Instant::now() + a.warmup;
+    let end = start + a.duration;
+    let sampler = meter.window(start, end);
+
+    let (mut pub_sink, pub_stream) = publisher.split();
+    let mut readers = Vec::new();
+    let on_id = {
+        let (sent_at, counts, window, hist_all, delivered, completed, measure_from) = (
+            sent_at.clone(),
+            counts.clone(),
+            window.clone(),
+            hist_all.clone(),
+            delivered.clone(),
+            completed.clone(),
+            measure_from.clone(),
+        );
+        Arc::new(move |id: u64| {
+            let slot = (id as usize) % WINDOW;
+            let from = measure_from.load(Ordering::Relaxed);
+            if id >= from {
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            if counts[slot].fetch_add(1, Ordering::AcqRel) + 1 == n {
+                let lat = (t_base.elapsed().as_nanos() as u64)
+                    .saturating_sub(sent_at[slot].load(Ordering::Acquire));
+                if id >= from {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut h) = hist_all.lock() {
+                        let _ = h.record((lat / 1000).max(1));
+                    }
+                }
+                window.add_permits(1);
+            }
+        })
+    };
+    let spawn_reader = |mut stream: futures_util::stream::SplitStream<Ws>| {
+        let on_id = on_id.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if let Some(id) = payload_id(m.as_payload()) {
+                    on_id(id);
+                }
+            }
+        })
+    };
+    for ws in conns {
+        let (_sink, stream) = ws.split();
+        // keep the sink alive with the stream: dropping it does not close the socket
+        std::mem::forget(_sink);
+        readers.push(spawn_reader(stream));
+    }
+    for tcp in sse_readers {
+        let on_id = on_id.clone();
+        readers.push(tokio::spawn(read_sse_ids(tcp, move |id| on_id(id))));
+    }
+    // (with SSE the publisher receives nothing: it is not a subscriber)
+    readers.push(spawn_reader(pub_stream));
+    let kind = if sse { "sse" } else { "broadcast" };
+
+    let mut id: u64 = 0;
+    let mut sent = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let permit = tokio::time::timeout(end - now, window.acquire()).await;
+        let Ok(Ok(permit)) = permit else { break };
+        permit.forget();
+        id += 1;
+        if Instant::now() >= start && measure_from.load(Ordering::Relaxed) == u64::MAX {
+            measure_from.store(id, Ordering::Relaxed);
+        }
+        let slot = (id as usize) % WINDOW;
+        counts[slot].store(0, Ordering::Release);
+        sent_at[slot].store(t_base.elapsed().as_nanos() as u64, Ordering::Release);
+        pub_sink
+            .send(Message::text(format!(
+                r#"{{"type":"{kind}","payload":{id}}}"#
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
+        sent += 1;
+    }
+    let _ = sampler.await;
+    let elapsed = a.duration.as_secs_f64();
+    let d = delivered.load(Ordering::Relaxed);
+    let c = completed.load(Ordering::Relaxed);
+    let h = hist_all.lock().map_err(|_| "poisoned")?.clone();
+    for t in &readers {
+        t.abort();
+    }
+    r.put("subscribers", n);
+    r.put("nodes", urls.len());
+    r.put("broadcasts_sent", sent);
+    r.put("broadcasts_per_s", round(c as f64 / elapsed, 1));
+    r.put("deliveries_per_s", round(d as f64 / elapsed, 0));
+    r.put("completion_p50_us", h.value_at_quantile(0.5));
+    r.put("completion_p99_us", h.value_at_quantile(0.99));
+    Ok(d)
+}

@@ -1,0 +1,83 @@
+//! The cluster side of the rooms: sending through the broker, delivering messages (from
+//! this node or others) to local connections, and the hooks the broker calls back
+//! (delivery, and this node's presence to re-send after it lost it).
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+
+use super::{lock, Inner, Rooms};
+use crate::cluster::{ClusterMessage, NodeHooks, Target};
+use crate::ws::Socket;
+
+/// The hooks through which the broker reaches the rooms of `inner` (weakly: dropped
+/// rooms get nothing).
+pub(super) fn node_hooks(inner: &Arc<Inner>) -> NodeHooks {
+    let (w1, w2): (Weak<Inner>, Weak<Inner>) = (Arc::downgrade(inner), Arc::downgrade(inner));
+    NodeHooks {
+        deliver: Arc::new(move |m: ClusterMessage| {
+            if let Some(i) = w1.upgrade() {
+                Rooms { inner: i }.deliver_local(&m.target, &m.envelope);
+            }
+        }),
+        snapshot: Arc::new(move || {
+            w2.upgrade()
+                .map(|i| Rooms { inner: i }.snapshot())
+                .unwrap_or_default()
+        }),
+    }
+}
+
+impl Rooms {
+    /// Deliver locally, then hand to the broker (unless it is a socket found here).
+    pub(super) fn send(&self, target: Target, envelope: Bytes) -> usize {
+        let n = self.deliver_local(&target, &envelope);
+        if matches!(target, Target::Socket(_)) && n > 0 {
+            return n;
+        }
+        self.inner.broker.publish(ClusterMessage {
+            origin: self.inner.node.clone(),
+            target,
+            envelope,
+        });
+        n
+    }
+
+    /// Queue `bytes` for the local connections `target` names.
+    fn deliver_local(&self, target: &Target, bytes: &Bytes) -> usize {
+        let started = std::time::Instant::now();
+        let recipients: Vec<Socket> = match target {
+            Target::All => {
+                let n = self.inner.wss.broadcast_encoded(bytes);
+                self.inner.counters.delivered.add(n as u64);
+                return n;
+            }
+            Target::Socket(id) => self.inner.wss.client(*id).into_iter().collect(),
+            Target::Member(m) => lock(&self.inner.state).member_sockets(m.as_str()),
+            Target::Room {
+                room,
+                except_socket,
+                except_member,
+            } => lock(&self.inner.state).room_sockets(
+                room.as_str(),
+                *except_socket,
+                except_member.as_deref(),
+            ),
+        };
+        // queued outside the lock: a full queue closes that client, never blocks others
+        let n = recipients
+            .iter()
+            .filter(|s| s.send_text_bytes(bytes.clone()).is_ok())
+            .count();
+        self.inner.counters.delivered.add(n as u64);
+        if matches!(target, Target::Room { .. }) {
+            self.inner.wss.observe_fanout(started.elapsed());
+        }
+        n
+    }
+
+    /// This node's presence, for the broker to re-send after it lost it.
+    pub(super) fn snapshot(&self) -> Vec<(String, String, usize)> {
+        lock(&self.inner.state).snapshot()
+    }
+}

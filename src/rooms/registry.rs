@@ -1,0 +1,322 @@
+//! This node's rooms, members and presence: who is in which room on which connection,
+//! with the per-socket, per-address and per-node room limits. The rooms keep one
+//! [`Registry`] behind their lock and change it only through its methods.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::policy::{Budget, Rates};
+use super::typing::Typing;
+use super::{RoomError, RoomsOptions};
+use crate::net::per_ip::ip_key;
+use crate::ws::{Socket, SocketId};
+
+#[derive(Default)]
+struct Member {
+    conns: Vec<SocketId>,
+    /// Join order, for `presence()`.
+    order: u64,
+    /// Typing, and (with a `typing_ttl`) until when.
+    typing: Typing,
+}
+
+#[derive(Default)]
+struct Room {
+    conns: HashMap<SocketId, (Socket, Arc<str>)>,
+    members: HashMap<Arc<str>, Member>,
+    next_order: u64,
+    /// What clients may still publish into the room (made at the first publication).
+    budget: Option<Budget>,
+}
+
+#[derive(Default)]
+pub(super) struct Registry {
+    rooms: HashMap<Arc<str>, Room>,
+    /// Rooms of each socket we track (an entry means the close hook is installed).
+    socket_rooms: HashMap<SocketId, Vec<Arc<str>>>,
+    /// Every tracked connection of each member, for [`Rooms::emit_to_member`](super::Rooms::emit_to_member).
+    members: HashMap<Arc<str>, HashMap<SocketId, Socket>>,
+    /// Rooms the sockets of each address are in (for `max_rooms_per_ip`).
+    per_ip: HashMap<std::net::IpAddr, usize>,
+}
+
+/// What [`Registry::join`] changed (when the socket was not in the room yet).
+pub(super) struct Joined {
+    /// The member's first connection in the room.
+    pub(super) newly: bool,
+    /// The member's connections in the room now.
+    pub(super) count: usize,
+    pub(super) room: Arc<str>,
+    pub(super) member: Arc<str>,
+    /// The socket is newly tracked: its close hook must be installed.
+    pub(super) hook: bool,
+}
+
+impl Registry {
+    /// Start tracking a socket (index its member). Returns whether the close hook must be
+    /// installed — by the caller, after releasing the state lock: on a socket that just
+    /// closed the hook runs at once, and it takes the lock.
+    fn track(&mut self, socket: &Socket, member: &Arc<str>) -> bool {
+        let id = socket.id();
+        self.members
+            .entry(member.clone())
+            .or_default()
+            .insert(id, socket.clone());
+        match self.socket_rooms.entry(id) {
+            Entry::Vacant(e) => {
+                e.insert(Vec::new());
+                true
+            }
+            Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Index `socket` under `member` without joining a room; returns whether the close
+    /// hook must be installed (see `track`).
+    pub(super) fn attach(&mut self, socket: &Socket, member: &str) -> bool {
+        let key: Arc<str> = self
+            .members
+            .get_key_value(member)
+            .map_or_else(|| Arc::from(member), |(k, _)| k.clone());
+        self.track(socket, &key)
+    }
+
+    /// Join `socket` to `room` as `member` within the limits of `opts`. `None` when the
+    /// socket is already in the room.
+    pub(super) fn join(
+        &mut self,
+        socket: &Socket,
+        room: &str,
+        member: &str,
+        opts: &RoomsOptions,
+    ) -> Result<Option<Joined>, RoomError> {
+        let id = socket.id();
+        let in_rooms = self.socket_rooms.get(&id).map_or(0, Vec::len);
+        let room_exists = self.rooms.contains_key(room);
+        if let Some(r) = self.rooms.get(room) {
+            if r.conns.contains_key(&id) {
+                return Ok(None);
+            }
+        }
+        if in_rooms >= opts.max_rooms_per_socket {
+            return Err(RoomError::TooManyRoomsForSocket {
+                limit: opts.max_rooms_per_socket,
+            });
+        }
+        if !room_exists && self.rooms.len() >= opts.max_rooms {
+            return Err(RoomError::TooManyRooms {
+                limit: opts.max_rooms,
+            });
+        }
+        let ip = socket.remote_addr().map(|a| ip_key(a.ip()));
+        if let Some(ip) = ip {
+            let held = self.per_ip.entry(ip).or_default();
+            if opts.max_rooms_per_ip > 0 && *held >= opts.max_rooms_per_ip {
+                return Err(RoomError::TooManyRoomsForAddress {
+                    limit: opts.max_rooms_per_ip,
+                });
+            }
+            *held += 1;
+        }
+        let room_key: Arc<str> = self
+            .rooms
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(k, _)| k.clone());
+        let member_key: Arc<str> = self
+            .members
+            .get_key_value(member)
+            .map_or_else(|| Arc::from(member), |(k, _)| k.clone());
+        let hook = self.track(socket, &member_key);
+        if let Some(v) = self.socket_rooms.get_mut(&id) {
+            v.push(room_key.clone());
+        }
+        let r = self.rooms.entry(room_key.clone()).or_default();
+        r.conns.insert(id, (socket.clone(), member_key.clone()));
+        let order = r.next_order;
+        let m = r
+            .members
+            .entry(member_key.clone())
+            .or_insert_with(|| Member {
+                order,
+                ..Member::default()
+            });
+        let newly = m.conns.is_empty();
+        m.conns.push(id);
+        let count = m.conns.len();
+        if newly {
+            r.next_order += 1;
+        }
+        Ok(Some(Joined {
+            newly,
+            count,
+            room: room_key,
+            member: member_key,
+            hook,
+        }))
+    }
+
+    /// Take connection `id` out of `room`: its member and that member's connections left
+    /// in the room, or `None` when it was not in it. An empty room is dropped. The
+    /// socket's own room list is left to [`Registry::forget_room`].
+    pub(super) fn remove(&mut self, id: SocketId, room: &str) -> Option<(Arc<str>, usize)> {
+        let r = self.rooms.get_mut(room)?;
+        let (socket, member) = r.conns.remove(&id)?;
+        let mut count = 0;
+        if let Some(m) = r.members.get_mut(&member) {
+            m.conns.retain(|c| *c != id);
+            count = m.conns.len();
+            if count == 0 {
+                r.members.remove(&member);
+            }
+        }
+        if r.conns.is_empty() && r.members.is_empty() {
+            self.rooms.remove(room);
+        }
+        if let Some(ip) = socket.remote_addr().map(|a| ip_key(a.ip())) {
+            if let Entry::Occupied(mut e) = self.per_ip.entry(ip) {
+                *e.get_mut() = e.get().saturating_sub(1);
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        Some((member, count))
+    }
+
+    /// Drop `room` from the room list of socket `id`.
+    pub(super) fn forget_room(&mut self, id: SocketId, room: &str) {
+        if let Some(v) = self.socket_rooms.get_mut(&id) {
+            v.retain(|r| &**r != room);
+        }
+    }
+
+    /// Stop tracking socket `id`; returns the rooms it was in (still to be left).
+    pub(super) fn disconnect(&mut self, id: SocketId) -> Vec<Arc<str>> {
+        let rooms = self.socket_rooms.remove(&id).unwrap_or_default();
+        self.members.retain(|_, conns| {
+            conns.remove(&id);
+            !conns.is_empty()
+        });
+        rooms
+    }
+
+    /// Take one client publication of `len` bytes from `room`'s budget, made with `rates`
+    /// at the first one; false when it is spent or there is no such room.
+    pub(super) fn take_room_budget(&mut self, room: &str, rates: Rates, len: usize) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        r.budget
+            .get_or_insert_with(|| Budget::new(rates, now))
+            .take(len, now)
+    }
+
+    /// `member`'s typing state in `room`, if the member is there.
+    pub(super) fn typing(&self, room: &str, member: &str) -> Option<Typing> {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.members.get(member))
+            .map(|m| m.typing)
+    }
+
+    /// `member`'s typing state in `room`, to change, if the member is there.
+    pub(super) fn typing_mut(&mut self, room: &str, member: &str) -> Option<&mut Typing> {
+        self.rooms
+            .get_mut(room)
+            .and_then(|r| r.members.get_mut(member))
+            .map(|m| &mut m.typing)
+    }
+
+    /// The room's members whose typing state `keep` accepts, in the order they became
+    /// present.
+    pub(super) fn members_where(&self, room: &str, keep: impl Fn(Typing) -> bool) -> Vec<String> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(u64, String)> = r
+            .members
+            .iter()
+            .filter(|(_, m)| keep(m.typing))
+            .map(|(k, m)| (m.order, k.to_string()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Whether `member` is present in `room`.
+    pub(super) fn is_present(&self, room: &str, member: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.members.contains_key(member))
+    }
+
+    /// Connections in `room`.
+    pub(super) fn connection_count(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.conns.len())
+    }
+
+    /// How many rooms there are.
+    pub(super) fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The rooms' names.
+    pub(super) fn room_names(&self) -> Vec<String> {
+        self.rooms.keys().map(|k| k.to_string()).collect()
+    }
+
+    /// Rooms socket `id` is in.
+    pub(super) fn rooms_of(&self, id: SocketId) -> Vec<String> {
+        self.socket_rooms
+            .get(&id)
+            .map(|v| v.iter().map(|r| r.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether socket `id` is in `room` (without copying its room list).
+    pub(super) fn is_in(&self, id: SocketId, room: &str) -> bool {
+        self.socket_rooms
+            .get(&id)
+            .is_some_and(|v| v.iter().any(|r| &**r == room))
+    }
+
+    /// Every tracked connection of `member`.
+    pub(super) fn member_sockets(&self, member: &str) -> Vec<Socket> {
+        self.members
+            .get(member)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The connections in `room`, minus the exceptions.
+    pub(super) fn room_sockets(
+        &self,
+        room: &str,
+        except_socket: Option<SocketId>,
+        except_member: Option<&str>,
+    ) -> Vec<Socket> {
+        match self.rooms.get(room) {
+            None => Vec::new(),
+            Some(r) => r
+                .conns
+                .iter()
+                .filter(|(id, (_, m))| Some(**id) != except_socket && except_member != Some(&**m))
+                .map(|(_, (s, _))| s.clone())
+                .collect(),
+        }
+    }
+
+    /// Every (room, member, connections), for the broker to re-send after it lost them.
+    pub(super) fn snapshot(&self) -> Vec<(String, String, usize)> {
+        self.rooms
+            .iter()
+            .flat_map(|(room, r)| {
+                r.members
+                    .iter()
+                    .map(move |(m, mem)| (room.to_string(), m.to_string(), mem.conns.len()))
+            })
+            .collect()
+    }
+}

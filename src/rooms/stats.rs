@@ -1,0 +1,50 @@
+//! The counters of a [`Rooms`](super::Rooms): the snapshot type and the live counters
+//! behind it, declared once.
+
+use serde::Serialize;
+
+#[cfg(doc)]
+use super::Rooms;
+use crate::cluster::BrokerStats;
+use crate::counters::stats;
+
+stats! {
+    /// Counters of a [`Rooms`].
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    #[serde(rename_all = "camelCase")]
+    #[non_exhaustive]
+    pub struct RoomsStats counted in RoomsCounters {
+        /// Rooms on this node now.
+        set rooms => gauge("street_rooms", "Rooms on this node."),
+        /// Joins since start.
+        count joins => counter("street_rooms_joins_total", "Room joins."),
+        /// Leaves since start (including by close).
+        count leaves => counter("street_rooms_leaves_total", "Room leaves."),
+        /// Room messages published from this node.
+        count published => counter("street_rooms_published_total", "Room messages published here."),
+        /// Messages queued to local sockets (from this node or others).
+        count delivered => counter(
+            "street_rooms_delivered_total",
+            "Messages queued to local sockets.",
+        ),
+        /// Client joins refused by the authorization hook (or for want of one).
+        count denied => counter(
+            "street_rooms_denied_total",
+            "Client joins refused by the authorization hook.",
+        ),
+        /// Client publications refused: an event not on the allow-list, a payload over
+        /// `max_publish_bytes`, or over the connection's or the room's publish budget.
+        count publishes_refused => counter(
+            "street_rooms_publishes_refused_total",
+            "Client publications refused (event not allowed, too large, over budget).",
+        ),
+        /// Client joins, leaves and typing changes refused: over the connection's action
+        /// budget, or a join over `max_rooms_per_socket`, `max_rooms_per_ip` or `max_rooms`.
+        count actions_refused => counter(
+            "street_rooms_actions_refused_total",
+            "Client joins, leaves and typing changes refused (over budget or a room limit).",
+        ),
+        /// The broker's counters (exposed by their own `visit`).
+        set broker: BrokerStats,
+    }
+}
