@@ -25,7 +25,7 @@ pub(crate) struct Args {
 pub(crate) const USAGE: &str = "usage: street-bench <echo|fanout|idle|connect-storm|restart|sse-fanout> --url ws://HOST:PORT/ws
   [--connections N] [--duration SECS] [--warmup SECS] [--concurrency N] [--outstanding N]
   [--payload-bytes N] [--server-pid PID] [--threads N] [--label NAME] [--json]
-  [--reconnect-window-ms MS] [--timeout SECS]";
+  [--reconnect-window-ms MS] [--timeout SECS] [--ca PEM (for wss:// URLs)]";
 
 pub(crate) fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -75,6 +75,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--server-pid" => a.server_pid = Some(num(val()?)? as u32),
             "--threads" => a.threads = (num(val()?)? as usize).clamp(1, cores),
             "--label" => a.label = val()?,
+            "--ca" => crate::conn::trust_ca(&val()?)?,
             "--json" => a.json = true,
             "--reconnect-window-ms" => {
                 a.reconnect_window = Duration::from_millis(num(val()?)? as u64);

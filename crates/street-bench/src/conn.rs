@@ -28,7 +28,8 @@ pub(crate) async fn connect(url: &str) -> Result<Ws, String> {
                 .ok_or("url has no host")?
                 .trim_matches(['[', ']'])
                 .to_owned();
-            let port = uri.port_u16().unwrap_or(80);
+            let tls = uri.scheme_str() == Some("wss");
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let a = tokio::net::lookup_host((host.as_str(), port))
                 .await
                 .map_err(|e| e.to_string())?
@@ -42,11 +43,51 @@ pub(crate) async fn connect(url: &str) -> Result<Ws, String> {
     };
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    let stream = if uri.scheme_str() == Some("wss") {
+        let config = TLS.get().ok_or("wss:// needs --ca PATH")?.clone();
+        let host = uri.host().ok_or("url has no host")?.trim_matches(['[', ']']);
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("server name: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        MaybeTlsStream::Rustls(tls)
+    } else {
+        MaybeTlsStream::Plain(tcp)
+    };
     let (ws, _) = ClientBuilder::from_uri(uri)
-        .connect_on(MaybeTlsStream::Plain(tcp))
+        .connect_on(stream)
         .await
         .map_err(|e| e.to_string())?;
     Ok(ws)
+}
+
+/// The TLS client configuration for `wss://` URLs (from `--ca`).
+static TLS: std::sync::OnceLock<Arc<tokio_rustls::rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
+
+/// Trust the certificates in the PEM file `path` for `wss://` URLs.
+pub(crate) fn trust_ca(path: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("--ca {path}: {e}"))?
+    {
+        roots
+            .add(cert.map_err(|e| format!("--ca {path}: {e}"))?)
+            .map_err(|e| format!("--ca {path}: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
 }
 
 /// Open `n` connections with at most `concurrency` handshakes in flight.
