@@ -44,6 +44,9 @@ impl CloseCode {
     pub const INTERNAL_ERROR: Self = Self(1011);
     /// 1013: try again later (server at capacity).
     pub const TRY_AGAIN_LATER: Self = Self(1013);
+    /// 4008: street's slow-consumer close (the client did not read fast enough; its
+    /// queue was dropped). Reconnectable. Same as [`SLOW_CONSUMER_CODE`](super::SLOW_CONSUMER_CODE).
+    pub const SLOW_CONSUMER: Self = Self(4008);
 
     /// Whether this code may be sent in a close frame (RFC 6455 §7.4.1–7.4.2).
     ///
@@ -55,6 +58,13 @@ impl CloseCode {
     /// ```
     pub fn is_sendable(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+/// Compare with a number: `info.code == 1000`.
+impl PartialEq<u16> for CloseCode {
+    fn eq(&self, other: &u16) -> bool {
+        self.0 == *other
     }
 }
 
@@ -90,12 +100,14 @@ pub(crate) fn truncate_reason(reason: &str) -> &str {
 /// ```
 /// use street::ws::CloseInfo;
 /// let info: CloseInfo = serde_json::from_str(r#"{"code":1000,"reason":"bye"}"#).unwrap();
+/// assert_eq!(info.code, street::ws::CloseCode::NORMAL);
 /// assert_eq!(info.code, 1000);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseInfo {
     /// The close code (1006 when the peer vanished without a close frame or was reaped).
-    pub code: u16,
+    /// Serialized as a number.
+    pub code: CloseCode,
     /// The close reason (may be empty).
     pub reason: String,
 }
@@ -103,7 +115,7 @@ pub struct CloseInfo {
 impl CloseInfo {
     pub(crate) fn new(code: CloseCode, reason: impl Into<String>) -> Self {
         Self {
-            code: code.0,
+            code,
             reason: reason.into(),
         }
     }

@@ -192,7 +192,7 @@ async fn the_peer_closes_and_the_server_echoes_its_code_then_ends() {
     // the server lingers until we end our side too
     h.client.shutdown().await.expect("shutdown");
     let info = closed(&mut h).await;
-    assert_eq!((info.code, info.reason.as_str()), (4000, "bye"));
+    assert_eq!((info.code.0, info.reason.as_str()), (4000, "bye"));
     tokio::time::timeout(LIMIT, h.done)
         .await
         .expect("task ends")
@@ -216,7 +216,7 @@ async fn the_server_closes_and_waits_for_the_peers_answer() {
         .await
         .expect("write");
     let info = closed(&mut h).await;
-    assert_eq!((info.code, info.reason.as_str()), (1000, "done"));
+    assert_eq!((info.code.0, info.reason.as_str()), (1000, "done"));
 }
 
 #[tokio::test]

@@ -419,7 +419,10 @@ mod tests {
         assert_eq!(o.next_batch(&mut out, 64), Some(BatchEnd::AwaitPeer));
         assert_eq!(kinds(&out), [proto::OP_CLOSE], "queued data dropped");
         assert_eq!(&out[0].payload[..2], &4008u16.to_be_bytes());
-        assert_eq!(o.take_sent_close().map(|c| c.code), Some(4008));
+        assert_eq!(
+            o.take_sent_close().map(|c| c.code),
+            Some(CloseCode::SLOW_CONSUMER)
+        );
     }
 
     #[test]

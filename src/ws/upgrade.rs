@@ -641,7 +641,7 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
     ))
     .await;
     drop(stream);
-    tracing::debug!(socket = %socket.id(), code = info.code, reason = %info.reason, "disconnected");
+    tracing::debug!(socket = %socket.id(), code = info.code.0, reason = %info.reason, "disconnected");
     wss.unregister(socket.id());
     socket.finish(info);
     drop(guard);

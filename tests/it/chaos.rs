@@ -75,7 +75,7 @@ async fn a_sigstopped_node_client_is_reaped_within_two_heartbeat_intervals() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(
-        (info.code, info.reason.as_str()),
+        (info.code.0, info.reason.as_str()),
         (1006, "heartbeat timeout")
     );
     assert!(

@@ -39,7 +39,7 @@ async fn close_sends_1001_after_pending_messages_runs_handlers_and_refuses_new_u
     }
     for _ in 0..2 {
         assert_eq!(
-            within("close handler", rx.recv()).await.map(|i| i.code),
+            within("close handler", rx.recv()).await.map(|i| i.code.0),
             Some(1001)
         );
     }

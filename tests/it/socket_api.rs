@@ -260,7 +260,7 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
     let mut a = connect_path(addr, "/ws?who=peer").await;
     close(&mut a).await;
     let (w, info) = within("close", rx.recv()).await.expect("info");
-    assert_eq!((w.as_str(), info.code), ("peer", 1000));
+    assert_eq!((w.as_str(), info.code.0), ("peer", 1000));
 
     // 2. server closes (with an app code, like the seed's 4001)
     let mut b = connect_path(addr, "/ws?who=server").await;
@@ -268,7 +268,7 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
     assert_eq!(recv_close(&mut b).await, (4001, "server says bye".into()));
     let (w, info) = within("close", rx.recv()).await.expect("info");
     assert_eq!(
-        (w.as_str(), info.code, info.reason.as_str()),
+        (w.as_str(), info.code.0, info.reason.as_str()),
         ("server", 4001, "server says bye")
     );
 
@@ -292,7 +292,7 @@ async fn close_handlers_run_exactly_once_for_each_way_of_ending() {
     eventually("registered", || wss.connection_count() == 1).await;
     drop(raw);
     let (w, info) = within("close", rx.recv()).await.expect("info");
-    assert_eq!((w.as_str(), info.code), ("vanish", 1006));
+    assert_eq!((w.as_str(), info.code.0), ("vanish", 1006));
 
     assert_eq!(count.load(Ordering::SeqCst), 4);
     assert_eq!(wss.connection_count(), 0);

@@ -45,7 +45,10 @@ pub(crate) async fn connect(url: &str) -> Result<Ws, String> {
     let _ = tcp.set_nodelay(true);
     let stream = if uri.scheme_str() == Some("wss") {
         let config = TLS.get().ok_or("wss:// needs --ca PATH")?.clone();
-        let host = uri.host().ok_or("url has no host")?.trim_matches(['[', ']']);
+        let host = uri
+            .host()
+            .ok_or("url has no host")?
+            .trim_matches(['[', ']']);
         let name = rustls_pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| format!("server name: {e}"))?;
         let tls = tokio_rustls::TlsConnector::from(config)
