@@ -51,6 +51,7 @@ mod counters;
 pub mod jwt;
 pub mod metrics;
 pub mod net;
+mod options;
 pub mod rooms;
 pub mod sse;
 #[cfg(feature = "tls")]
