@@ -108,7 +108,7 @@ impl Default for JwtOptions {
 /// use street::jwt::{JwtService, JwtOptions, JwtErrorKind};
 /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
 /// struct Claims { sub: String, exp: u64 }
-/// let jwt = JwtService::new(JwtOptions { secret: Some("a-very-long-test-secret".into()), ..Default::default() }).unwrap();
+/// let jwt = JwtService::new(JwtOptions::default().with_secret(Some("a-very-long-test-secret".into()))).unwrap();
 /// let token = jwt.sign(&serde_json::json!({"sub": "u1"})).unwrap();
 /// let claims: Claims = jwt.verify(&token).unwrap();
 /// assert_eq!(claims.sub, "u1");
