@@ -65,6 +65,7 @@ use crate::ws::WebSocketServer;
 /// assert_eq!(opts.host, "0.0.0.0");
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AppOptions {
     /// TCP port. Default 3000 (or the `PORT` environment variable via [`AppOptions::from_env`]).
     /// 0 picks a free port (see [`Server::local_addr`]).

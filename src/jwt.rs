@@ -82,6 +82,7 @@ impl From<jsonwebtoken::errors::Error> for JwtError {
 
 /// Options for [`JwtService::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct JwtOptions {
     /// HS256 secret (at least 16 bytes). Default: `STREET_JWT_SECRET` if set.
     pub secret: Option<String>,

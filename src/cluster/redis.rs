@@ -52,6 +52,7 @@ use super::{
 
 /// Options for [`RedisBroker::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedisOptions {
     /// `redis://host:port[/db]`; RESP3 is requested for you. Default
     /// `redis://127.0.0.1:6379`.

@@ -47,6 +47,7 @@ use crate::ws::Socket;
 /// assert_eq!(opts.client.max_publish_bytes, 64 * 1024);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientPolicy {
     /// Event names a client may publish under with `room:publish` (an allow-list: the
     /// server's own events — presence, typing, the app's — can never be impersonated).

@@ -128,6 +128,7 @@ fn add_hook<F: Clone>(all: &mut Vec<F>, hook: F, chain: impl FnOnce(Arc<[F]>) ->
 /// assert_eq!(opts.max_payload, 512 * 1024);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WsOptions {
     /// URL path of the endpoint; the query string is ignored when matching. Default `/ws`.
     pub path: String,
