@@ -26,10 +26,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "warning: {} is not set; using a development secret",
             street::jwt::SECRET_ENV
         );
-        JwtService::new(JwtOptions {
-            secret: Some("development-secret-change-me".into()),
-            ..Default::default()
-        })
+        JwtService::new(
+            JwtOptions::default().with_secret(Some("development-secret-change-me".into())),
+        )
     })?;
     street::container().register(jwt);
 

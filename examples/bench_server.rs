@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use serde_json::value::RawValue;
 use street::sse::{HubOptions, SseHub, SseRequest};
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
 
 mod support {
     pub(crate) mod contract;
@@ -31,14 +31,8 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
     let app = street::app(app);
     let (ws, echo) = contract::endpoints(&flags);
 
-    let sse = SseHub::new(HubOptions {
-        replay_events: 0,
-        ..HubOptions::default()
-    });
-    let publisher = WebSocketServer::new(WsOptions {
-        path: "/sse/publish".into(),
-        ..contract::ws_options(&flags)
-    });
+    let sse = SseHub::new(HubOptions::default().with_replay_events(0));
+    let publisher = WebSocketServer::new(contract::ws_options(&flags).with_path("/sse/publish"));
     let sse_pub = sse.clone();
     publisher.on_connection(move |socket: Socket, _: ConnectRequest| {
         let sp = sse_pub.clone();

@@ -43,19 +43,16 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
     let (ws, echo) = contract::endpoints(&flags);
 
     let broker: Option<Arc<dyn Broker>> = std::env::var("REDIS_URL").ok().map(|url| {
-        Arc::new(RedisBroker::new(RedisOptions {
-            heartbeat: Duration::from_millis(flags.cluster_heartbeat_ms),
-            ..RedisOptions::url(url)
-        })) as Arc<dyn Broker>
+        Arc::new(RedisBroker::new(RedisOptions::url(url).with_heartbeat(
+            Duration::from_millis(flags.cluster_heartbeat_ms),
+        ))) as Arc<dyn Broker>
     });
     let clustered = broker.is_some();
     let rooms = match Rooms::new(
         &ws,
-        RoomsOptions {
-            broker,
-            client_protocol: true,
-            ..RoomsOptions::default()
-        },
+        RoomsOptions::default()
+            .with_broker(broker)
+            .with_client_protocol(true),
     )
     .await
     {

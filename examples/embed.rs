@@ -22,7 +22,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::value::RawValue;
 use street::tls::TlsListener;
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
@@ -65,10 +65,7 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         })?;
         Ok::<_, SocketError>(())
     });
-    let rooms = WebSocketServer::new(WsOptions {
-        path: "/ws/{room}".into(),
-        ..contract::ws_options(&flags)
-    });
+    let rooms = WebSocketServer::new(contract::ws_options(&flags).with_path("/ws/{room}"));
     rooms.on_connection(|socket: Socket, req: ConnectRequest| {
         let room = req.path_param("room").unwrap_or_default().to_owned();
         let id = req.extensions().get::<RequestId>().map(|r| r.0);

@@ -12,11 +12,11 @@ use street::ws::{CloseInfo, ConnectRequest, Socket, SocketError, WebSocketServer
 async fn main() -> Result<(), street::app::AppError> {
     let app = street::app(street::AppOptions::from_env());
 
-    let wss = WebSocketServer::new(WsOptions {
-        heartbeat_interval: Duration::from_secs(30), // ping every 30s
-        max_connections: 10_000,                     // reject with 1013 when exceeded
-        ..Default::default()
-    });
+    let wss = WebSocketServer::new(
+        WsOptions::default()
+            .with_heartbeat_interval(Duration::from_secs(30)) // ping every 30s
+            .with_max_connections(10_000), // reject with 1013 when exceeded
+    );
     street::container().register(wss.clone());
 
     // Handle new connections

@@ -56,13 +56,16 @@ use crate::net::{body::DeadlineBody, proxy_protocol, HttpCounters, HttpStats, Tr
 use crate::sse::SseRegistry;
 use crate::ws::WebSocketServer;
 
-/// Options for [`app`]. Every field has a default; use `..Default::default()`.
+/// Options for [`app`]. Every field has a default; start from it (or
+/// [`AppOptions::from_env`]) and set what you need with the `with_*` setters, or assign
+/// the public fields of a `let mut` binding.
 ///
 /// ```
-/// let opts = street::AppOptions { port: 8080, ..Default::default() };
+/// let opts = street::AppOptions::default().with_port(8080);
 /// assert_eq!(opts.host, "0.0.0.0");
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AppOptions {
     /// TCP port. Default 3000 (or the `PORT` environment variable via [`AppOptions::from_env`]).
     /// 0 picks a free port (see [`Server::local_addr`]).
@@ -185,7 +188,7 @@ pub enum AppError {
 /// ```no_run
 /// # async fn run() -> Result<(), street::app::AppError> {
 /// use axum::routing::get;
-/// street::app(street::AppOptions { port: 3000, ..Default::default() })
+/// street::app(street::AppOptions::default().with_port(3000))
 ///     .route("/health", get(|| async { "ok" }))
 ///     .listen()
 ///     .await

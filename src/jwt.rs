@@ -82,6 +82,7 @@ impl From<jsonwebtoken::errors::Error> for JwtError {
 
 /// Options for [`JwtService::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct JwtOptions {
     /// HS256 secret (at least 16 bytes). Default: `STREET_JWT_SECRET` if set.
     pub secret: Option<String>,
@@ -108,7 +109,7 @@ impl Default for JwtOptions {
 /// use street::jwt::{JwtService, JwtOptions, JwtErrorKind};
 /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
 /// struct Claims { sub: String, exp: u64 }
-/// let jwt = JwtService::new(JwtOptions { secret: Some("a-very-long-test-secret".into()), ..Default::default() }).unwrap();
+/// let jwt = JwtService::new(JwtOptions::default().with_secret(Some("a-very-long-test-secret".into()))).unwrap();
 /// let token = jwt.sign(&serde_json::json!({"sub": "u1"})).unwrap();
 /// let claims: Claims = jwt.verify(&token).unwrap();
 /// assert_eq!(claims.sub, "u1");

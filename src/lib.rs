@@ -22,12 +22,12 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), street::app::AppError> {
-//!     let app = street::app(street::AppOptions { port: 3000, ..Default::default() });
-//!     let wss = WebSocketServer::new(WsOptions {
-//!         heartbeat_interval: Duration::from_secs(30),
-//!         max_connections: 10_000,
-//!         ..Default::default()
-//!     });
+//!     let app = street::app(street::AppOptions::default().with_port(3000));
+//!     let wss = WebSocketServer::new(
+//!         WsOptions::default()
+//!             .with_heartbeat_interval(Duration::from_secs(30))
+//!             .with_max_connections(10_000),
+//!     );
 //!     street::container().register(wss.clone());
 //!     wss.on_connection(|socket: Socket, _req: ConnectRequest| {
 //!         let s = socket.clone();
@@ -51,6 +51,7 @@ mod counters;
 pub mod jwt;
 pub mod metrics;
 pub mod net;
+mod options;
 pub mod rooms;
 pub mod sse;
 #[cfg(feature = "tls")]

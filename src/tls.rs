@@ -17,7 +17,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let tls = street::tls::TlsConfig::from_pem_files("cert.pem", "key.pem")?;
-//! let opts = street::AppOptions { port: 8443, tls: Some(tls.clone()), ..Default::default() };
+//! let opts = street::AppOptions::default().with_port(8443).with_tls(Some(tls.clone()));
 //! // e.g. on SIGHUP, after certbot renewed the files:
 //! tls.reload()?;
 //! # Ok(()) }

@@ -179,35 +179,28 @@ pub(crate) fn app_options(flags: &Flags) -> Result<street::AppOptions, String> {
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
         .ok_or_else(|| "--addr must be HOST:PORT".to_owned())?;
-    Ok(street::AppOptions {
-        host,
-        port,
-        max_connections: flags
-            .max_connections
-            .max(flags.max_sse_streams.saturating_add(1024)),
-        max_sse_streams: flags.max_sse_streams,
-        max_connections_per_ip: flags.max_connections_per_ip,
-        max_sse_streams_per_ip: flags.max_connections_per_ip,
-        trusted_proxies,
-        proxy_protocol: flags.proxy_protocol,
-        tls: tls(flags)?,
-        ..Default::default()
-    })
+    Ok(street::AppOptions::default()
+        .with_host(host)
+        .with_port(port)
+        .with_max_connections(
+            flags
+                .max_connections
+                .max(flags.max_sse_streams.saturating_add(1024)),
+        )
+        .with_max_sse_streams(flags.max_sse_streams)
+        .with_max_connections_per_ip(flags.max_connections_per_ip)
+        .with_max_sse_streams_per_ip(flags.max_connections_per_ip)
+        .with_trusted_proxies(trusted_proxies)
+        .with_proxy_protocol(flags.proxy_protocol)
+        .with_tls(tls(flags)?))
 }
 
 /// The contract's endpoints: `/ws` (envelopes; the caller adds its handlers) and `/echo`
 /// (every message echoed verbatim, wired here).
 pub(crate) fn endpoints(flags: &Flags) -> (WebSocketServer, WebSocketServer) {
     let opts = ws_options(flags);
-    let ws = WebSocketServer::new(WsOptions {
-        path: "/ws".into(),
-        ..opts.clone()
-    });
-    let echo = WebSocketServer::new(WsOptions {
-        path: "/echo".into(),
-        frames: Frames::Raw,
-        ..opts
-    });
+    let ws = WebSocketServer::new(opts.clone().with_path("/ws"));
+    let echo = WebSocketServer::new(opts.with_path("/echo").with_frames(Frames::Raw));
     echo.on_connection(|socket: Socket, _: ConnectRequest| {
         let s = socket.clone();
         socket.on_raw(move |m: RawMessage| s.send_raw(m))
@@ -236,20 +229,18 @@ pub(crate) async fn serve(
 
 /// Options of the contract's endpoints.
 pub(crate) fn ws_options(flags: &Flags) -> WsOptions {
-    WsOptions {
-        max_connections: flags.max_connections,
-        heartbeat_interval: Duration::from_millis(flags.heartbeat_ms),
-        max_payload: flags.max_payload,
-        allowed_origins: flags.origins.clone(),
-        shutdown_timeout: Duration::from_secs(5),
+    WsOptions::default()
+        .with_max_connections(flags.max_connections)
+        .with_heartbeat_interval(Duration::from_millis(flags.heartbeat_ms))
+        .with_max_payload(flags.max_payload)
+        .with_allowed_origins(flags.origins.clone())
+        .with_shutdown_timeout(Duration::from_secs(5))
         // The contract's load comes from one address at rates far above a real client's:
         // per-IP and per-connection rate limits are off here unless flags turn the per-IP
         // ones on (they are all on by default in the library).
-        max_connections_per_ip: flags.max_connections_per_ip,
-        max_handshakes_per_ip_per_sec: flags.max_handshakes_per_ip_per_sec,
-        max_messages_per_sec: 0,
-        max_bytes_per_sec: 0,
-        reconnect_hint: flags.reconnect_hint_ms.map(Duration::from_millis),
-        ..Default::default()
-    }
+        .with_max_connections_per_ip(flags.max_connections_per_ip)
+        .with_max_handshakes_per_ip_per_sec(flags.max_handshakes_per_ip_per_sec)
+        .with_max_messages_per_sec(0)
+        .with_max_bytes_per_sec(0)
+        .with_reconnect_hint(flags.reconnect_hint_ms.map(Duration::from_millis))
 }

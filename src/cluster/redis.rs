@@ -52,6 +52,7 @@ use super::{
 
 /// Options for [`RedisBroker::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RedisOptions {
     /// `redis://host:port[/db]`; RESP3 is requested for you. Default
     /// `redis://127.0.0.1:6379`.
@@ -231,7 +232,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// use street::rooms::{Rooms, RoomsOptions};
 /// # async fn run(wss: street::ws::WebSocketServer) -> Result<(), Box<dyn std::error::Error>> {
 /// let broker = RedisBroker::new(RedisOptions::url("redis://127.0.0.1:6379"));
-/// let rooms = Rooms::new(&wss, RoomsOptions { broker: Some(Arc::new(broker)), ..Default::default() }).await?;
+/// let rooms = Rooms::new(&wss, RoomsOptions::default().with_broker(Some(Arc::new(broker)))).await?;
 /// # let _ = rooms; Ok(()) }
 /// ```
 pub struct RedisBroker {

@@ -11,6 +11,7 @@ use crate::ws::SocketId;
 
 /// Options for [`Rooms::new`]. Every field has a default.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RoomsOptions {
     /// The broker to the other nodes. Default: an in-memory broker of its own (one node,
     /// no external service).
@@ -74,6 +75,7 @@ impl std::fmt::Debug for RoomsOptions {
 
 /// Who not to send a room message to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PublishOptions {
     /// Skip this connection (usually the sender's).
     pub except_socket: Option<SocketId>,

@@ -31,17 +31,16 @@ use crate::ws::limits::Bucket;
 ///
 /// ```
 /// use street::rooms::{ClientPolicy, RoomsOptions};
-/// let opts = RoomsOptions {
-///     client_protocol: true,
-///     client: ClientPolicy {
-///         publishable_events: vec!["message".into(), "reaction".into()],
-///         ..ClientPolicy::default()
-///     },
-///     ..RoomsOptions::default()
-/// };
+/// let opts = RoomsOptions::default()
+///     .with_client_protocol(true)
+///     .with_client(
+///         ClientPolicy::default()
+///             .with_publishable_events(vec!["message".into(), "reaction".into()]),
+///     );
 /// assert_eq!(opts.client.max_publish_bytes, 64 * 1024);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientPolicy {
     /// Event names a client may publish under with `room:publish` (an allow-list: the
     /// server's own events — presence, typing, the app's — can never be impersonated).

@@ -63,6 +63,7 @@ pub const GAP_EVENT: &str = "street:gap";
 
 /// Options for [`SseHub::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HubOptions {
     /// Options of every subscriber's stream (heartbeat, queue cap, retry hint).
     pub stream: SseOptions,

@@ -46,6 +46,7 @@ use super::registry::{RegistryInner, Slot};
 
 /// Options for [`create_with`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SseOptions {
     /// Send a comment line when nothing was sent for this long (keeps proxies from timing
     /// out, and detects a browser that went away). Default 15 s; `Duration::ZERO` disables.

@@ -116,19 +116,19 @@ fn add_hook<F: Clone>(all: &mut Vec<F>, hook: F, chain: impl FnOnce(Arc<[F]>) ->
 }
 
 /// Options for a [`WebSocketServer`]. Every field has a default (the seed's where it has
-/// one); set what you need and use `..Default::default()`.
+/// one); start from it and set what you need with the `with_*` setters, or assign the
+/// public fields of a `let mut` binding.
 ///
 /// ```
 /// use std::time::Duration;
-/// let opts = street::ws::WsOptions {
-///     path: "/ws".into(),
-///     heartbeat_interval: Duration::from_secs(30),
-///     max_connections: 10_000,
-///     ..Default::default()
-/// };
+/// let opts = street::ws::WsOptions::default()
+///     .with_path("/ws")
+///     .with_heartbeat_interval(Duration::from_secs(30))
+///     .with_max_connections(10_000);
 /// assert_eq!(opts.max_payload, 512 * 1024);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WsOptions {
     /// URL path of the endpoint; the query string is ignored when matching. Default `/ws`.
     pub path: String,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::common::*;
 use futures_util::StreamExt;
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -52,13 +52,13 @@ async fn slow_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 async fn one_slow_client_among_1000_is_disconnected_and_the_rest_get_everything_in_order() {
     const N: usize = 1000;
     const MSGS: u64 = 200;
-    let wss = WebSocketServer::new(WsOptions {
-        max_queue_bytes: LIMIT,
-        max_connections: N + 10,
-        // bound the kernel's share too, so the slow client's backlog lands in our queue
-        send_buffer_bytes: Some(16 * 1024),
-        ..opts()
-    });
+    let wss = WebSocketServer::new(
+        opts()
+            .with_max_queue_bytes(LIMIT)
+            .with_max_connections(N + 10)
+            // bound the kernel's share too, so the slow client's backlog lands in our queue
+            .with_send_buffer_bytes(Some(16 * 1024)),
+    );
     wss.on_connection(|socket: Socket, req: ConnectRequest| {
         if req.query_param("slow").is_some() {
             socket.set(Slow);
@@ -141,10 +141,7 @@ async fn one_slow_client_among_1000_is_disconnected_and_the_rest_get_everything_
 
 #[tokio::test]
 async fn volatile_messages_are_dropped_for_a_full_queue_instead_of_disconnecting() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_queue_bytes: 8 * 1024,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_queue_bytes(8 * 1024));
     let mut rx = sockets(&wss);
     let srv = serve(&wss).await;
     let _slow = slow_client(srv.local_addr()).await;
@@ -177,11 +174,11 @@ async fn volatile_messages_are_dropped_for_a_full_queue_instead_of_disconnecting
 
 #[tokio::test]
 async fn a_slow_consumer_is_released_within_close_timeout() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_queue_bytes: 8 * 1024,
-        send_buffer_bytes: Some(8 * 1024),
-        ..opts()
-    });
+    let wss = WebSocketServer::new(
+        opts()
+            .with_max_queue_bytes(8 * 1024)
+            .with_send_buffer_bytes(Some(8 * 1024)),
+    );
     let mut rx = sockets(&wss);
     let srv = serve(&wss).await;
     let _slow = slow_client(srv.local_addr()).await;

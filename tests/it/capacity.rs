@@ -2,14 +2,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::common::*;
-use street::ws::{CapacityPolicy, ConnectRequest, Socket, WebSocketServer, WsOptions};
+use street::ws::{CapacityPolicy, ConnectRequest, Socket, WebSocketServer};
 
 fn counting_server(max: usize, policy: CapacityPolicy) -> (WebSocketServer, Arc<AtomicUsize>) {
-    let wss = WebSocketServer::new(WsOptions {
-        max_connections: max,
-        capacity_policy: policy,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(
+        opts()
+            .with_max_connections(max)
+            .with_capacity_policy(policy),
+    );
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     wss.on_connection(move |socket: Socket, _: ConnectRequest| {

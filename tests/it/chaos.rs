@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use futures_util::StreamExt;
-use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer, WsOptions};
+use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The load tool's binary (scripts/test builds it next to the examples' target dir).
@@ -31,10 +31,7 @@ fn street_bench() -> std::path::PathBuf {
 async fn a_sigstopped_node_client_is_reaped_within_two_heartbeat_intervals() {
     let js = js_dir();
     let interval = Duration::from_millis(300);
-    let wss = WebSocketServer::new(WsOptions {
-        heartbeat_interval: interval,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_heartbeat_interval(interval));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CloseInfo>();
     wss.on_connection(move |socket: Socket, _: ConnectRequest| {
         let tx = tx.clone();

@@ -38,26 +38,22 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
 }
 
 pub fn opts() -> WsOptions {
-    WsOptions {
-        heartbeat_interval: Duration::from_secs(30),
-        close_timeout: Duration::from_secs(2),
-        shutdown_timeout: Duration::from_secs(3),
+    WsOptions::default()
+        .with_heartbeat_interval(Duration::from_secs(30))
+        .with_close_timeout(Duration::from_secs(2))
+        .with_shutdown_timeout(Duration::from_secs(3))
         // the suite connects hundreds of times from 127.0.0.1; tests/it/limits.rs covers these
-        max_connections_per_ip: 0,
-        max_handshakes_per_ip_per_sec: 0,
-        ..Default::default()
-    }
+        .with_max_connections_per_ip(0)
+        .with_max_handshakes_per_ip_per_sec(0)
 }
 
 pub fn app_opts() -> street::AppOptions {
-    street::AppOptions {
-        port: 0,
-        host: "127.0.0.1".into(),
+    street::AppOptions::default()
+        .with_port(0)
+        .with_host("127.0.0.1")
         // as for WebSockets: the suite connects from one address; http_limits.rs covers these
-        max_connections_per_ip: 0,
-        max_sse_streams_per_ip: 0,
-        ..Default::default()
-    }
+        .with_max_connections_per_ip(0)
+        .with_max_sse_streams_per_ip(0)
 }
 
 /// A TCP connection to `addr` from the loopback address `from` (127.0.0.2 is a second

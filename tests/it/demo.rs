@@ -67,10 +67,9 @@ async fn start_demo_env(port: u16, env: &[(&str, Option<&str>)]) -> Demo {
 
 /// A token for `claims` signed with `secret` (the demo's, or a forger's).
 fn sign_with(secret: &str, claims: Value) -> String {
-    street::jwt::JwtService::new(street::jwt::JwtOptions {
-        secret: Some(secret.into()),
-        ..Default::default()
-    })
+    street::jwt::JwtService::new(
+        street::jwt::JwtOptions::default().with_secret(Some(secret.into())),
+    )
     .expect("jwt")
     .sign(&claims)
     .expect("sign")

@@ -82,11 +82,11 @@ async fn app_layer_puts_middleware_extensions_in_front_of_the_auth_hook() {
 
 #[tokio::test]
 async fn a_route_in_the_hosts_router_on_axum_serve_keeps_caps_per_ip_limits_and_shutdown() {
-    let wss = greeting_server(WsOptions {
-        max_connections: 3,
-        max_connections_per_ip: 2,
-        ..opts()
-    });
+    let wss = greeting_server(
+        opts()
+            .with_max_connections(3)
+            .with_max_connections_per_ip(2),
+    );
     let router = axum::Router::new()
         .route("/", axum::routing::get(|| async { "host" }))
         .route("/rooms/{room}/ws", wss.route())

@@ -1,14 +1,11 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer, WsOptions};
+use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer};
 use tokio::sync::mpsc;
 
 fn server(interval: Duration) -> (WebSocketServer, mpsc::UnboundedReceiver<CloseInfo>) {
-    let wss = WebSocketServer::new(WsOptions {
-        heartbeat_interval: interval,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_heartbeat_interval(interval));
     let (tx, rx) = mpsc::unbounded_channel();
     wss.on_connection(move |socket: Socket, _: ConnectRequest| {
         let tx = tx.clone();

@@ -7,11 +7,8 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn slow_headers_are_dropped_after_the_header_timeout() {
-    let app = street::app(street::AppOptions {
-        header_read_timeout: Duration::from_millis(300),
-        ..app_opts()
-    })
-    .route("/", axum::routing::get(|| async { "ok" }));
+    let app = street::app(app_opts().with_header_read_timeout(Duration::from_millis(300)))
+        .route("/", axum::routing::get(|| async { "ok" }));
     let srv = serve_app(app).await;
     let mut s = tokio::net::TcpStream::connect(srv.local_addr())
         .await
@@ -78,11 +75,8 @@ async fn ws_path_ignores_the_query_and_plain_get_gets_426() {
 
 #[tokio::test]
 async fn http_connection_cap_holds_extra_connections_in_the_backlog() {
-    let app = street::app(street::AppOptions {
-        max_connections: 1,
-        ..app_opts()
-    })
-    .route("/hi", axum::routing::get(|| async { "hi" }));
+    let app = street::app(app_opts().with_max_connections(1))
+        .route("/hi", axum::routing::get(|| async { "hi" }));
     let srv = serve_app(app).await;
     let addr = srv.local_addr();
     // first connection: keep-alive, holds the only permit
@@ -131,13 +125,13 @@ const GET_HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close
 /// every slot is taken. Its share is capped; another address is still served.
 #[tokio::test]
 async fn one_address_cannot_take_every_http_slot() {
-    let app = street::app(street::AppOptions {
-        max_connections: 40,
-        max_sse_streams: 30,
-        max_connections_per_ip: 10,
-        max_sse_streams_per_ip: 5,
-        ..app_opts()
-    })
+    let app = street::app(
+        app_opts()
+            .with_max_connections(40)
+            .with_max_sse_streams(30)
+            .with_max_connections_per_ip(10)
+            .with_max_sse_streams_per_ip(5),
+    )
     .route("/sse", sse_route())
     .route("/health", axum::routing::get(|| async { "ok" }));
     let http = app.http_stats();
@@ -195,11 +189,11 @@ async fn one_address_cannot_take_every_http_slot() {
 /// Streams never take more than four fifths of the HTTP slots, whatever the options say.
 #[tokio::test]
 async fn sse_streams_leave_room_for_other_requests() {
-    let app = street::app(street::AppOptions {
-        max_connections: 10,
-        max_sse_streams: 100,
-        ..app_opts()
-    })
+    let app = street::app(
+        app_opts()
+            .with_max_connections(10)
+            .with_max_sse_streams(100),
+    )
     .route("/sse", sse_route())
     .route("/health", axum::routing::get(|| async { "ok" }));
     let srv = serve_app(app).await;
@@ -220,11 +214,11 @@ async fn sse_streams_leave_room_for_other_requests() {
 
 #[tokio::test]
 async fn request_bodies_have_a_size_limit_and_a_read_deadline() {
-    let app = street::app(street::AppOptions {
-        max_body_bytes: 1024,
-        body_read_timeout: Duration::from_millis(300),
-        ..app_opts()
-    })
+    let app = street::app(
+        app_opts()
+            .with_max_body_bytes(1024)
+            .with_body_read_timeout(Duration::from_millis(300)),
+    )
     .route(
         "/len",
         axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
@@ -273,11 +267,8 @@ async fn request_bodies_have_a_size_limit_and_a_read_deadline() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
-    let app = street::app(street::AppOptions {
-        header_read_timeout: Duration::from_millis(300),
-        ..app_opts()
-    })
-    .route("/health", axum::routing::get(|| async { "ok" }));
+    let app = street::app(app_opts().with_header_read_timeout(Duration::from_millis(300)))
+        .route("/health", axum::routing::get(|| async { "ok" }));
     let srv = serve_app(app).await;
     let mut s = TcpStream::connect(srv.local_addr()).await.expect("tcp");
     let (status, _) = http_on(&mut s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

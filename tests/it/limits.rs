@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::json;
-use street::ws::{ConnectRequest, Socket, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket, WebSocketServer};
 
 fn echo(wss: &WebSocketServer) {
     wss.on_connection(|socket: Socket, _: ConnectRequest| {
@@ -16,10 +16,7 @@ fn echo(wss: &WebSocketServer) {
 
 #[tokio::test]
 async fn a_connection_sending_too_many_messages_is_closed_with_1008() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_messages_per_sec: 10,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_messages_per_sec(10));
     let srv = serve(&wss).await;
     let mut c = connect(srv.local_addr()).await;
     for i in 0..30 {
@@ -35,12 +32,12 @@ async fn a_connection_sending_too_many_messages_is_closed_with_1008() {
 
 #[tokio::test]
 async fn a_connection_sending_too_many_bytes_is_closed_with_1008() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_bytes_per_sec: 1_000,
-        max_payload: 1_000,
-        max_messages_per_sec: 0,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(
+        opts()
+            .with_max_bytes_per_sec(1_000)
+            .with_max_payload(1_000)
+            .with_max_messages_per_sec(0),
+    );
     echo(&wss);
     let srv = serve(&wss).await;
     let mut c = connect(srv.local_addr()).await;
@@ -57,10 +54,7 @@ async fn a_connection_sending_too_many_bytes_is_closed_with_1008() {
 #[tokio::test]
 async fn a_well_behaved_client_is_never_limited() {
     // defaults: 1 000 messages/s, 8 MiB/s
-    let wss = WebSocketServer::new(WsOptions {
-        max_connections_per_ip: 1000,
-        ..WsOptions { ..opts() }
-    });
+    let wss = WebSocketServer::new(opts().with_max_connections_per_ip(1000));
     echo(&wss);
     let srv = serve(&wss).await;
     let mut c = connect(srv.local_addr()).await;
@@ -74,10 +68,7 @@ async fn a_well_behaved_client_is_never_limited() {
 
 #[tokio::test]
 async fn per_ip_connection_cap_gives_429_before_the_upgrade() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_connections_per_ip: 2,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_connections_per_ip(2));
     let srv = serve(&wss).await;
     let addr = srv.local_addr();
     let mut a = connect(addr).await;
@@ -98,10 +89,7 @@ async fn per_ip_connection_cap_gives_429_before_the_upgrade() {
 
 #[tokio::test]
 async fn per_ip_handshake_rate_gives_429() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_handshakes_per_ip_per_sec: 3,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_handshakes_per_ip_per_sec(3));
     let srv = serve(&wss).await;
     let addr = srv.local_addr();
     // six at once: the burst of 3 gets in; refill during the burst is negligible
@@ -116,10 +104,8 @@ async fn per_ip_handshake_rate_gives_429() {
 
 #[tokio::test]
 async fn first_message_timeout_closes_silent_clients_only() {
-    let wss = WebSocketServer::new(WsOptions {
-        first_message_timeout: Some(Duration::from_millis(300)),
-        ..opts()
-    });
+    let wss =
+        WebSocketServer::new(opts().with_first_message_timeout(Some(Duration::from_millis(300))));
     echo(&wss);
     let srv = serve(&wss).await;
     let mut silent = connect(srv.local_addr()).await;
@@ -142,10 +128,7 @@ async fn first_message_timeout_closes_silent_clients_only() {
 /// skipped it, so a client could make the server work without limit).
 #[tokio::test]
 async fn control_frames_and_fragments_count_against_the_message_rate() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_messages_per_sec: 20,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_messages_per_sec(20));
     let srv = serve(&wss).await;
     let addr = srv.local_addr();
     for flood in [

@@ -3,7 +3,7 @@
 use crate::common::*;
 use serde_json::json;
 use street::metrics::Metrics;
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
 
 /// The value of the sample line `series` (exact match of everything before the value).
 fn sample(text: &str, series: &str) -> f64 {
@@ -14,10 +14,8 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_connections_messages_rejections_and_fanout() {
-    let wss = WebSocketServer::new(WsOptions {
-        allowed_origins: vec!["https://good.example".into()],
-        ..opts()
-    });
+    let wss =
+        WebSocketServer::new(opts().with_allowed_origins(vec!["https://good.example".into()]));
     let hub = wss.clone();
     wss.on_connection(move |socket: Socket, _: ConnectRequest| {
         let h = hub.clone();
@@ -114,10 +112,7 @@ async fn metrics_count_connections_messages_rejections_and_fanout() {
 async fn the_exposition_parses_with_two_of_everything() {
     let (w1, w2) = (
         WebSocketServer::new(opts()),
-        WebSocketServer::new(WsOptions {
-            path: "/ws2".into(),
-            ..opts()
-        }),
+        WebSocketServer::new(opts().with_path("/ws2")),
     );
     let app = street::app(app_opts());
     let metrics = Metrics::new();

@@ -3,15 +3,12 @@
 use std::process::Command;
 
 use crate::common::*;
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
 
 #[tokio::test]
 async fn node_ws_client_emits_receives_broadcasts_and_sees_1013() {
     let js = js_dir();
-    let wss = WebSocketServer::new(WsOptions {
-        max_connections: 2,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_connections(2));
     let hub = wss.clone();
     wss.on_connection(move |socket: Socket, _: ConnectRequest| {
         let s = socket.clone();

@@ -1,5 +1,5 @@
 use crate::common::*;
-use street::ws::{WebSocketServer, WsOptions};
+use street::ws::WebSocketServer;
 
 #[tokio::test]
 async fn same_origin_rule_without_allowed_origins() {
@@ -39,10 +39,8 @@ async fn same_origin_rule_without_allowed_origins() {
 
 #[tokio::test]
 async fn allowed_origins_are_normalized() {
-    let wss = WebSocketServer::new(WsOptions {
-        allowed_origins: vec!["https://App.Example.com".into()],
-        ..opts()
-    });
+    let wss =
+        WebSocketServer::new(opts().with_allowed_origins(vec!["https://App.Example.com".into()]));
     let srv = serve(&wss).await;
     let addr = srv.local_addr();
     assert!(

@@ -1,13 +1,10 @@
 //! RFC 6455 errors with hand-made frames over raw TCP.
 
 use crate::common::*;
-use street::ws::{WebSocketServer, WsOptions};
+use street::ws::WebSocketServer;
 
 async fn setup(max_payload: usize) -> (street::app::ServerHandle, WebSocketServer) {
-    let wss = WebSocketServer::new(WsOptions {
-        max_payload,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_payload(max_payload));
     let srv = serve(&wss).await;
     (srv, wss)
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::common::*;
 use street::net::{proxy_v1_header, proxy_v2_header, TrustedProxies};
-use street::ws::{ConnectRequest, WebSocketServer, WsOptions};
+use street::ws::{ConnectRequest, WebSocketServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn whoami() -> axum::routing::MethodRouter {
@@ -42,10 +42,7 @@ fn upgrade(extra: &str) -> String {
 
 #[tokio::test]
 async fn a_trusted_proxy_names_the_client_for_handlers_auth_and_per_ip_limits() {
-    let wss = WebSocketServer::new(WsOptions {
-        max_connections_per_ip: 2,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_connections_per_ip(2));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     wss.auth(move |req: ConnectRequest| {
@@ -57,12 +54,12 @@ async fn a_trusted_proxy_names_the_client_for_handlers_auth_and_per_ip_limits() 
             Ok::<_, street::ws::AuthRejection>(())
         }
     });
-    let app = street::app(street::AppOptions {
-        trusted_proxies: TrustedProxies::parse(["127.0.0.1"]).expect("cidr"),
-        // the proxy's own connections are not capped per address: its clients are
-        max_connections_per_ip: 2,
-        ..app_opts()
-    })
+    let app = street::app(
+        app_opts()
+            .with_trusted_proxies(TrustedProxies::parse(["127.0.0.1"]).expect("cidr"))
+            // the proxy's own connections are not capped per address: its clients are
+            .with_max_connections_per_ip(2),
+    )
     .route("/whoami", whoami())
     .websocket(&wss);
     let srv = serve_app(app).await;
@@ -126,11 +123,11 @@ async fn a_trusted_proxy_names_the_client_for_handlers_auth_and_per_ip_limits() 
 
 #[tokio::test]
 async fn the_proxy_protocol_names_the_client_and_is_required() {
-    let app = street::app(street::AppOptions {
-        proxy_protocol: true,
-        max_connections_per_ip: 1,
-        ..app_opts()
-    })
+    let app = street::app(
+        app_opts()
+            .with_proxy_protocol(true)
+            .with_max_connections_per_ip(1),
+    )
     .route("/whoami", whoami());
     let http = app.http_stats();
     let srv = serve_app(app).await;

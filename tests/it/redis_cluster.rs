@@ -138,21 +138,19 @@ impl Drop for Redis {
 }
 
 pub fn redis_opts(url: &str, prefix: &str) -> RedisOptions {
-    RedisOptions {
-        url: url.to_owned(),
-        prefix: prefix.to_owned(),
-        heartbeat: Duration::from_millis(200),
-        response_timeout: Duration::from_millis(500),
-        ..RedisOptions::default()
-    }
+    RedisOptions::default()
+        .with_url(url.to_owned())
+        .with_prefix(prefix.to_owned())
+        .with_heartbeat(Duration::from_millis(200))
+        .with_response_timeout(Duration::from_millis(500))
 }
 
 async fn redis_node(url: &str, id: &str) -> Node {
-    node(RoomsOptions {
-        broker: Some(Arc::new(RedisBroker::new(redis_opts(url, "t")))),
-        node_id: Some(id.into()),
-        ..RoomsOptions::default()
-    })
+    node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(redis_opts(url, "t")))))
+            .with_node_id(Some(id.into())),
+    )
     .await
 }
 
@@ -333,13 +331,10 @@ async fn redis_unavailable_at_start_is_an_error_or_a_documented_degraded_start()
     let wss = WebSocketServer::new(WsOptions::default());
     let strict = Rooms::new(
         &wss,
-        RoomsOptions {
-            broker: Some(Arc::new(RedisBroker::new(redis_opts(
-                &format!("redis://127.0.0.1:{port}"),
-                "t",
-            )))),
-            ..RoomsOptions::default()
-        },
+        RoomsOptions::default().with_broker(Some(Arc::new(RedisBroker::new(redis_opts(
+            &format!("redis://127.0.0.1:{port}"),
+            "t",
+        ))))),
     )
     .await;
     assert!(
@@ -348,14 +343,13 @@ async fn redis_unavailable_at_start_is_an_error_or_a_documented_degraded_start()
     );
 
     // degraded: starts, serves local clients, joins the cluster once Redis is there
-    let mut a = node(RoomsOptions {
-        broker: Some(Arc::new(RedisBroker::new(RedisOptions {
-            require_at_start: false,
-            ..redis_opts(&format!("redis://127.0.0.1:{port}"), "t")
-        }))),
-        node_id: Some("a".into()),
-        ..RoomsOptions::default()
-    })
+    let mut a = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(
+                redis_opts(&format!("redis://127.0.0.1:{port}"), "t").with_require_at_start(false),
+            ))))
+            .with_node_id(Some("a".into())),
+    )
     .await;
     let (mut ana, ana_s) = a.client("ana").await;
     a.rooms.join(&ana_s, "r", "ana").expect("join");
@@ -380,14 +374,14 @@ async fn redis_unavailable_at_start_is_an_error_or_a_documented_degraded_start()
 #[tokio::test]
 async fn a_killed_node_disappears_from_presence_within_three_heartbeats() {
     let redis = Redis::start().await;
-    let mut a = node(RoomsOptions {
-        broker: Some(Arc::new(RedisBroker::new(redis_opts(
-            &redis.url(),
-            "street",
-        )))),
-        node_id: Some("a".into()),
-        ..RoomsOptions::default()
-    })
+    let mut a = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(redis_opts(
+                &redis.url(),
+                "street",
+            )))))
+            .with_node_id(Some("a".into())),
+    )
     .await;
     let port = crate::examples::free_port();
     let url = redis.url();
@@ -438,14 +432,13 @@ async fn a_killed_node_disappears_from_presence_within_three_heartbeats() {
 async fn an_outage_holds_at_most_max_queue_bytes_and_drops_the_newest_counted() {
     let mut redis = Redis::start().await;
     let port = redis.port;
-    let a = node(RoomsOptions {
-        broker: Some(Arc::new(RedisBroker::new(RedisOptions {
-            max_queue_bytes: 1024 * 1024,
-            ..redis_opts(&redis.url(), "t")
-        }))),
-        node_id: Some("a".into()),
-        ..RoomsOptions::default()
-    })
+    let a = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(
+                redis_opts(&redis.url(), "t").with_max_queue_bytes(1024 * 1024),
+            ))))
+            .with_node_id(Some("a".into())),
+    )
     .await;
     let mut b = redis_node(&redis.url(), "b").await;
     let (mut bo, bo_s) = b.client("bo").await;
@@ -486,11 +479,11 @@ async fn an_outage_holds_at_most_max_queue_bytes_and_drops_the_newest_counted() 
 async fn liveness_never_lapses_under_a_stream_of_large_publishes() {
     let redis = Redis::start().await;
     let broker = Arc::new(RedisBroker::new(redis_opts(&redis.url(), "t")));
-    let mut a = node(RoomsOptions {
-        broker: Some(broker.clone()),
-        node_id: Some("a".into()),
-        ..RoomsOptions::default()
-    })
+    let mut a = node(
+        RoomsOptions::default()
+            .with_broker(Some(broker.clone()))
+            .with_node_id(Some("a".into())),
+    )
     .await;
     let mut b = redis_node(&redis.url(), "b").await;
     let (_ana, ana_s) = a.client("ana").await;
@@ -574,14 +567,13 @@ async fn a_member_who_left_while_redis_was_down_is_gone_once_it_is_back() {
     // a liveness (10 s) that outlasts the outage: node a's key comes back alive from the
     // dump, so nothing but a's own resync can remove al (a dead node's fields would be
     // cleaned up by the next query anyway)
-    let mut a = node(RoomsOptions {
-        broker: Some(Arc::new(RedisBroker::new(RedisOptions {
-            liveness: 50,
-            ..redis_opts(&redis.url(), "t")
-        }))),
-        node_id: Some("a".into()),
-        ..RoomsOptions::default()
-    })
+    let mut a = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(
+                redis_opts(&redis.url(), "t").with_liveness(50),
+            ))))
+            .with_node_id(Some("a".into())),
+    )
     .await;
     let b = redis_node(&redis.url(), "b").await;
     let (_ana, ana_s) = a.client("ana").await;
@@ -695,14 +687,13 @@ async fn nodes_reach_each_other_through_redis_over_tls() {
         let url = url.clone();
         let ca = ca.clone();
         async move {
-            node(RoomsOptions {
-                broker: Some(Arc::new(RedisBroker::new(RedisOptions {
-                    tls_ca_pem: Some(ca),
-                    ..redis_opts(&url, "tls")
-                }))),
-                node_id: Some(id.into()),
-                ..RoomsOptions::default()
-            })
+            node(
+                RoomsOptions::default()
+                    .with_broker(Some(Arc::new(RedisBroker::new(
+                        redis_opts(&url, "tls").with_tls_ca_pem(Some(ca)),
+                    ))))
+                    .with_node_id(Some(id.into())),
+            )
             .await
         }
     };
@@ -728,10 +719,8 @@ async fn nodes_reach_each_other_through_redis_over_tls() {
     let wss = WebSocketServer::new(WsOptions::default());
     let refused = Rooms::new(
         &wss,
-        RoomsOptions {
-            broker: Some(Arc::new(RedisBroker::new(redis_opts(&url, "tls")))),
-            ..RoomsOptions::default()
-        },
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(redis_opts(&url, "tls"))))),
     )
     .await;
     assert!(

@@ -37,15 +37,9 @@ impl Node {
 
 pub async fn node_with(ws: WsOptions, opts: RoomsOptions) -> Node {
     let wss = WebSocketServer::new(ws);
-    let rooms = Rooms::new(
-        &wss,
-        RoomsOptions {
-            client_protocol: true,
-            ..opts
-        },
-    )
-    .await
-    .expect("rooms");
+    let rooms = Rooms::new(&wss, opts.with_client_protocol(true))
+        .await
+        .expect("rooms");
     let (tx, rx) = mpsc::unbounded_channel();
     let r = rooms.clone();
     wss.on_connection(move |socket: Socket, req: ConnectRequest| {
@@ -79,11 +73,8 @@ pub async fn recv_type(c: &mut Client, ty: &str) -> Value {
 
 /// A node with a typing TTL of `ttl_ms`, and ana and bo in room `r` (ana saw bo arrive).
 async fn typing_room(ttl_ms: u64) -> (Node, Client, Client) {
-    let mut n = node(RoomsOptions {
-        typing_ttl: Some(Duration::from_millis(ttl_ms)),
-        ..RoomsOptions::default()
-    })
-    .await;
+    let mut n =
+        node(RoomsOptions::default().with_typing_ttl(Some(Duration::from_millis(ttl_ms)))).await;
     let (mut a, a_s) = n.client("ana").await;
     let (b, b_s) = n.client("bo").await;
     n.rooms.join(&a_s, "r", "ana").expect("join");
@@ -264,10 +255,7 @@ async fn typing_is_sent_on_changes_only_and_clears_itself_after_the_ttl() {
 
 #[tokio::test]
 async fn a_reaped_socket_leaves_its_rooms_and_the_others_see_presence_leave() {
-    let ws = WsOptions {
-        heartbeat_interval: Duration::from_millis(200),
-        ..opts()
-    };
+    let ws = opts().with_heartbeat_interval(Duration::from_millis(200));
     let mut n = node_with(ws, RoomsOptions::default()).await;
     let (mut watcher, w_s) = n.client("watcher").await;
     n.rooms.join(&w_s, "r", "watcher").expect("join");
@@ -292,11 +280,11 @@ async fn a_reaped_socket_leaves_its_rooms_and_the_others_see_presence_leave() {
 
 #[tokio::test]
 async fn bad_names_and_limits_are_clear_errors() {
-    let mut n = node(RoomsOptions {
-        max_rooms_per_socket: 2,
-        max_name_bytes: 8,
-        ..RoomsOptions::default()
-    })
+    let mut n = node(
+        RoomsOptions::default()
+            .with_max_rooms_per_socket(2)
+            .with_max_name_bytes(8),
+    )
     .await;
     let (_c, s) = n.client("ana").await;
     let r = &n.rooms;
@@ -331,14 +319,13 @@ async fn bad_names_and_limits_are_clear_errors() {
 
 #[tokio::test]
 async fn the_client_protocol_joins_publishes_and_refuses_what_is_not_allowed() {
-    let mut n = node(RoomsOptions {
-        client: ClientPolicy {
-            publishable_events: vec!["chat".into(), "message".into(), "presence:leave".into()],
-            ..ClientPolicy::default()
-        },
-        ..RoomsOptions::default()
-    })
-    .await;
+    let mut n =
+        node(
+            RoomsOptions::default().with_client(ClientPolicy::default().with_publishable_events(
+                vec!["chat".into(), "message".into(), "presence:leave".into()],
+            )),
+        )
+        .await;
     n.rooms
         .authorize(|_s, room, member| room != "staff" || member == "boss");
     let (mut ana, _a) = n.client("ana").await;
@@ -421,17 +408,17 @@ async fn the_client_protocol_joins_publishes_and_refuses_what_is_not_allowed() {
 async fn two_nodes_on_the_memory_broker_share_rooms_presence_and_targets() {
     let bus = MemoryBroker::new();
     let second = bus.node();
-    let mut a = node(RoomsOptions {
-        broker: Some(Arc::new(bus)),
-        node_id: Some("a".into()),
-        ..RoomsOptions::default()
-    })
+    let mut a = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(bus)))
+            .with_node_id(Some("a".into())),
+    )
     .await;
-    let mut b = node(RoomsOptions {
-        broker: Some(Arc::new(second)),
-        node_id: Some("b".into()),
-        ..RoomsOptions::default()
-    })
+    let mut b = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(second)))
+            .with_node_id(Some("b".into())),
+    )
     .await;
     let (mut ana, ana_s) = a.client("ana").await;
     let (mut bo, bo_s) = b.client("bo").await;
@@ -626,11 +613,7 @@ async fn typing_floods_keep_one_timer_per_member() {
 /// The sockets of one address share `max_rooms_per_ip`; another address is not affected.
 #[tokio::test]
 async fn rooms_per_address_are_capped() {
-    let mut n = node(RoomsOptions {
-        max_rooms_per_ip: 3,
-        ..RoomsOptions::default()
-    })
-    .await;
+    let mut n = node(RoomsOptions::default().with_max_rooms_per_ip(3)).await;
     n.rooms.authorize(|_, _, _| true);
     let (mut a1, _) = n.client("a1").await;
     let (mut a2, _) = n.client("a2").await;
@@ -726,11 +709,8 @@ async fn join_leave_churn_is_budgeted() {
 /// even while the member keeps typing in the room again.
 #[tokio::test]
 async fn typing_timers_do_not_outlive_a_rejoin() {
-    let mut n = node(RoomsOptions {
-        typing_ttl: Some(Duration::from_millis(300)),
-        ..RoomsOptions::default()
-    })
-    .await;
+    let mut n =
+        node(RoomsOptions::default().with_typing_ttl(Some(Duration::from_millis(300)))).await;
     let (_a, a_s) = n.client("ana").await;
     let before = alive_tasks();
     for _ in 0..100 {

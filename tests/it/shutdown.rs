@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::json;
-use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer, WsOptions};
+use street::ws::{CloseInfo, ConnectRequest, Socket, WebSocketServer};
 use tokio::sync::mpsc;
 
 #[tokio::test]
@@ -54,11 +54,11 @@ async fn close_sends_1001_after_pending_messages_runs_handlers_and_refuses_new_u
 
 #[tokio::test]
 async fn close_drops_clients_that_never_finish_the_handshake_by_the_deadline() {
-    let wss = WebSocketServer::new(WsOptions {
-        shutdown_timeout: Duration::from_millis(300),
-        close_timeout: Duration::from_secs(30),
-        ..opts()
-    });
+    let wss = WebSocketServer::new(
+        opts()
+            .with_shutdown_timeout(Duration::from_millis(300))
+            .with_close_timeout(Duration::from_secs(30)),
+    );
     let srv = serve(&wss).await;
     // never reads, never answers the close
     let (mut raw, _) = raw_connect(srv.local_addr(), "/ws", "").await;

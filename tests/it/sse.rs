@@ -94,11 +94,11 @@ async fn open(opts: SseOptions) -> (street::app::ServerHandle, reqwest::Response
 
 #[tokio::test]
 async fn frames_headers_ids_multiline_data_and_injection_attempts() {
-    let (srv, resp, sse) = open(SseOptions {
-        heartbeat: Duration::from_millis(200),
-        retry: Some(Duration::from_millis(1500)),
-        ..Default::default()
-    })
+    let (srv, resp, sse) = open(
+        SseOptions::default()
+            .with_heartbeat(Duration::from_millis(200))
+            .with_retry(Some(Duration::from_millis(1500))),
+    )
     .await;
     assert_eq!(resp.status(), 200);
     let h = resp.headers();
@@ -135,11 +135,7 @@ async fn frames_headers_ids_multiline_data_and_injection_attempts() {
 #[tokio::test]
 async fn a_client_going_away_is_seen_within_a_heartbeat() {
     let hb = Duration::from_millis(200);
-    let (srv, resp, sse) = open(SseOptions {
-        heartbeat: hb,
-        ..Default::default()
-    })
-    .await;
+    let (srv, resp, sse) = open(SseOptions::default().with_heartbeat(hb)).await;
     sse.send("hello", None).expect("send");
     let mut stream = resp.bytes_stream();
     let _ = within("first event", stream.next()).await;
@@ -154,11 +150,7 @@ async fn a_client_going_away_is_seen_within_a_heartbeat() {
 
 #[tokio::test]
 async fn close_ends_the_response_after_queued_events() {
-    let (srv, resp, sse) = open(SseOptions {
-        heartbeat: Duration::ZERO,
-        ..Default::default()
-    })
-    .await;
+    let (srv, resp, sse) = open(SseOptions::default().with_heartbeat(Duration::ZERO)).await;
     sse.send("last", Some("bye")).expect("send");
     sse.close();
     within("gone()", sse.gone()).await;
@@ -169,11 +161,11 @@ async fn close_ends_the_response_after_queued_events() {
 
 #[tokio::test]
 async fn a_reader_that_never_reads_is_ended_not_buffered_forever() {
-    let (srv, mut rx) = serve_sse(SseOptions {
-        heartbeat: Duration::ZERO,
-        max_queue_bytes: 16 * 1024,
-        ..Default::default()
-    })
+    let (srv, mut rx) = serve_sse(
+        SseOptions::default()
+            .with_heartbeat(Duration::ZERO)
+            .with_max_queue_bytes(16 * 1024),
+    )
     .await;
     // a client that sends the request and never reads the response
     let mut s = tokio::net::TcpStream::connect(srv.local_addr())
@@ -204,10 +196,7 @@ async fn shutdown_ends_every_stream_after_its_queued_events() {
     // a long HTTP drain deadline: only ending the streams lets shutdown finish in time
     let (srv, mut rx) = serve_sse_app(
         SseOptions::default(),
-        street::AppOptions {
-            shutdown_timeout: Duration::from_secs(60),
-            ..app_opts()
-        },
+        app_opts().with_shutdown_timeout(Duration::from_secs(60)),
     )
     .await;
     let addr = srv.local_addr();
@@ -237,10 +226,7 @@ async fn shutdown_ends_every_stream_after_its_queued_events() {
 
 #[tokio::test]
 async fn over_the_stream_cap_is_a_503_and_a_closed_stream_frees_its_place() {
-    let app = street::app(street::AppOptions {
-        max_sse_streams: 2,
-        ..app_opts()
-    });
+    let app = street::app(app_opts().with_max_sse_streams(2));
     let registry = app.sse_registry().clone();
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = ran.clone();
@@ -354,11 +340,7 @@ async fn the_hub_sends_every_subscriber_the_same_bytes_in_order() {
 
 #[tokio::test]
 async fn the_hub_replays_what_a_reconnecting_client_missed_then_continues_live() {
-    let (srv, hub) = serve_hub(HubOptions {
-        replay_events: 3,
-        ..HubOptions::default()
-    })
-    .await;
+    let (srv, hub) = serve_hub(HubOptions::default().with_replay_events(3)).await;
     let addr = srv.local_addr();
     let mut first = Events::new(get_with(addr, "/topics/t", None).await);
     eventually("subscribed", || hub.subscriber_count("t") == 1).await;
@@ -401,13 +383,9 @@ async fn the_hub_replays_what_a_reconnecting_client_missed_then_continues_live()
 /// retried the same id forever).
 #[tokio::test]
 async fn a_resume_with_more_backlog_than_the_queue_gets_a_gap_event_then_live_events() {
-    let (srv, hub) = serve_hub(HubOptions {
-        stream: SseOptions {
-            max_queue_bytes: 4096,
-            ..SseOptions::default()
-        },
-        ..HubOptions::default()
-    })
+    let (srv, hub) = serve_hub(
+        HubOptions::default().with_stream(SseOptions::default().with_max_queue_bytes(4096)),
+    )
     .await;
     let addr = srv.local_addr();
     let big = "x".repeat(500);
@@ -475,15 +453,15 @@ async fn a_last_event_id_of_u64_max_does_not_overflow() {
 
 #[tokio::test]
 async fn the_hub_ends_a_slow_subscriber_and_keeps_serving_the_others() {
-    let (srv, hub) = serve_hub(HubOptions {
-        stream: SseOptions {
-            max_queue_bytes: 32 * 1024,
-            heartbeat: Duration::ZERO,
-            ..SseOptions::default()
-        },
-        replay_events: 0,
-        ..HubOptions::default()
-    })
+    let (srv, hub) = serve_hub(
+        HubOptions::default()
+            .with_stream(
+                SseOptions::default()
+                    .with_max_queue_bytes(32 * 1024)
+                    .with_heartbeat(Duration::ZERO),
+            )
+            .with_replay_events(0),
+    )
     .await;
     let addr = srv.local_addr();
     // a subscriber that never reads its response
@@ -517,11 +495,8 @@ async fn the_hub_ends_a_slow_subscriber_and_keeps_serving_the_others() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_event_only_ends_its_own_stream() {
-    let (srv, mut rx) = serve_sse(SseOptions {
-        heartbeat: Duration::from_millis(100),
-        ..Default::default()
-    })
-    .await;
+    let (srv, mut rx) =
+        serve_sse(SseOptions::default().with_heartbeat(Duration::from_millis(100))).await;
     let addr = srv.local_addr();
     let mut raw = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -768,11 +743,7 @@ async fn ten_thousand_streams_opening_at_once_are_all_served_and_the_next_gets_5
 #[tokio::test]
 async fn replay_is_bounded_by_age_too() {
     let age = Duration::from_millis(100);
-    let (srv, hub) = serve_hub(HubOptions {
-        replay_age: age,
-        ..HubOptions::default()
-    })
-    .await;
+    let (srv, hub) = serve_hub(HubOptions::default().with_replay_age(age)).await;
     let addr = srv.local_addr();
     hub.publish("t", "old-1", None).expect("publish");
     hub.publish("t", "old-2", None).expect("publish");

@@ -129,11 +129,11 @@ async fn tls_app(
         let s = socket.clone();
         socket.on("echo", move |v: serde_json::Value| s.emit("echo", &v))
     });
-    let app = street::app(street::AppOptions {
-        tls: Some(tls),
-        header_read_timeout: header_timeout,
-        ..app_opts()
-    })
+    let app = street::app(
+        app_opts()
+            .with_tls(Some(tls))
+            .with_header_read_timeout(header_timeout),
+    )
     .route(
         "/",
         axum::routing::get(|| async { axum::response::Html(PAGE) }),

@@ -64,10 +64,7 @@ async fn binary_frames_go_to_the_raw_hook_or_the_error_hook() {
 
 #[tokio::test]
 async fn custom_subprotocol_gets_raw_frames_with_gates_still_applied() {
-    let wss = WebSocketServer::new(street::ws::WsOptions {
-        max_connections: 1,
-        ..opts()
-    });
+    let wss = WebSocketServer::new(opts().with_max_connections(1));
     wss.on_protocol("echo-v1", |socket: Socket, _: ConnectRequest| {
         let s = socket.clone();
         socket.on_raw(move |m: RawMessage| s.send_raw(m))

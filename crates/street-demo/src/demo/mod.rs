@@ -108,17 +108,17 @@ pub(crate) struct Demo {
 
 pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
     let secret = jwt_secret(cfg.jwt_secret.clone())?;
-    let jwt = Arc::new(JwtService::new(JwtOptions {
-        secret: Some(secret),
-        expires_in: Duration::from_secs(12 * 3600),
-        ..JwtOptions::default()
-    })?);
-    let wss = WebSocketServer::new(WsOptions {
-        path: "/ws".into(),
-        // clients wait this long (plus jitter) after a restart or a full server
-        reconnect_hint: Some(Duration::from_millis(1000)),
-        ..WsOptions::default()
-    });
+    let jwt = Arc::new(JwtService::new(
+        JwtOptions::default()
+            .with_secret(Some(secret))
+            .with_expires_in(Duration::from_secs(12 * 3600)),
+    )?);
+    let wss = WebSocketServer::new(
+        WsOptions::default()
+            .with_path("/ws")
+            // clients wait this long (plus jitter) after a restart or a full server
+            .with_reconnect_hint(Some(Duration::from_millis(1000))),
+    );
     let broker: Option<Arc<dyn Broker>> = cfg
         .redis_url
         .as_ref()
@@ -126,11 +126,9 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
     let clustered = broker.is_some();
     let rooms = Rooms::new(
         &wss,
-        RoomsOptions {
-            broker,
-            client_protocol: true,
-            ..RoomsOptions::default()
-        },
+        RoomsOptions::default()
+            .with_broker(broker)
+            .with_client_protocol(true),
     )
     .await?;
     rooms.authorize(|_socket, room, _member| chat::OPEN_ROOMS.contains(&room));
@@ -149,10 +147,7 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
     metrics.rooms("chat", &rooms);
     metrics.sse(app.sse_registry());
     metrics.http(&app.http_stats());
-    let feed = SseHub::new(HubOptions {
-        replay_events: 0,
-        ..HubOptions::default()
-    });
+    let feed = SseHub::new(HubOptions::default().with_replay_events(0));
     metrics.sse_hub("dashboard", &feed);
 
     let demo = Demo {
