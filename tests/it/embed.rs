@@ -230,3 +230,27 @@ async fn a_unix_socket_server_speaks_websocket_through_the_generic_transport() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The heartbeat runs in embedded mode too: on the host's `axum::serve`, a peer that
+/// answers no ping is dropped within two intervals, and its close handler sees 1006.
+#[tokio::test]
+async fn the_heartbeat_reaps_a_silent_peer_on_the_hosts_server() {
+    let wss =
+        WebSocketServer::new(opts().with_heartbeat_interval(std::time::Duration::from_millis(200)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let tx = tx.clone();
+        socket.on_close(move |info: street::ws::CloseInfo| {
+            let _ = tx.send(info.code);
+        })
+    });
+    let (addr, stop) = serve_router(axum::Router::new().route("/live", wss.route())).await;
+    let (mut raw, head) = raw_connect(addr, "/live", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // never read, never answer: reaped, and the connection ends
+    let code = within("reaped", rx.recv()).await;
+    assert_eq!(code, Some(street::ws::CloseCode::ABNORMAL));
+    raw.eof().await;
+    assert_eq!(wss.connection_count(), 0);
+    let _ = stop.send(());
+}
