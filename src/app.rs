@@ -321,11 +321,17 @@ impl App {
     /// The app as a plain axum `Router`, to serve with your own server or nest in a
     /// bigger router. Its routes, controllers, WebSocket routes and the context street's
     /// extractors need ([`Inject`](crate::container::Inject),
-    /// [`SseRequest`](crate::sse::SseRequest) with this app's caps) come along. What
-    /// street's listener does is then yours: serve with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`, bound connections and
-    /// header reads, and on shutdown call [`WebSocketServer::close`] on each server you
-    /// mounted and [`SseRegistry::close_all`] (see [`WebSocketServer::route`]).
+    /// [`SseRequest`](crate::sse::SseRequest) with this app's caps) come along, and of the
+    /// options: `max_body_bytes` (axum's `DefaultBodyLimit`), `trusted_proxies` (its
+    /// [layer](TrustedProxies::layer)), `max_sse_streams` and `max_sse_streams_per_ip`.
+    ///
+    /// What street's listener does is then yours, and these options do nothing:
+    /// `port`, `host`, `backlog`, `max_connections`, `max_connections_per_ip` (HTTP
+    /// connections), `header_read_timeout`, `max_header_bytes`, `max_headers`,
+    /// `body_read_timeout`, `shutdown_timeout`, `proxy_protocol` and `tls`. Serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`, and on shutdown call
+    /// [`WebSocketServer::close`] on each server you mounted and
+    /// [`SseRegistry::close_all`] (see [`WebSocketServer::route`]).
     ///
     /// ```
     /// let wss = street::ws::WebSocketServer::new(Default::default());
@@ -335,10 +341,15 @@ impl App {
     /// let host = axum::Router::new().nest("/realtime", router);
     /// ```
     pub fn into_router(self) -> Router {
-        self.router.layer(Extension(AppContext {
-            container: self.container,
-            sse: self.sse,
-        }))
+        self.router
+            .layer(Extension(AppContext {
+                container: self.container,
+                sse: self.sse,
+            }))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                self.opts.max_body_bytes,
+            ))
+            .layer(self.opts.trusted_proxies.layer())
     }
 
     /// Use this container for [`Inject`](crate::container::Inject) in handlers instead of
@@ -632,6 +643,12 @@ async fn serve_connection(
                 // could otherwise fill them with connections being refused). Refusals have
                 // a small pool of their own; past it the connection is just closed.
                 drop(permit);
+                // On a TLS port a plain-text 429 would only be a handshake error to the
+                // client: close instead.
+                #[cfg(feature = "tls")]
+                if ctx.tls.is_some() {
+                    return;
+                }
                 if let Ok(_refusing) = ctx.refusals.clone().try_acquire_owned() {
                     refuse_connection(stream).await;
                 }
@@ -729,7 +746,7 @@ async fn refuse_connection(mut stream: TcpStream) {
     .await;
 }
 
-fn is_per_connection(e: &std::io::Error) -> bool {
+pub(crate) fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),

@@ -81,6 +81,7 @@ struct TlsCounters {
     handshakes: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
+    refused_per_ip: AtomicU64,
     reloads: AtomicU64,
 }
 
@@ -95,6 +96,9 @@ pub struct TlsStats {
     pub failed: u64,
     /// Handshakes not finished in time: the connection was closed.
     pub timed_out: u64,
+    /// Connections a [`TlsListener`] closed before any handshake because their address
+    /// already had `max_handshakes_per_ip` handshakes under way.
+    pub refused_per_ip: u64,
     /// Successful [`TlsConfig::reload`]s.
     pub reloads: u64,
 }
@@ -202,6 +206,7 @@ impl TlsConfig {
             handshakes: s.handshakes.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
             timed_out: s.timed_out.load(Ordering::Relaxed),
+            refused_per_ip: s.refused_per_ip.load(Ordering::Relaxed),
             reloads: s.reloads.load(Ordering::Relaxed),
         }
     }
@@ -242,13 +247,22 @@ impl TlsConfig {
     }
 }
 
-/// Most handshakes a [`TlsListener`] runs at once; more connections wait in the
-/// kernel's backlog.
-const MAX_HANDSHAKES: usize = 512;
+/// Default of the most handshakes a [`TlsListener`] runs at once; more connections wait in
+/// the kernel's backlog.
+pub const MAX_HANDSHAKES: usize = 512;
+/// Default of the most handshakes from one address (IPv6: one /64) a [`TlsListener`] runs
+/// at once; one more connection from it is closed at once (counted in
+/// [`TlsStats::refused_per_ip`]).
+pub const MAX_HANDSHAKES_PER_IP: u32 = 16;
 
 /// An `axum::serve::Listener` over TLS, for street inside your own `axum::serve`.
-/// Handshakes run in tasks of their own (at most 512 at once, each bounded by the
-/// timeout), so a client that stalls its handshake delays no one.
+/// Handshakes run in tasks of their own, each bounded by the timeout: at most
+/// [`MAX_HANDSHAKES`] at once, and at most [`MAX_HANDSHAKES_PER_IP`] from one address, so
+/// one address that opens connections and stalls their handshakes cannot take every
+/// handshake slot (it would take 32 addresses, each holding its slots for the whole
+/// timeout; keep the timeout short). For per-address limits on whole connections, use
+/// [`AppOptions::tls`](crate::AppOptions::tls) on street's own listener, which gates
+/// before the handshake with `max_connections_per_ip`.
 ///
 /// axum gives `ConnectInfo<SocketAddr>` to listeners wrapped by `tap_io`, hence the
 /// no-op tap below (street's per-address limits need the address):
@@ -282,11 +296,33 @@ impl Drop for AbortOnDrop {
 
 impl TlsListener {
     /// Accept TLS connections on `listener`; `handshake_timeout` bounds each handshake.
-    /// Must be called inside a Tokio runtime.
+    /// The default limits: [`MAX_HANDSHAKES`], [`MAX_HANDSHAKES_PER_IP`]. Must be called
+    /// inside a Tokio runtime.
     pub fn new(listener: TcpListener, config: TlsConfig, handshake_timeout: Duration) -> Self {
+        Self::with_limits(
+            listener,
+            config,
+            handshake_timeout,
+            MAX_HANDSHAKES,
+            MAX_HANDSHAKES_PER_IP,
+        )
+    }
+
+    /// [`TlsListener::new`] with its limits: handshakes at once (at least 1), and from one
+    /// address (0: no per-address limit).
+    pub fn with_limits(
+        listener: TcpListener,
+        config: TlsConfig,
+        handshake_timeout: Duration,
+        max_handshakes: usize,
+        max_handshakes_per_ip: u32,
+    ) -> Self {
         let local = listener.local_addr();
         let (tx, ready) = tokio::sync::mpsc::channel(64);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            max_handshakes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let per_ip = crate::net::per_ip::PerIp::new(max_handshakes_per_ip, 0);
         let accepting = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(10);
             loop {
@@ -298,21 +334,34 @@ impl TlsListener {
                         backoff = Duration::from_millis(10);
                         x
                     }
+                    Err(e) if crate::app::is_per_connection(&e) => continue,
                     Err(e) => {
+                        // e.g. out of file descriptors: back off rather than spin
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                         continue;
                     }
                 };
+                let Ok(ip_slot) = per_ip.admit(peer.ip(), std::time::Instant::now()) else {
+                    config
+                        .inner
+                        .stats
+                        .refused_per_ip
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "too many TLS handshakes from this address: closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (config, tx) = (config.clone(), tx.clone());
                 tokio::spawn(async move {
                     let tls = config.accept(stream, handshake_timeout, peer).await;
-                    drop(slot);
+                    drop(ip_slot);
                     if let Some(tls) = tls {
                         let _ = tx.send((tls, peer)).await;
                     }
+                    // held until the stream is handed over: waiting streams count too
+                    drop(slot);
                 });
             }
         });

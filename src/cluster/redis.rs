@@ -54,7 +54,8 @@ use super::{
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedisOptions {
-    /// `redis://host:port[/db]`; RESP3 is requested for you. Default
+    /// `redis://host:port[/db]`, or `rediss://` for TLS (feature `tls`); RESP3 is
+    /// requested for you (the broker needs its push messages). Default
     /// `redis://127.0.0.1:6379`.
     pub url: String,
     /// Prefix of every key and channel, to share one Redis between clusters. Default
@@ -122,9 +123,22 @@ fn with_resp3(url: &str) -> String {
         Some((b, f)) => (b, Some(f)),
         None => (url, None),
     };
-    let mut out = if base.contains("protocol=") {
-        base.to_owned()
-    } else if base.contains('?') {
+    // An explicit protocol parameter is replaced: the subscriber needs RESP3's pushes.
+    let base = match base.split_once('?') {
+        Some((head, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|kv| !kv.starts_with("protocol="))
+                .collect();
+            if kept.iter().all(|kv| kv.is_empty()) {
+                head.to_owned()
+            } else {
+                format!("{head}?{}", kept.join("&"))
+            }
+        }
+        None => base.to_owned(),
+    };
+    let mut out = if base.contains('?') {
         format!("{base}&protocol=resp3")
     } else {
         format!("{base}?protocol=resp3")
@@ -295,6 +309,11 @@ impl Shared {
         let url = with_resp3(&self.opts.url);
         #[cfg(feature = "tls")]
         if let Some(ca) = &self.opts.tls_ca_pem {
+            if !self.opts.url.starts_with("rediss://") {
+                return Err(BrokerError::Unavailable(
+                    "tls_ca_pem is set but the URL is not rediss://".into(),
+                ));
+            }
             let certs = redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(ca.clone()),
@@ -783,9 +802,15 @@ mod tests {
             with_resp3("rediss://h:1/#insecure"),
             "rediss://h:1/?protocol=resp3#insecure"
         );
+        // the subscriber needs RESP3's pushes: another protocol is replaced
         assert_eq!(
             with_resp3("redis://h/?protocol=resp2"),
-            "redis://h/?protocol=resp2"
+            "redis://h/?protocol=resp3"
+        );
+        // only the query's own parameter counts
+        assert_eq!(
+            with_resp3("redis://u:protocol=x@h/?db=1"),
+            "redis://u:protocol=x@h/?db=1&protocol=resp3"
         );
     }
 

@@ -31,10 +31,16 @@ pub struct ClientAddr<S> {
 impl TrustedProxies {
     /// This list as a tower layer for your own server (see [`ClientAddrLayer`]).
     ///
+    /// Add it **last**, after your routes: an axum layer wraps only the routes added before
+    /// it.
+    ///
     /// ```
     /// use street::net::TrustedProxies;
+    /// let wss = street::ws::WebSocketServer::new(Default::default());
     /// let proxies = TrustedProxies::parse(["10.0.0.0/8"]).expect("valid CIDRs");
-    /// let app: axum::Router = axum::Router::new().layer(proxies.layer());
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/ws", wss.route())
+    ///     .layer(proxies.layer());
     /// ```
     pub fn layer(&self) -> ClientAddrLayer {
         ClientAddrLayer {

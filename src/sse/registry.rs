@@ -103,15 +103,20 @@ impl RegistryInner {
 
 /// The SSE streams of one app. Cheap to clone. See the [module docs](self).
 ///
-/// street's [`App`](crate::App) has one. In your own axum app, add one as an extension
-/// so [`SseRequest`] applies its caps, and call [`close_all`](Self::close_all) on
-/// shutdown:
+/// street's [`App`](crate::App) has one. In your own axum app, add one as an extension,
+/// **after** your SSE routes (an axum layer wraps only the routes added before it), so
+/// [`SseRequest`] applies its caps; call [`close_all`](Self::close_all) on shutdown.
+/// Without a registry, `SseRequest` applies no cap (and says so once in the log).
 ///
 /// ```
-/// use axum::{Extension, Router};
-/// use street::sse::SseRegistry;
+/// use axum::{routing::get, Extension, Router};
+/// use street::sse::{SseRegistry, SseRequest};
 /// let streams = SseRegistry::with_limits(8_000, 500);
-/// let app: Router = Router::new().layer(Extension(streams.clone()));
+/// let app: Router = Router::new()
+///     .route("/events", get(|req: SseRequest| async move {
+///         req.create(std::time::Duration::from_secs(15)).1
+///     }))
+///     .layer(Extension(streams.clone()));
 /// ```
 #[derive(Debug, Clone)]
 pub struct SseRegistry {
@@ -332,7 +337,18 @@ impl<S: Send + Sync> FromRequestParts<S> for SseRequest {
             .or_else(|| parts.extensions.get::<SseRegistry>());
         let slot = match registry {
             Some(r) => Some(r.acquire(client)?),
-            None => None,
+            None => {
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        "SseRequest without an SseRegistry (street's App, or an \
+                         Extension(SseRegistry) layered after the SSE routes): \
+                         SSE streams are not capped"
+                    );
+                }
+                None
+            }
         };
         Ok(Self {
             last_event_id,

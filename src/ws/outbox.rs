@@ -268,11 +268,13 @@ impl Outbox {
         st.closing || st.kill.is_some()
     }
 
-    /// The connection is over: drop queued data.
+    /// The connection is over: drop queued data, and refuse more (a send racing the end
+    /// cannot slip in after this).
     pub(crate) fn clear(&self) {
         let mut st = self.lock();
         st.queue = VecDeque::new();
         st.bytes = 0;
+        st.closing = true;
     }
 
     // ---- the consumer (the connection task) ----

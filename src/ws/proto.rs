@@ -33,9 +33,8 @@ pub(crate) const OP_PONG: u8 = 0xA;
 /// A complete unit from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// A text message. Fragmented text has been validated; a single-frame text message is
-    /// validated by the caller when it takes the `&str` (one pass, not two).
-    /// A complete text message, checked to be UTF-8 (the only check it gets).
+    /// A complete text message, checked to be UTF-8 here (a fragmented one also as it
+    /// arrived, to fail fast).
     Text(Text),
     /// A binary message.
     Binary(Bytes),

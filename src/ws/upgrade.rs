@@ -330,7 +330,14 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     // The route's parameters (axum keeps them in a private extension).
     let params = match axum::extract::RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(p) => p.iter().map(|(k, v)| (k.into(), v.into())).collect(),
-        Err(_) => Vec::new(),
+        // mounted on a route without parameters
+        Err(axum::extract::rejection::RawPathParamsRejection::MissingPathParams(_)) => Vec::new(),
+        // a parameter that is not UTF-8 once decoded (`/ws/%FF`): refused, rather than
+        // seen as absent (and defaulted) by the handler
+        Err(_) => {
+            stats.rejected_handshake.inc();
+            return plain(StatusCode::BAD_REQUEST, "invalid path parameter");
+        }
     };
     let request = ConnectRequest::with_parts(
         std::mem::take(&mut parts.method),

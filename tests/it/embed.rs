@@ -102,6 +102,11 @@ async fn a_route_in_the_hosts_router_on_axum_serve_keeps_caps_per_ip_limits_and_
         "host"
     );
     let hdr = [("x-user", "bob")];
+    // a path parameter that is not UTF-8 once decoded: 400, not an absent parameter
+    assert_eq!(
+        try_connect_with(addr, "/rooms/%FF/ws", &hdr).await.err(),
+        Some(400)
+    );
     let mut a = try_connect_with(addr, "/rooms/blue/ws", &hdr)
         .await
         .expect("first");
@@ -138,8 +143,12 @@ async fn into_router_serves_an_app_from_the_hosts_server() {
         let s = socket.clone();
         socket.on("echo", move |v: serde_json::Value| s.emit("echo", &v))
     });
-    let app = street::app(app_opts())
+    let app = street::app(app_opts().with_max_body_bytes(1024))
         .route("/api/ping", axum::routing::get(|| async { "pong" }))
+        .route(
+            "/api/echo",
+            axum::routing::post(|body: String| async move { body }),
+        )
         .websocket(&wss);
     let host = axum::Router::new().nest("/rt", app.into_router());
     let (addr, stop) = serve_router(host).await;
@@ -150,6 +159,15 @@ async fn into_router_serves_an_app_from_the_hosts_server() {
         .await
         .expect("body");
     assert_eq!(body, "pong");
+    // the app's body limit comes along
+    let post = |n: usize| {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/rt/api/echo"))
+            .body("x".repeat(n))
+            .send()
+    };
+    assert_eq!(post(1000).await.expect("post").status(), 200);
+    assert_eq!(post(2000).await.expect("post").status(), 413);
     let mut c = connect_path(addr, "/rt/ws").await;
     send_env(&mut c, "echo", json!([1, 2])).await;
     assert_eq!(recv_json(&mut c).await["payload"], json!([1, 2]));

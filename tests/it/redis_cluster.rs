@@ -727,5 +727,17 @@ async fn nodes_reach_each_other_through_redis_over_tls() {
         matches!(refused, Err(BrokerError::Unavailable(_))),
         "{refused:?}"
     );
+    // a CA for a plain redis:// URL is a mistake, said at start rather than ignored
+    let plain = Rooms::new(
+        &wss,
+        RoomsOptions::default().with_broker(Some(Arc::new(RedisBroker::new(
+            redis_opts(&format!("redis://127.0.0.1:{port}"), "tls").with_tls_ca_pem(Some(ca)),
+        )))),
+    )
+    .await;
+    assert!(
+        matches!(&plain, Err(BrokerError::Unavailable(m)) if m.contains("rediss://")),
+        "{plain:?}"
+    );
     drop(b);
 }

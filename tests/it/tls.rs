@@ -386,3 +386,55 @@ async fn the_contract_servers_take_the_tls_flags() {
         .expect("run");
     assert_eq!(half.status.code(), Some(2));
 }
+
+/// `TlsListener` on the host's `axum::serve`: an address that opens connections and never
+/// starts its handshake gets `max_handshakes_per_ip` of them; the rest are closed at once
+/// (counted), and a client from another address is served meanwhile.
+#[tokio::test]
+async fn tls_listener_caps_stalled_handshakes_per_address() {
+    use axum::serve::ListenerExt;
+    let cert = make_cert();
+    let cfg = TlsConfig::from_pem_files(&cert.cert, &cert.key).expect("config");
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on("echo", move |v: serde_json::Value| s.emit("echo", &v))
+    });
+    let router = axum::Router::new().route("/ws", wss.route());
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let listener =
+        street::tls::TlsListener::with_limits(tcp, cfg.clone(), Duration::from_secs(30), 512, 4)
+            .tap_io(|_| {});
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(connect_from("127.0.0.2", addr).await.expect("tcp"));
+    }
+    // six of the ten are closed without a byte
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut b = [0u8; 8];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await {
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 6);
+    assert_eq!(cfg.stats().refused_per_ip, 6);
+    // another address is served at once
+    let mut c = wss_connect(addr, &cert.der, "/ws").await;
+    c.send(Message::text(r#"{"type":"echo","payload":"ok"}"#))
+        .await
+        .expect("send");
+    let m = within("echo", c.next()).await.expect("frame").expect("ok");
+    assert!(m.to_text().expect("text").contains("ok"));
+}
