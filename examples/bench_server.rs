@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use serde_json::value::RawValue;
 use street::sse::{HubOptions, SseHub, SseRequest};
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
+use street::ws::{ConnectRequest, Socket, WebSocketServer};
 
 mod support {
     pub(crate) mod contract;
@@ -40,17 +40,7 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
             let _ = sp.publish("bench", &p, Some("bench"));
         })
     });
-    let hub = ws.clone();
-    ws.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let s = socket.clone();
-        // RawValue: the payload is passed through without being parsed into a tree.
-        socket.on("echo", move |p: Box<RawValue>| s.emit("echo", &p))?;
-        let h = hub.clone();
-        socket.on("broadcast", move |p: Box<RawValue>| {
-            h.broadcast("broadcast", &p)
-        })?;
-        Ok::<_, SocketError>(())
-    });
+    contract::echo_and_broadcast(&ws);
 
     let app = app
         .route(

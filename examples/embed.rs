@@ -20,9 +20,8 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::routing::get;
 use axum::Router;
-use serde_json::value::RawValue;
 use street::tls::TlsListener;
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
+use street::ws::{ConnectRequest, Socket, WebSocketServer};
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
@@ -55,16 +54,7 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         return ExitCode::from(2);
     }
     let (ws, echo) = contract::endpoints(&flags);
-    let hub = ws.clone();
-    ws.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let s = socket.clone();
-        socket.on("echo", move |p: Box<RawValue>| s.emit("echo", &p))?;
-        let h = hub.clone();
-        socket.on("broadcast", move |p: Box<RawValue>| {
-            h.broadcast("broadcast", &p)
-        })?;
-        Ok::<_, SocketError>(())
-    });
+    contract::echo_and_broadcast(&ws);
     let rooms = WebSocketServer::new(contract::ws_options(&flags).with_path("/ws/{room}"));
     rooms.on_connection(|socket: Socket, req: ConnectRequest| {
         let room = req.path_param("room").unwrap_or_default().to_owned();

@@ -4,7 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use street::ws::{ConnectRequest, Frames, RawMessage, Socket, WebSocketServer, WsOptions};
+use serde_json::value::RawValue;
+use street::ws::{
+    ConnectRequest, Frames, RawMessage, Socket, SocketError, WebSocketServer, WsOptions,
+};
 
 /// The contract's flags (plus the extras of street's examples).
 pub(crate) struct Flags {
@@ -206,6 +209,23 @@ pub(crate) fn endpoints(flags: &Flags) -> (WebSocketServer, WebSocketServer) {
         socket.on_raw(move |m: RawMessage| s.send_raw(m))
     });
     (ws, echo)
+}
+
+/// The contract's `/ws` listeners on one node: `echo` back to the sender, `broadcast` to
+/// every client of `ws` (`cluster` broadcasts through its rooms instead).
+#[allow(dead_code)] // `cluster` wires its own
+pub(crate) fn echo_and_broadcast(ws: &WebSocketServer) {
+    let hub = ws.clone();
+    ws.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        // RawValue: the payload is passed through without being parsed into a tree.
+        socket.on("echo", move |p: Box<RawValue>| s.emit("echo", &p))?;
+        let h = hub.clone();
+        socket.on("broadcast", move |p: Box<RawValue>| {
+            h.broadcast("broadcast", &p)
+        })?;
+        Ok::<_, SocketError>(())
+    });
 }
 
 /// Bind, print `banner(addr)` (harnesses wait for a line), serve until SIGTERM/SIGINT.
