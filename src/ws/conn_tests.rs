@@ -373,3 +373,68 @@ async fn invalid_utf8_in_a_fragmented_text_fails_with_1007() {
     h.client.write_all(&bytes).await.expect("write");
     assert_eq!(read_close(&mut h.client).await.0, 1007);
 }
+
+#[tokio::test]
+async fn a_peer_close_while_ours_waits_behind_data_is_answered_not_dropped() {
+    let opts = WsOptions {
+        max_queue_bytes: 1 << 20,
+        ..WsOptions::default()
+    };
+    let mut h = start(opts, 1024, |_| {});
+    // 200 KB queued behind a full 1 KiB pipe, then our close behind it
+    for _ in 0..200 {
+        h.socket.emit("bulk", &"z".repeat(1000)).expect("emit");
+    }
+    h.socket
+        .close(CloseCode::NORMAL, "server bye")
+        .expect("close");
+    // the peer closes before reading any of it
+    h.client
+        .write_all(&close_frame(4000, "client bye"))
+        .await
+        .expect("write");
+    // what was in flight arrives, then our answer echoing the peer's code
+    let (code, _) = read_close(&mut h.client).await;
+    assert_eq!(code, 4000);
+    h.client.shutdown().await.expect("shutdown");
+    let info = closed(&mut h).await;
+    assert_eq!((info.code.0, info.reason.as_str()), (4000, "client bye"));
+}
+
+#[tokio::test]
+async fn a_protocol_error_while_our_close_waits_is_reported_as_what_was_sent() {
+    // our close still queued (more than one write batch ahead of it): the failure's close
+    // replaces it; close handlers see what the peer reads
+    let mut h = start(WsOptions::default(), 1024, |_| {});
+    for _ in 0..200 {
+        h.socket.emit("bulk", &"z".repeat(1000)).expect("emit");
+    }
+    h.socket.close(CloseCode::GOING_AWAY, "bye").expect("close");
+    h.client
+        .write_all(&frame(true, OP_CONTINUATION, b"x"))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut h.client).await.0, 1002);
+    h.client.shutdown().await.expect("shutdown");
+    assert_eq!(closed(&mut h).await.code, CloseCode::PROTOCOL_ERROR);
+
+    // our close already in the batch being written: it goes out whole, nothing after it
+    let mut h = start(WsOptions::default(), 1024, |_| {});
+    for _ in 0..10 {
+        h.socket.emit("bulk", &"z".repeat(1000)).expect("emit");
+    }
+    h.socket.close(CloseCode::GOING_AWAY, "bye").expect("close");
+    h.client
+        .write_all(&frame(true, OP_CONTINUATION, b"x"))
+        .await
+        .expect("write");
+    assert_eq!(read_close(&mut h.client).await, (1001, "bye".into()));
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, h.client.read_to_end(&mut rest))
+        .await
+        .expect("eof in time")
+        .expect("read");
+    assert!(rest.is_empty(), "no second close");
+    h.client.shutdown().await.expect("shutdown");
+    assert_eq!(closed(&mut h).await.code, CloseCode::GOING_AWAY);
+}

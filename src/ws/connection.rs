@@ -447,8 +447,22 @@ impl<T: Transport> Conn<'_, T> {
     /// Close with `code` before anything else, then end.
     fn end_with(&mut self, code: u16, reason: &str) {
         let socket = self.socket;
-        socket.inner.outbox.fail(code, reason);
-        self.pending_end = Some(Box::new(CloseInfo::new(CloseCode(code), reason)));
+        let info = CloseInfo::new(CloseCode(code), reason);
+        if !socket.inner.outbox.fail(code, reason) {
+            // Our close is taken for the wire and no second close may follow it.
+            if self.batch_end == Some(BatchEnd::AwaitPeer) {
+                // still being written: end right after it (handlers see our close, which
+                // is what the peer reads)
+                self.batch_end = Some(BatchEnd::Terminal);
+                self.pending_end = Some(Box::new(info));
+                self.read_stopped = true;
+            } else {
+                // written: end now
+                socket.inner.outbox.kill(info);
+            }
+            return;
+        }
+        self.pending_end = Some(Box::new(info));
         self.read_stopped = true;
         self.start_deadline();
     }

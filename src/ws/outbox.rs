@@ -57,6 +57,8 @@ struct State {
     ping: bool,
     /// The close the server initiated (what close handlers see if the peer echoes it).
     sent_close: Option<Box<CloseInfo>>,
+    /// Our close frame has left the queue for the wire: no other close may follow it.
+    close_written: bool,
     /// Pongs to send (one per ping received, bounded), ahead of data.
     // Boxed on purpose: 8 bytes in every idle socket instead of a 32-byte VecDeque.
     #[allow(clippy::box_collection)]
@@ -222,13 +224,18 @@ impl Outbox {
         });
     }
 
-    /// The peer sent a close: answer it (echoing its code) unless we already sent ours.
-    /// Returns whether a reply was queued.
+    /// The peer sent a close: answer it (echoing its code) unless our own close is already
+    /// on the wire. Our close still waiting in the queue (behind data) is replaced by the
+    /// reply, which goes out at once; queued data is dropped. Returns whether a reply was
+    /// queued.
     pub(crate) fn close_reply(&self, code: Option<u16>) -> bool {
         self.update(|st| {
-            let already = st.sent_close.is_some() || st.terminal.is_some();
+            let already = st.close_written || st.terminal.is_some();
             st.closing = true;
             if !already {
+                st.sent_close = None;
+                st.queue.clear();
+                st.bytes = 0;
                 st.terminal = Some(Box::new(match code {
                     Some(c) => proto::close_payload(c, ""),
                     None => Bytes::new(),
@@ -238,18 +245,25 @@ impl Outbox {
         })
     }
 
-    /// The peer broke the protocol: a close with `code` goes out before anything else,
-    /// and queued data is dropped.
-    pub(crate) fn fail(&self, code: u16, reason: &str) {
+    /// The peer broke the protocol: a close with `code` goes out before anything else
+    /// (replacing ours if it is still queued), and queued data is dropped. False when our
+    /// close is already on the wire: no second close may follow it, so the connection
+    /// just ends.
+    pub(crate) fn fail(&self, code: u16, reason: &str) -> bool {
         self.update(|st| {
             st.closing = true;
             st.queue.clear();
             st.bytes = 0;
+            if st.close_written {
+                return false;
+            }
+            st.sent_close = None;
             st.terminal = Some(Box::new(proto::close_payload(
                 code,
                 truncate_reason(reason),
             )));
-        });
+            true
+        })
     }
 
     /// Send a ping ahead of queued data.
@@ -319,6 +333,8 @@ impl Outbox {
                         proto::close_payload(code.0, &reason),
                         0,
                     ));
+                    // taken for the wire: the batch in hand is always finished first
+                    st.close_written = true;
                     end = Some(BatchEnd::AwaitPeer);
                     break;
                 }
@@ -444,6 +460,45 @@ mod tests {
         out.clear();
         assert_eq!(o.next_batch(&mut out, 64), Some(BatchEnd::AwaitPeer));
         assert_eq!(kinds(&out), [proto::OP_BINARY, proto::OP_CLOSE]);
+    }
+
+    #[test]
+    fn a_peer_close_or_failure_replaces_our_close_while_it_is_still_queued() {
+        let o = Outbox::new(100);
+        o.push(proto::OP_TEXT, Bytes::from_static(b"a"), false)
+            .expect("queued");
+        assert!(o.close(CloseCode::NORMAL, "bye"));
+        // the peer closes first: the reply goes out alone, and ours is forgotten
+        assert!(o.close_reply(Some(4000)));
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out, 64), Some(BatchEnd::Terminal));
+        assert_eq!(kinds(&out), [proto::OP_CLOSE]);
+        assert_eq!(&out[0].payload[..2], &4000u16.to_be_bytes());
+        assert_eq!(o.take_sent_close(), None);
+
+        // a failure after our close left: no second close
+        let o = Outbox::new(100);
+        assert!(o.close(CloseCode::GOING_AWAY, "bye"));
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out, 64), Some(BatchEnd::AwaitPeer));
+        assert!(!o.fail(1002, "bad frame"));
+        assert!(!o.close_reply(Some(1000)), "no reply after ours either");
+        out.clear();
+        assert_eq!(o.next_batch(&mut out, 64), None);
+        assert!(out.is_empty());
+        assert_eq!(
+            o.take_sent_close().map(|c| c.code),
+            Some(CloseCode::GOING_AWAY)
+        );
+
+        // a failure while ours is still queued: the failure's close replaces it
+        let o = Outbox::new(100);
+        assert!(o.close(CloseCode::GOING_AWAY, "bye"));
+        assert!(o.fail(1002, "bad frame"));
+        let mut out = Vec::new();
+        assert_eq!(o.next_batch(&mut out, 64), Some(BatchEnd::Terminal));
+        assert_eq!(&out[0].payload[..2], &1002u16.to_be_bytes());
+        assert_eq!(o.take_sent_close(), None);
     }
 
     #[test]
