@@ -4,15 +4,7 @@ use super::*;
 use crate::ws::WsOptions;
 
 fn socket() -> Socket {
-    Socket::new(
-        SocketId::new(),
-        Arc::default(),
-        1 << 20,
-        64,
-        None,
-        None,
-        http::Extensions::new(),
-    )
+    Socket::for_test()
 }
 
 /// The envelope types queued for a socket, oldest first (and clears the queue).

@@ -401,34 +401,34 @@ async fn a_peer_close_while_ours_waits_behind_data_is_answered_not_dropped() {
     assert_eq!((info.code.0, info.reason.as_str()), (4000, "client bye"));
 }
 
+/// `queued` messages of 1 KB behind a 1 KiB pipe, then our close 1001, then a protocol
+/// error from the peer; the close frame the peer reads.
+async fn protocol_error_behind(queued: usize) -> (Harness, (u16, String)) {
+    let mut h = start(WsOptions::default(), 1024, |_| {});
+    for _ in 0..queued {
+        h.socket.emit("bulk", &"z".repeat(1000)).expect("emit");
+    }
+    h.socket.close(CloseCode::GOING_AWAY, "bye").expect("close");
+    h.client
+        .write_all(&frame(true, OP_CONTINUATION, b"x"))
+        .await
+        .expect("write");
+    let close = read_close(&mut h.client).await;
+    (h, close)
+}
+
 #[tokio::test]
 async fn a_protocol_error_while_our_close_waits_is_reported_as_what_was_sent() {
     // our close still queued (more than one write batch ahead of it): the failure's close
     // replaces it; close handlers see what the peer reads
-    let mut h = start(WsOptions::default(), 1024, |_| {});
-    for _ in 0..200 {
-        h.socket.emit("bulk", &"z".repeat(1000)).expect("emit");
-    }
-    h.socket.close(CloseCode::GOING_AWAY, "bye").expect("close");
-    h.client
-        .write_all(&frame(true, OP_CONTINUATION, b"x"))
-        .await
-        .expect("write");
-    assert_eq!(read_close(&mut h.client).await.0, 1002);
+    let (mut h, (code, _)) = protocol_error_behind(200).await;
+    assert_eq!(code, 1002);
     h.client.shutdown().await.expect("shutdown");
     assert_eq!(closed(&mut h).await.code, CloseCode::PROTOCOL_ERROR);
 
     // our close already in the batch being written: it goes out whole, nothing after it
-    let mut h = start(WsOptions::default(), 1024, |_| {});
-    for _ in 0..10 {
-        h.socket.emit("bulk", &"z".repeat(1000)).expect("emit");
-    }
-    h.socket.close(CloseCode::GOING_AWAY, "bye").expect("close");
-    h.client
-        .write_all(&frame(true, OP_CONTINUATION, b"x"))
-        .await
-        .expect("write");
-    assert_eq!(read_close(&mut h.client).await, (1001, "bye".into()));
+    let (mut h, close) = protocol_error_behind(10).await;
+    assert_eq!(close, (1001, "bye".into()));
     let mut rest = Vec::new();
     tokio::time::timeout(LIMIT, h.client.read_to_end(&mut rest))
         .await

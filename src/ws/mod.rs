@@ -106,7 +106,14 @@ pub mod __fuzz {
             let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
             let _ = trusted.client_addr(peer, &headers);
         }
-        let req = super::ConnectRequest::new(method, uri, headers, None);
+        let req = super::ConnectRequest::new(
+            method,
+            uri,
+            headers,
+            None,
+            Vec::new(),
+            http::Extensions::new(),
+        );
         let _ = req.query_param("token");
     }
 }

@@ -226,6 +226,20 @@ impl Socket {
         }
     }
 
+    /// A socket with no connection behind it (unit tests): 1 MiB queue, 64 listeners.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        Self::new(
+            SocketId::new(),
+            Arc::default(),
+            1 << 20,
+            64,
+            None,
+            None,
+            http::Extensions::new(),
+        )
+    }
+
     /// This connection's unique id.
     pub fn id(&self) -> SocketId {
         self.inner.id
@@ -633,15 +647,7 @@ mod tests {
     use super::*;
 
     fn socket() -> Socket {
-        Socket::new(
-            SocketId::new(),
-            Arc::default(),
-            1 << 20,
-            64,
-            None,
-            None,
-            http::Extensions::new(),
-        )
+        Socket::for_test()
     }
 
     #[test]

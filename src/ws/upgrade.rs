@@ -53,22 +53,6 @@ impl ConnectRequest {
         uri: Uri,
         headers: HeaderMap,
         remote_addr: Option<SocketAddr>,
-    ) -> Self {
-        Self::with_parts(
-            method,
-            uri,
-            headers,
-            remote_addr,
-            Vec::new(),
-            http::Extensions::new(),
-        )
-    }
-
-    fn with_parts(
-        method: Method,
-        uri: Uri,
-        headers: HeaderMap,
-        remote_addr: Option<SocketAddr>,
         params: Vec<(Box<str>, Box<str>)>,
         extensions: http::Extensions,
     ) -> Self {
@@ -152,6 +136,8 @@ impl ConnectRequest {
             uri.parse().unwrap_or_default(),
             HeaderMap::new(),
             None,
+            Vec::new(),
+            http::Extensions::new(),
         )
     }
 }
@@ -339,7 +325,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
             return plain(StatusCode::BAD_REQUEST, "invalid path parameter");
         }
     };
-    let request = ConnectRequest::with_parts(
+    let request = ConnectRequest::new(
         std::mem::take(&mut parts.method),
         std::mem::take(&mut parts.uri),
         std::mem::take(&mut parts.headers),

@@ -39,7 +39,9 @@ impl Redis {
         Self::start_with(port, &["--dir", &dir, "--dbfilename", "dump.rdb"]).await
     }
 
-    async fn start_with(port: u16, extra: &[&str]) -> Self {
+    /// Start `redis-server` on loopback with `listen` (its port options) and `extra`,
+    /// without waiting for it; `port` is where it answers.
+    fn spawn(listen: &[&str], extra: &[&str], port: u16) -> Self {
         assert!(
             std::path::Path::new("/usr/bin/redis-server").exists()
                 || Command::new("redis-server")
@@ -49,9 +51,8 @@ impl Redis {
             "redis-server is missing; scripts/test installs it (apt: redis-server)"
         );
         let child = Command::new("redis-server")
+            .args(listen)
             .args([
-                "--port",
-                &port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -66,10 +67,14 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        let r = Self {
+        Self {
             child: Some(child),
             port,
-        };
+        }
+    }
+
+    async fn start_with(port: u16, extra: &[&str]) -> Self {
+        let r = Self::spawn(&["--port", &port.to_string()], extra, port);
         within("redis-server to answer PING", async {
             loop {
                 if r.ping().await {
@@ -651,12 +656,10 @@ async fn nodes_reach_each_other_through_redis_over_tls() {
     let port = crate::examples::free_port();
     let cert_path = cert.cert.to_str().expect("path");
     let key_path = cert.key.to_str().expect("path");
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
+    let tls_port = port.to_string();
+    let _redis = Redis::spawn(
+        &["--port", "0", "--tls-port", &tls_port],
+        &[
             "--tls-cert-file",
             cert_path,
             "--tls-key-file",
@@ -665,21 +668,9 @@ async fn nodes_reach_each_other_through_redis_over_tls() {
             cert_path,
             "--tls-auth-clients",
             "no",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let _redis = Redis {
-        child: Some(child),
+        ],
         port,
-    };
+    );
     crate::examples::wait_listening(format!("127.0.0.1:{port}").parse().expect("addr")).await;
     let url = format!("rediss://localhost:{port}");
     let ca = std::fs::read(&cert.cert).expect("read cert");
