@@ -4,24 +4,45 @@
 //! any external service.
 //!
 //! Delivery is synchronous: `publish` calls every other node's delivery hook before it
-//! returns, so order per publisher is kept and nothing is queued.
+//! returns, so order per publisher is kept and nothing is queued. Channels with history
+//! keep their streams on the bus (see [`Streams`](super::streams)): a publication takes
+//! its offset and reaches every node under one lock, so each channel's offsets arrive in
+//! order everywhere. The streams live as long as the bus: a process restart is a new
+//! epoch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
+use super::streams::Streams;
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, NodeHooks, PresenceEntry,
+    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, History, HistoryOptions,
+    NodeHooks, PresenceEntry, Target,
 };
+
+/// Channel streams one bus holds at most (see [`Streams`](super::streams)).
+const MAX_STREAMS: usize = 100_000;
 
 type Presence = HashMap<String, HashMap<(Arc<str>, String), usize>>;
 
 type Deliver = Arc<dyn Fn(ClusterMessage) + Send + Sync>;
 
-#[derive(Default)]
 struct Bus {
     nodes: Mutex<HashMap<Arc<str>, Deliver>>,
     presence: Mutex<Presence>,
+    /// Held while a positioned publication is delivered: one channel order everywhere.
+    streams: Mutex<Streams>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self {
+            nodes: Mutex::default(),
+            presence: Mutex::default(),
+            streams: Mutex::new(Streams::new(MAX_STREAMS)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -113,6 +134,34 @@ impl Broker for MemoryBroker {
         }
     }
 
+    fn publish_with_history(&self, msg: ClusterMessage, history: HistoryOptions) {
+        let Target::Room { room, .. } = &msg.target else {
+            return self.publish(msg);
+        };
+        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        let mut streams = lock(&self.bus.streams);
+        let (position, envelope) = streams.append(room, &msg.envelope, history, Instant::now());
+        let all: Vec<_> = lock(&self.bus.nodes).values().cloned().collect();
+        let m = ClusterMessage {
+            envelope,
+            position: Some(position),
+            ..msg
+        };
+        for d in all {
+            d(m.clone());
+        }
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        history: HistoryOptions,
+    ) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let h = lock(&self.bus.streams).read(channel, since, history, Instant::now());
+        Box::pin(async move { Ok(h) })
+    }
+
     fn set_presence(&self, room: &str, member: &str, connections: usize) {
         let Some(me) = self.me() else { return };
         let mut p = lock(&self.bus.presence);
@@ -149,6 +198,7 @@ impl Broker for MemoryBroker {
         BrokerStats {
             published: self.counters.published.load(Ordering::Relaxed),
             received: self.counters.received.load(Ordering::Relaxed),
+            streams_evicted: lock(&self.bus.streams).evicted(),
             ..BrokerStats::default()
         }
     }

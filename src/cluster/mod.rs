@@ -16,16 +16,28 @@
 //! - **ordered per publishing node**: messages one node publishes reach every other node in
 //!   the order it published them;
 //! - a node never receives its own messages back (it delivered them locally already).
+//!
+//! A channel with history ([`Broker::publish_with_history`]) is a stream: the broker
+//! gives each publication the channel's next **offset** (1, 2, 3, … with no hole, the
+//! same on every node) atomically with appending it to the channel's history, and
+//! delivers it to **every** node, the publishing one included, in offset order. The
+//! stream's **epoch** names its past: it changes whenever that past is lost (the
+//! broker's storage was wiped, the history expired entirely, a single-process broker
+//! restarted), so a [`Position`] `(epoch, offset)` from before means nothing after.
+//! [`Broker::history`] answers where a channel's stream stands and what followed a
+//! given offset, when the history still holds all of it.
 
 pub mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod streams;
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -57,6 +69,52 @@ pub enum Target {
     Member(String),
 }
 
+/// A publication's place in its channel's stream (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// Names the stream's past; another epoch means that past was lost.
+    pub epoch: Arc<str>,
+    /// 1 for the channel's first publication in this epoch, then one more for each.
+    pub offset: u64,
+}
+
+/// How much of a channel's past a broker keeps: at most `size` publications, none older
+/// than `ttl`; a channel with no publication for `ttl` loses its whole stream (and gets
+/// a new epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryOptions {
+    /// Most publications kept per channel.
+    pub size: usize,
+    /// Oldest publication kept; also how long an idle channel's stream lives.
+    pub ttl: Duration,
+}
+
+impl HistoryOptions {
+    /// Keep the last `size` publications, for at most `ttl`.
+    ///
+    /// ```
+    /// let h = street::cluster::HistoryOptions::new(100, std::time::Duration::from_secs(300));
+    /// assert_eq!(h.size, 100);
+    /// ```
+    pub fn new(size: usize, ttl: Duration) -> Self {
+        Self { size, ttl }
+    }
+}
+
+/// Where a channel's stream stands, as [`Broker::history`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History {
+    /// The stream's epoch (made when the channel had none).
+    pub epoch: Arc<str>,
+    /// The latest offset; 0 when nothing was published in this epoch.
+    pub offset: u64,
+    /// The publications after the offset asked for, in order, as delivered (envelopes
+    /// with `"offset"`), when the history still holds every one of them; `None` when it
+    /// does not (trimmed by size or age) or nothing was asked.
+    pub since: Option<Vec<(u64, Bytes)>>,
+}
+
 /// A message between nodes: where it goes, and the envelope bytes, encoded once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMessage {
@@ -66,6 +124,9 @@ pub struct ClusterMessage {
     pub target: Target,
     /// The encoded `{"type","payload","ts"}` text frame payload.
     pub envelope: Bytes,
+    /// Its place in the channel's stream, for a publication in a channel with history
+    /// (set by the broker; see [`Broker::publish_with_history`]).
+    pub position: Option<Position>,
 }
 
 /// Why a cluster message could not be decoded.
@@ -91,6 +152,11 @@ struct Header<'a> {
     s: Option<Cow<'a, str>>,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     m: Option<Cow<'a, str>>,
+    /// epoch and offset of a positioned publication
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    e: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<u64>,
 }
 
 impl ClusterMessage {
@@ -116,6 +182,8 @@ impl ClusterMessage {
                 xm: None,
                 s: None,
                 m: None,
+                e: None,
+                n: None,
             },
             Target::Room {
                 room,
@@ -129,6 +197,8 @@ impl ClusterMessage {
                 xm: except_member.as_deref().map(Cow::Borrowed),
                 s: None,
                 m: None,
+                e: None,
+                n: None,
             },
             Target::Socket(_) => Header {
                 o: Cow::Borrowed(&self.origin),
@@ -138,6 +208,8 @@ impl ClusterMessage {
                 xm: None,
                 s: s.as_deref().map(Cow::Borrowed),
                 m: None,
+                e: None,
+                n: None,
             },
             Target::Member(m) => Header {
                 o: Cow::Borrowed(&self.origin),
@@ -147,13 +219,37 @@ impl ClusterMessage {
                 xm: None,
                 s: None,
                 m: Some(Cow::Borrowed(m)),
+                e: None,
+                n: None,
             },
         };
+        let mut header = header;
+        if let Some(p) = &self.position {
+            header.e = Some(Cow::Borrowed(&p.epoch));
+            header.n = Some(p.offset);
+        }
         let head = serde_json::to_vec(&header).unwrap_or_default();
         let mut b = BytesMut::with_capacity(head.len() + 1 + self.envelope.len());
         b.put_slice(&head);
         b.put_u8(b'\n');
         b.put_slice(&self.envelope);
+        b.freeze()
+    }
+
+    /// The header of [`ClusterMessage::encode`] left open for a position: without its
+    /// closing brace, ending in a comma. A broker that positions publications itself
+    /// (the Redis broker's script) appends `"e":"EPOCH","n":OFFSET}`, the newline and
+    /// the envelope.
+    pub fn open_header(&self) -> Bytes {
+        let plain = ClusterMessage {
+            position: None,
+            envelope: Bytes::new(),
+            ..self.clone()
+        }
+        .encode();
+        // encode() wrote `{…}\n`
+        let mut b = BytesMut::from(&plain[..plain.len().saturating_sub(2)]);
+        b.put_u8(b',');
         b.freeze()
     }
 
@@ -195,10 +291,19 @@ impl ClusterMessage {
             'm' => Target::Member(need(h.m, "member")?),
             k => return Err(DecodeError(format!("unknown kind {k}"))),
         };
+        let position = match (h.e, h.n) {
+            (Some(e), Some(n)) => Some(Position {
+                epoch: Arc::from(e.as_ref()),
+                offset: n,
+            }),
+            (None, None) => None,
+            _ => return Err(DecodeError("half a position".into())),
+        };
         Ok(Self {
             origin: Arc::from(h.o.as_ref()),
             target,
             envelope: bytes.slice(nl + 1..),
+            position,
         })
     }
 }
@@ -275,6 +380,12 @@ stats! {
             "street_cluster_disconnects_total",
             "Broker connections lost (possible gaps).",
         ),
+        /// Channel streams dropped to make room for another (their past is lost: a new
+        /// epoch; only brokers that bound their stream count, e.g. the memory broker).
+        set streams_evicted => counter(
+            "street_cluster_streams_evicted_total",
+            "Channel streams (history) evicted to make room for another.",
+        ),
         /// Times this node replaced its whole presence in the broker (after a reconnect, a
         /// lapsed liveness, or a presence write that was dropped or failed).
         set resyncs => counter(
@@ -335,6 +446,31 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the broker cannot be asked.
     fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>>;
 
+    /// Publish into a channel that keeps history (`msg.target` is the channel's room).
+    /// The broker gives the message the channel's next offset, atomically with
+    /// appending it to the history (kept as `history` says), and delivers it to
+    /// **every** node, this one included, through `deliver` with
+    /// [`ClusterMessage::position`] set, in offset order per channel. What is delivered
+    /// and kept is `msg.envelope` with `"offset":K` added
+    /// ([`envelope::with_offset`](crate::ws::envelope::with_offset)). Never blocks: when
+    /// the queue is full, or the broker is unreachable, the message is lost for every
+    /// node (no offset is taken) and counted, as with [`Broker::publish`].
+    fn publish_with_history(&self, msg: ClusterMessage, history: HistoryOptions);
+
+    /// Where `channel`'s stream stands, and, when `since` is given, the publications
+    /// after that offset if the history still holds every one of them (within
+    /// `history`'s size and age). Makes the channel's epoch when it has none, so the
+    /// answer is a position later publications continue.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the broker cannot be asked.
+    fn history(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        history: HistoryOptions,
+    ) -> BoxFuture<'_, Result<History, BrokerError>>;
+
     /// The counters.
     fn stats(&self) -> BrokerStats;
 
@@ -364,10 +500,15 @@ mod tests {
             Target::Socket(sid),
             Target::Member("bo\u{e9}".into()),
         ] {
+            let positioned = matches!(target, Target::Room { .. });
             let m = ClusterMessage {
                 origin: Arc::from("node-1"),
                 target,
                 envelope: Bytes::from_static(br#"{"type":"x","payload":"a\nb","ts":1}"#),
+                position: positioned.then(|| Position {
+                    epoch: Arc::from("e1"),
+                    offset: 7,
+                }),
             };
             let wire = m.encode();
             let back = ClusterMessage::decode(wire.clone()).expect("decode");
@@ -375,6 +516,32 @@ mod tests {
             let at = wire.len() - m.envelope.len();
             assert_eq!(back.envelope.as_ptr(), wire[at..].as_ptr());
         }
+    }
+
+    #[test]
+    fn an_open_header_completed_as_the_redis_script_does_decodes_to_its_position() {
+        let m = ClusterMessage {
+            origin: Arc::from("n\"1"),
+            target: Target::Room {
+                room: "chat:\u{e9}".into(),
+                except_socket: None,
+                except_member: None,
+            },
+            envelope: crate::ws::envelope::with_channel(
+                br#"{"type":"x","payload":1,"ts":1}"#,
+                "chat:\u{e9}",
+            ),
+            position: None,
+        };
+        let env = crate::ws::envelope::with_offset(&m.envelope, 12);
+        let wire = [&m.open_header()[..], br#""e":"ab12","n":12}"#, b"\n", &env].concat();
+        let back = ClusterMessage::decode(Bytes::from(wire)).expect("decode");
+        let want = Position {
+            epoch: Arc::from("ab12"),
+            offset: 12,
+        };
+        assert_eq!((back.position, back.target), (Some(want), m.target));
+        assert_eq!(back.envelope, env);
     }
 
     #[test]
@@ -388,6 +555,7 @@ mod tests {
             b"{\"o\":\"n\",\"k\":\"r\"}\n{}",
             b"\xff\xfe\n",
             b"{\"o\":\"n\",\"k\":\"a\"}\n{\"type\":\"x\xff\"}",
+            b"{\"o\":\"n\",\"k\":\"a\",\"n\":3}\n{}",
         ] {
             assert!(ClusterMessage::decode(Bytes::copy_from_slice(bad)).is_err());
         }

@@ -47,7 +47,8 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, NodeHooks, PresenceEntry,
+    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, History, HistoryOptions,
+    NodeHooks, PresenceEntry, Target,
 };
 
 /// Options for [`RedisBroker::new`].
@@ -152,6 +153,15 @@ fn with_resp3(url: &str) -> String {
 
 enum Cmd {
     Publish(Bytes),
+    /// A publication in a channel with history: positioned by [`PUBLISH_POSITIONED`].
+    Positioned {
+        channel: String,
+        /// The bus header, open for the position (see [`ClusterMessage::open_header`]).
+        head: Bytes,
+        envelope: Bytes,
+        history: HistoryOptions,
+        at_ms: i64,
+    },
     Presence {
         room: String,
         member: String,
@@ -166,6 +176,7 @@ impl Cmd {
     fn bytes(&self) -> usize {
         match self {
             Cmd::Publish(b) => b.len(),
+            Cmd::Positioned { head, envelope, .. } => head.len() + envelope.len(),
             _ => 0,
         }
     }
@@ -206,6 +217,126 @@ end
 return #old
 ";
 
+/// Position a publication and publish it, atomically: the channel's next offset (a new
+/// epoch first when the stream has none: its past is lost), appended to the history
+/// (trimmed to its size, expiring after its TTL) and published on the bus with its
+/// position; every node, the publishing one too, delivers it from the bus. KEYS[1]: the
+/// channel's meta hash (`e` epoch, `o` offset); KEYS[2]: its stream (entry id
+/// `{offset}-0`, fields `t` ms and `d` envelope). ARGV: a new epoch, size, TTL (ms), now
+/// (ms), the bus, the open bus header, the envelope. The envelope gets `,"offset":K`
+/// before its closing brace, as `envelope::with_offset` does.
+const PUBLISH_POSITIONED: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local env = string.sub(ARGV[7], 1, -2) .. ',"offset":' .. off .. '}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], off .. '-0', 't', ARGV[4], 'd', env)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. '"e":"' .. epoch .. '","n":' .. off .. '}\n' .. env)
+return off
+"#;
+
+/// Where a channel's stream stands, and the entries from an offset on. KEYS as
+/// [`PUBLISH_POSITIONED`]; ARGV: a new epoch (taken when the stream has none), TTL (ms),
+/// the first offset wanted (or empty). Returns `{epoch, offset, entries}`.
+const READ_HISTORY: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local entries = {}
+if ARGV[3] ~= '' then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+')
+end
+return {epoch, top, entries}
+";
+
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// The text of a script reply item.
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn items(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        Value::Map(m) => Some(m.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        _ => None,
+    }
+}
+
+/// Read [`READ_HISTORY`]'s reply: `since` as asked, `now_ms` to judge the entries' age.
+fn parse_history(
+    reply: Value,
+    since: Option<u64>,
+    history: HistoryOptions,
+    now_ms: i64,
+) -> Result<History, BrokerError> {
+    let bad = || BrokerError::Unavailable("unexpected history reply from redis".into());
+    let mut it = items(reply).ok_or_else(bad)?.into_iter();
+    let epoch = it.next().as_ref().and_then(text).ok_or_else(bad)?;
+    let top: u64 = it
+        .next()
+        .as_ref()
+        .and_then(text)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(bad)?;
+    let mut entries = Vec::new();
+    for e in it.next().and_then(items).unwrap_or_default() {
+        let mut parts = items(e).ok_or_else(bad)?.into_iter();
+        let id = parts.next().as_ref().and_then(text).ok_or_else(bad)?;
+        let offset: u64 = id
+            .split('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(bad)?;
+        let (mut at, mut data) = (None, None);
+        let fields = parts.next().and_then(items).unwrap_or_default();
+        for kv in fields.chunks(2) {
+            match (kv.first().and_then(text).as_deref(), kv.get(1)) {
+                (Some("t"), Some(v)) => at = text(v).and_then(|t| t.parse::<i64>().ok()),
+                (Some("d"), Some(Value::BulkString(b))) => data = Some(Bytes::from(b.clone())),
+                _ => {}
+            }
+        }
+        entries.push((offset, at.unwrap_or(0), data.ok_or_else(bad)?));
+    }
+    let ttl_ms = i64::try_from(history.ttl.as_millis()).unwrap_or(i64::MAX);
+    let since = since.and_then(|k| {
+        if k > top {
+            return None;
+        }
+        if k == top {
+            return Some(Vec::new());
+        }
+        let first = entries.first()?;
+        let whole = first.0 == k + 1 && now_ms.saturating_sub(first.1) < ttl_ms;
+        whole.then(|| entries.into_iter().map(|(o, _, d)| (o, d)).collect())
+    });
+    Ok(History {
+        epoch: Arc::from(epoch),
+        offset: top,
+        since,
+    })
+}
+
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
@@ -231,6 +362,12 @@ struct Shared {
     in_bytes: AtomicUsize,
     /// Redis may disagree with our presence: replace it at the next chance.
     needs_resync: AtomicBool,
+    /// The subscriber's connection, once made; and whether it was lost since. It sends
+    /// no command of its own, and a connection manager reconnects (and resubscribes)
+    /// only when asked for one: the heartbeat pings it after a loss, or an outage longer
+    /// than its retries would leave the node deaf to the bus for good.
+    subscriber: Mutex<Option<ConnectionManager>>,
+    subscriber_lost: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -275,6 +412,8 @@ impl RedisBroker {
                 out_bytes: AtomicUsize::new(0),
                 in_bytes: AtomicUsize::new(0),
                 needs_resync: AtomicBool::new(false),
+                subscriber: Mutex::new(None),
+                subscriber_lost: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
             }),
         }
@@ -297,6 +436,13 @@ impl Shared {
     }
     fn index_entry(room: &str, member: &str) -> String {
         format!("{}:{room}{member}", room.len())
+    }
+    /// A channel's stream: its meta hash and its entries.
+    fn stream_keys(&self, channel: &str) -> (String, String) {
+        (
+            format!("{}:stream:{channel}:meta", self.opts.prefix),
+            format!("{}:stream:{channel}:log", self.opts.prefix),
+        )
     }
     fn node_key(&self, node: &str) -> String {
         format!("{}:node:{node}", self.opts.prefix)
@@ -435,6 +581,7 @@ async fn subscribe(
                 if p.kind == PushKind::Disconnection {
                     s.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     s.needs_resync.store(true, Ordering::Relaxed);
+                    s.subscriber_lost.store(true, Ordering::Relaxed);
                 }
                 let n = push_bytes(&p);
                 if !reserve(&s.in_bytes, n, s.opts.max_queue_bytes) {
@@ -482,6 +629,44 @@ async fn writer(
                         .fetch_add(1, Ordering::Relaxed);
                     shared.needs_resync.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "redis publish failed");
+                }
+            }
+            Cmd::Positioned {
+                channel,
+                head,
+                envelope,
+                history,
+                at_ms,
+            } => {
+                let (meta, log) = shared.stream_keys(&channel);
+                let r: redis::RedisResult<u64> = redis::cmd("EVAL")
+                    .arg(PUBLISH_POSITIONED)
+                    .arg(2)
+                    .arg(&meta)
+                    .arg(&log)
+                    .arg(new_epoch())
+                    .arg(history.size.max(1))
+                    .arg(
+                        u64::try_from(history.ttl.as_millis())
+                            .unwrap_or(u64::MAX)
+                            .max(1),
+                    )
+                    .arg(at_ms)
+                    .arg(&bus)
+                    .arg(&head[..])
+                    .arg(&envelope[..])
+                    .query_async(&mut conn)
+                    .await;
+                shared
+                    .out_bytes
+                    .fetch_sub(head.len() + envelope.len(), Ordering::AcqRel);
+                if let Err(e) = r {
+                    shared
+                        .counters
+                        .publish_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    shared.needs_resync.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "redis positioned publish failed");
                 }
             }
             Cmd::Presence {
@@ -576,6 +761,17 @@ async fn heartbeat(shared: Arc<Shared>, mut conn: ConnectionManager) {
                 if shared.needs_resync.swap(false, Ordering::Relaxed) {
                     shared.send(Cmd::Resync);
                 }
+                if shared.subscriber_lost.swap(false, Ordering::Relaxed) {
+                    let sub = lock(&shared.subscriber).clone();
+                    if let Some(mut sub) = sub {
+                        let r: redis::RedisResult<()> =
+                            redis::cmd("PING").query_async(&mut sub).await;
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "redis subscriber still down");
+                            shared.subscriber_lost.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
             }
         }
     }
@@ -591,7 +787,8 @@ async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<(PushInfo, usize)>, 
                 _ => Err(super::DecodeError("not a bulk string".into())),
             };
             match decoded {
-                Ok(m) if m.origin == node => {}
+                // our own: delivered locally already, unless the broker positioned it
+                Ok(m) if m.origin == node && m.position.is_none() => {}
                 Ok(m) => {
                     shared.counters.received.fetch_add(1, Ordering::Relaxed);
                     (hooks.deliver)(m);
@@ -645,7 +842,7 @@ impl Broker for RedisBroker {
                         t.push(tokio::spawn(reader(s.clone(), push_rx, h.clone())));
                     }
                     s.needs_resync.store(true, Ordering::Relaxed);
-                    let _keep = sub;
+                    *lock(&s.subscriber) = Some(sub);
                     writer(s, conn, rx, h).await;
                 }));
             } else {
@@ -659,11 +856,9 @@ impl Broker for RedisBroker {
                 *lock(&shared.query) = Some(conn.clone());
                 tasks.push(tokio::spawn(heartbeat(shared.clone(), live)));
                 tasks.push(tokio::spawn(reader(shared.clone(), push_rx, hooks.clone())));
+                *lock(&shared.subscriber) = Some(sub);
                 let s = shared.clone();
-                tasks.push(tokio::spawn(async move {
-                    let _keep = sub;
-                    writer(s, conn, rx, hooks).await;
-                }));
+                tasks.push(tokio::spawn(writer(s, conn, rx, hooks)));
             }
             lock(&shared.tasks).extend(tasks);
             Ok(())
@@ -676,6 +871,55 @@ impl Broker for RedisBroker {
             .published
             .fetch_add(1, Ordering::Relaxed);
         self.shared.send(Cmd::Publish(msg.encode()));
+    }
+
+    fn publish_with_history(&self, msg: ClusterMessage, history: HistoryOptions) {
+        let Target::Room { room, .. } = &msg.target else {
+            return self.publish(msg);
+        };
+        self.shared
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.send(Cmd::Positioned {
+            channel: room.clone(),
+            head: msg.open_header(),
+            envelope: msg.envelope.clone(),
+            history,
+            at_ms: crate::ws::envelope::now_ms(),
+        });
+    }
+
+    fn history(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        history: HistoryOptions,
+    ) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let (meta, log) = self.shared.stream_keys(channel);
+        Box::pin(async move {
+            let Some(mut conn) = lock(&self.shared.query).clone() else {
+                return Err(BrokerError::Unavailable(
+                    "not connected to redis yet".into(),
+                ));
+            };
+            let reply: Value = redis::cmd("EVAL")
+                .arg(READ_HISTORY)
+                .arg(2)
+                .arg(&meta)
+                .arg(&log)
+                .arg(new_epoch())
+                .arg(
+                    u64::try_from(history.ttl.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                )
+                .arg(since.map_or_else(String::new, |k| (k + 1).to_string()))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            parse_history(reply, since, history, crate::ws::envelope::now_ms())
+        })
     }
 
     fn set_presence(&self, room: &str, member: &str, connections: usize) {
@@ -762,6 +1006,7 @@ impl Broker for RedisBroker {
             publish_errors: c.publish_errors.load(Ordering::Relaxed),
             disconnects: c.disconnects.load(Ordering::Relaxed),
             resyncs: c.resyncs.load(Ordering::Relaxed),
+            streams_evicted: 0,
         }
     }
 
@@ -783,6 +1028,7 @@ impl Broker for RedisBroker {
             for t in lock(&self.shared.tasks).drain(..) {
                 t.abort();
             }
+            lock(&self.shared.subscriber).take();
         })
     }
 }

@@ -17,7 +17,15 @@ pub(super) fn node_hooks(inner: &Arc<Inner>) -> NodeHooks {
     NodeHooks {
         deliver: Arc::new(move |m: ClusterMessage| {
             if let Some(i) = w1.upgrade() {
-                Rooms { inner: i }.deliver_local(&m.target, &m.envelope);
+                let rooms = Rooms { inner: i };
+                match (&m.target, &m.position) {
+                    (Target::Room { room, .. }, Some(pos)) => {
+                        rooms.deliver_positioned(room, pos, &m.envelope);
+                    }
+                    _ => {
+                        rooms.deliver_local(&m.target, &m.envelope);
+                    }
+                }
             }
         }),
         snapshot: Arc::new(move || {
@@ -39,6 +47,7 @@ impl Rooms {
             origin: self.inner.node.clone(),
             target,
             envelope,
+            position: None,
         });
         n
     }

@@ -54,6 +54,8 @@
 
 mod authorize;
 mod cluster;
+mod cursor;
+mod history;
 mod options;
 mod outcome;
 mod policy;
@@ -199,13 +201,26 @@ impl Rooms {
         room: &str,
         member: &str,
     ) -> Result<JoinOutcome, RoomError> {
+        self.join_as(socket, room, member, false)
+    }
+
+    /// [`Rooms::join`]; `pending`: its place in the room's stream waits for a recovery
+    /// (see [`history`]).
+    fn join_as(
+        &self,
+        socket: &Socket,
+        room: &str,
+        member: &str,
+        pending: bool,
+    ) -> Result<JoinOutcome, RoomError> {
         self.check_name("room", room)?;
         self.check_name("member", member)?;
         if socket.closed() {
             return Err(RoomError::SocketClosed);
         }
         let id = socket.id();
-        let joined = lock(&self.inner.state).join(socket, room, member, &self.inner.opts)?;
+        let joined =
+            lock(&self.inner.state).join(socket, room, member, &self.inner.opts, pending)?;
         let Some(j) = joined else {
             return Ok(JoinOutcome {
                 newly_present: false,
@@ -214,7 +229,7 @@ impl Rooms {
         self.inner.counters.joins.inc();
         self.inner.broker.set_presence(&j.room, &j.member, j.count);
         if j.newly {
-            let _ = self.publish(
+            let _ = self.publish_ephemeral(
                 &j.room,
                 "presence:join",
                 &PresencePayload {
@@ -254,7 +269,7 @@ impl Rooms {
         self.inner.broker.set_presence(room, &member, count);
         let now_absent = count == 0;
         if now_absent {
-            let _ = self.publish(
+            let _ = self.publish_ephemeral(
                 room,
                 "presence:leave",
                 &PresencePayload {
@@ -346,9 +361,30 @@ impl Rooms {
     /// Send `{"type":event,"payload":…}` to the room's connections on every node, minus
     /// the exceptions. Encoded once. Returns how many local connections it was queued for.
     ///
+    /// In a room with history ([`RoomsOptions::history`]) the publication goes through
+    /// the broker, which gives it its offset and delivers it to every node, this one
+    /// included, once it has it: the return value is then 0, and the exceptions do not
+    /// apply (every connection gets the whole stream, or its gap detection would fire;
+    /// a sender recognizes its own publications by their payload).
+    ///
     /// # Errors
     /// [`RoomError::Serialize`].
     pub fn publish<P: Serialize + ?Sized>(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &P,
+        opts: PublishOptions,
+    ) -> Result<usize, RoomError> {
+        if let Some(history) = self.inner.opts.history_of(room) {
+            return self.publish_positioned(room, event, payload, history);
+        }
+        self.publish_ephemeral(room, event, payload, opts)
+    }
+
+    /// [`Rooms::publish`] without history, whatever the room: presence and typing
+    /// events, which are about now and take no place in the stream.
+    fn publish_ephemeral<P: Serialize + ?Sized>(
         &self,
         room: &str,
         event: &str,

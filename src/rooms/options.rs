@@ -7,6 +7,7 @@ use super::ClientPolicy;
 #[cfg(doc)]
 use super::{RoomError, Rooms};
 use crate::cluster::Broker;
+use crate::cluster::HistoryOptions;
 use crate::ws::SocketId;
 
 /// Options for [`Rooms::new`]. Every field has a default.
@@ -39,6 +40,44 @@ pub struct RoomsOptions {
     pub client_protocol: bool,
     /// What clients may publish, and how much. See [`ClientPolicy`].
     pub client: ClientPolicy,
+    /// Rooms that keep history, by name pattern: the first rule whose pattern matches
+    /// a room's name applies (`"news"` matches that room only, `"chat:*"` every room
+    /// whose name starts with `chat:`, `"*"` every room). Default none: no room keeps
+    /// history. Add rules with [`RoomsOptions::with_history`]; see
+    /// [`Rooms`](super#history-and-recovery) for what history gives.
+    pub history: Vec<(String, HistoryOptions)>,
+}
+
+impl RoomsOptions {
+    /// Keep history in rooms whose name matches `pattern` (see
+    /// [`RoomsOptions::history`]); rules apply in the order they were added.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use street::cluster::HistoryOptions;
+    /// use street::rooms::RoomsOptions;
+    ///
+    /// let opts = RoomsOptions::default()
+    ///     .with_history("chat:*", HistoryOptions::new(200, Duration::from_secs(600)));
+    /// assert!(opts.history_of("chat:general").is_some());
+    /// assert!(opts.history_of("lobby").is_none());
+    /// ```
+    pub fn with_history(mut self, pattern: impl Into<String>, history: HistoryOptions) -> Self {
+        self.history.push((pattern.into(), history));
+        self
+    }
+
+    /// The history rule that applies to `room`, if any.
+    pub fn history_of(&self, room: &str) -> Option<HistoryOptions> {
+        self.history
+            .iter()
+            .find(|(p, _)| match p.strip_suffix('*') {
+                Some(prefix) => room.starts_with(prefix),
+                None => p == room,
+            })
+            .map(|(_, h)| *h)
+            .filter(|h| h.size > 0)
+    }
 }
 
 impl Default for RoomsOptions {
@@ -53,6 +92,7 @@ impl Default for RoomsOptions {
             max_rooms_per_ip: 2_000,
             client_protocol: false,
             client: ClientPolicy::default(),
+            history: Vec::new(),
         }
     }
 }
@@ -69,6 +109,7 @@ impl std::fmt::Debug for RoomsOptions {
             .field("max_rooms_per_ip", &self.max_rooms_per_ip)
             .field("client_protocol", &self.client_protocol)
             .field("client", &self.client)
+            .field("history", &self.history)
             .finish()
     }
 }

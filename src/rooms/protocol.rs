@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::history::Since;
 use super::policy::Budget;
 use super::{PublishOptions, RoomError, Rooms};
 use crate::ws::Socket;
@@ -24,6 +25,14 @@ fn take(budget: &Shared, len: usize) -> bool {
 #[derive(Deserialize)]
 struct ChannelReq {
     channel: String,
+}
+
+#[derive(Deserialize)]
+struct JoinReq {
+    channel: String,
+    /// The client's position in the room's stream, to recover from.
+    #[serde(default)]
+    since: Option<Since>,
 }
 
 #[derive(Deserialize)]
@@ -88,7 +97,7 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
         actions.clone(),
     );
     socket
-        .on("room:join", move |req: ChannelReq| {
+        .on("room:join", move |req: JoinReq| {
             let (r, s, m, a) = (r.clone(), s.clone(), m.clone(), a0.clone());
             async move {
                 if !take(&a, 0) {
@@ -100,20 +109,29 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                     refuse(&s, &req.channel, "join", "forbidden");
                     return;
                 }
+                if let Some(history) = r.inner.opts.history_of(&req.channel) {
+                    let joined = r
+                        .join_with_history(&s, &req.channel, &m, req.since, history)
+                        .await;
+                    if let Err(reason) = joined {
+                        r.count_refused_action();
+                        refuse(&s, &req.channel, "join", &reason);
+                    }
+                    return;
+                }
                 if let Err(e) = r.join(&s, &req.channel, &m) {
                     r.count_refused_action();
                     refuse(&s, &req.channel, "join", &e.to_string());
                     return;
                 }
-                // the cluster's view, plus this node's (its own writes may still be queued)
-                let mut members = r.presence(&req.channel).await.unwrap_or_default();
-                members.extend(r.local_presence(&req.channel));
-                members.sort();
-                members.dedup();
-                let _ = s.emit(
-                    "room:joined",
-                    &serde_json::json!({ "channel": req.channel, "members": members }),
-                );
+                let members = r.members_now(&req.channel).await;
+                let mut joined = serde_json::json!({ "channel": req.channel, "members": members });
+                // a room without history cannot recover: say so to a client that asked
+                if req.since.is_some() {
+                    r.inner.counters.not_recovered.inc();
+                    joined["recovered"] = serde_json::Value::Bool(false);
+                }
+                let _ = s.emit("room:joined", &joined);
             }
         })
         .map_err(listener_error)?;

@@ -6,9 +6,13 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use super::cursor::{Admit, Cursor};
 use super::policy::{Budget, Rates};
 use super::typing::Typing;
 use super::{RoomError, RoomsOptions};
+use crate::cluster::Position;
 use crate::net::per_ip::ip_key;
 use crate::ws::{Socket, SocketId};
 
@@ -21,9 +25,17 @@ struct Member {
     typing: Typing,
 }
 
+/// One connection in a room.
+struct Sub {
+    socket: Socket,
+    member: Arc<str>,
+    /// Its place in the room's stream (rooms with history).
+    cursor: Cursor,
+}
+
 #[derive(Default)]
 struct Room {
-    conns: HashMap<SocketId, (Socket, Arc<str>)>,
+    conns: HashMap<SocketId, Sub>,
     members: HashMap<Arc<str>, Member>,
     next_order: u64,
     /// What clients may still publish into the room (made at the first publication).
@@ -39,6 +51,16 @@ pub(super) struct Registry {
     members: HashMap<Arc<str>, HashMap<SocketId, Socket>>,
     /// Rooms the sockets of each address are in (for `max_rooms_per_ip`).
     per_ip: HashMap<std::net::IpAddr, usize>,
+    /// The last token given to a pending join.
+    tokens: u64,
+}
+
+/// What a positioned publication does for one connection of the room.
+pub(super) struct Positioned {
+    /// Send it (after a reset notice when `admit` is [`Admit::Reset`]).
+    pub(super) send: Vec<(Socket, Admit)>,
+    /// Their pending join overflowed: close them.
+    pub(super) overflow: Vec<Socket>,
 }
 
 /// What [`Registry::join`] changed (when the socket was not in the room yet).
@@ -90,6 +112,7 @@ impl Registry {
         room: &str,
         member: &str,
         opts: &RoomsOptions,
+        pending: bool,
     ) -> Result<Option<Joined>, RoomError> {
         let id = socket.id();
         let in_rooms = self.socket_rooms.get(&id).map_or(0, Vec::len);
@@ -131,8 +154,20 @@ impl Registry {
         if let Some(v) = self.socket_rooms.get_mut(&id) {
             v.push(room_key.clone());
         }
+        let cursor = if pending {
+            self.pending()
+        } else {
+            Cursor::default()
+        };
         let r = self.rooms.entry(room_key.clone()).or_default();
-        r.conns.insert(id, (socket.clone(), member_key.clone()));
+        r.conns.insert(
+            id,
+            Sub {
+                socket: socket.clone(),
+                member: member_key.clone(),
+                cursor,
+            },
+        );
         let order = r.next_order;
         let m = r
             .members
@@ -161,7 +196,7 @@ impl Registry {
     /// socket's own room list is left to [`Registry::forget_room`].
     pub(super) fn remove(&mut self, id: SocketId, room: &str) -> Option<(Arc<str>, usize)> {
         let r = self.rooms.get_mut(room)?;
-        let (socket, member) = r.conns.remove(&id)?;
+        let Sub { socket, member, .. } = r.conns.remove(&id)?;
         let mut count = 0;
         if let Some(m) = r.members.get_mut(&member) {
             m.conns.retain(|c| *c != id);
@@ -302,10 +337,102 @@ impl Registry {
             Some(r) => r
                 .conns
                 .iter()
-                .filter(|(id, (_, m))| Some(**id) != except_socket && except_member != Some(&**m))
-                .map(|(_, (s, _))| s.clone())
+                .filter(|(id, sub)| {
+                    Some(**id) != except_socket && except_member != Some(&*sub.member)
+                })
+                .map(|(_, sub)| sub.socket.clone())
                 .collect(),
         }
+    }
+
+    fn pending(&mut self) -> Cursor {
+        self.tokens += 1;
+        Cursor::Pending {
+            token: self.tokens,
+            held: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Make connection `id`'s place in `room` pending again (a re-join that recovers);
+    /// false when it is not in the room.
+    pub(super) fn repend(&mut self, id: SocketId, room: &str) -> bool {
+        let present = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.conns.contains_key(&id));
+        if present {
+            let cursor = self.pending();
+            self.set_cursor(id, room, cursor);
+        }
+        present
+    }
+
+    /// The token of connection `id`'s pending join in `room`.
+    pub(super) fn token(&self, id: SocketId, room: &str) -> Option<u64> {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.conns.get(&id))
+            .and_then(|sub| sub.cursor.token())
+    }
+
+    /// Take what a pending join held, when it is still join `token` of connection
+    /// `id` in `room`; its cursor must then be set with [`Registry::set_cursor`].
+    pub(super) fn take_held(
+        &mut self,
+        id: SocketId,
+        room: &str,
+        token: u64,
+    ) -> Option<(Socket, Vec<(Position, Bytes)>)> {
+        let sub = self.rooms.get_mut(room)?.conns.get_mut(&id)?;
+        if sub.cursor.token() != Some(token) {
+            return None;
+        }
+        match std::mem::take(&mut sub.cursor) {
+            Cursor::Pending { held, .. } => Some((sub.socket.clone(), held)),
+            live @ Cursor::Live { .. } => {
+                sub.cursor = live;
+                None
+            }
+        }
+    }
+
+    /// Set connection `id`'s cursor in `room`.
+    pub(super) fn set_cursor(&mut self, id: SocketId, room: &str, cursor: Cursor) {
+        if let Some(sub) = self.rooms.get_mut(room).and_then(|r| r.conns.get_mut(&id)) {
+            sub.cursor = cursor;
+        }
+    }
+
+    /// Decide, for every connection in `room`, what the positioned publication `pos`
+    /// (`bytes`) does: sent, skipped as a duplicate, or held for a pending join (up to
+    /// `max_held` bytes each).
+    pub(super) fn positioned(
+        &mut self,
+        room: &str,
+        pos: &Position,
+        bytes: &Bytes,
+        max_held: usize,
+    ) -> Positioned {
+        let mut out = Positioned {
+            send: Vec::new(),
+            overflow: Vec::new(),
+        };
+        let Some(r) = self.rooms.get_mut(room) else {
+            return out;
+        };
+        out.send.reserve(r.conns.len());
+        for sub in r.conns.values_mut() {
+            match sub.cursor.admit(pos, bytes, max_held) {
+                a @ (Admit::Send | Admit::Reset) => out.send.push((sub.socket.clone(), a)),
+                Admit::Overflow => {
+                    sub.cursor = Cursor::default();
+                    out.overflow.push(sub.socket.clone());
+                }
+                Admit::Skip | Admit::Held => {}
+            }
+        }
+        out
     }
 
     /// Every (room, member, connections), for the broker to re-send after it lost them.

@@ -44,6 +44,30 @@ stats! {
             "street_rooms_actions_refused_total",
             "Client joins, leaves and typing changes refused (over budget or a room limit).",
         ),
+        /// Client joins with `since` that recovered: the client got every publication
+        /// after its position.
+        count recovered => counter(
+            "street_rooms_recovered_total",
+            "Client joins with since that recovered every missed publication.",
+        ),
+        /// Client joins with `since` that could not recover (another epoch, history
+        /// trimmed by size or age, over the replay budget, or no history in the room).
+        count not_recovered => counter(
+            "street_rooms_not_recovered_total",
+            "Client joins with since that could not recover (the client must reload).",
+        ),
+        /// Joins that could not complete: the broker could not be asked for the history
+        /// (`room:error` "history unavailable"), or more was published while waiting for
+        /// it than the connection may hold (closed with 4008).
+        count joins_failed => counter(
+            "street_rooms_joins_failed_total",
+            "Joins of rooms with history that failed (history unavailable, or held too much).",
+        ),
+        /// Publications to rooms with history (through the broker, positioned).
+        count positioned => counter(
+            "street_rooms_positioned_total",
+            "Publications to rooms with history.",
+        ),
         /// The broker's counters (exposed by their own `visit`).
         set broker: BrokerStats,
     }

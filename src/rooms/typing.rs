@@ -179,7 +179,7 @@ impl Rooms {
         let opts = from
             .map(|s| PublishOptions::except_socket(s.id()))
             .unwrap_or_default();
-        let _ = self.publish(
+        let _ = self.publish_ephemeral(
             room,
             "typing",
             &TypingPayload {

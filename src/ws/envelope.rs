@@ -142,6 +142,47 @@ pub fn encode<P: Serialize + ?Sized>(event: &str, payload: &P) -> Result<Bytes, 
     encode_at(event, payload, now_ms())
 }
 
+/// Add a top-level `"channel":channel` to an envelope [`encode_at`] made (what a
+/// publication in a channel with history carries, with its offset: see [`with_offset`]).
+///
+/// ```
+/// let b = street::ws::envelope::encode_at("m", &1, 7).unwrap();
+/// let b = street::ws::envelope::with_channel(&b, "chat:\"a\"");
+/// assert_eq!(&b[..], br#"{"type":"m","payload":1,"ts":7,"channel":"chat:\"a\""}"#);
+/// ```
+pub fn with_channel(envelope: &[u8], channel: &str) -> Bytes {
+    let body = envelope.strip_suffix(b"}").unwrap_or(envelope);
+    let mut buf = BytesMut::with_capacity(envelope.len() + channel.len() + 14);
+    buf.put_slice(body);
+    buf.put_slice(b",\"channel\":");
+    {
+        let mut w = (&mut buf).writer();
+        // a &str always serializes
+        let _ = serde_json::to_writer(&mut w, channel);
+    }
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// Add a top-level `"offset":offset` to an envelope: the publication's place in its
+/// channel's stream. Brokers do this when they assign the offset (the Redis broker in
+/// its publish script, byte for byte the same).
+///
+/// ```
+/// let b = street::ws::envelope::with_offset(br#"{"type":"m","payload":1,"ts":7,"channel":"c"}"#, 42);
+/// assert_eq!(&b[..], br#"{"type":"m","payload":1,"ts":7,"channel":"c","offset":42}"#);
+/// ```
+pub fn with_offset(envelope: &[u8], offset: u64) -> Bytes {
+    let body = envelope.strip_suffix(b"}").unwrap_or(envelope);
+    let mut buf = BytesMut::with_capacity(envelope.len() + 32);
+    buf.put_slice(body);
+    buf.put_slice(b",\"offset\":");
+    let mut itoa_buf = itoa::Buffer::new();
+    buf.put_slice(itoa_buf.format(offset).as_bytes());
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ mod demo;
 mod embed;
 mod examples;
 mod heartbeat;
+mod history;
 mod http_limits;
 mod limits;
 mod metrics;

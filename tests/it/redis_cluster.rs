@@ -521,6 +521,7 @@ async fn liveness_never_lapses_under_a_stream_of_large_publishes() {
                             except_member: None,
                         },
                         envelope: envelope.clone(),
+                        position: None,
                     });
                     n += 1;
                 }
