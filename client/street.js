@@ -36,6 +36,22 @@
  * Messages emitted while not open wait in a bounded queue (maxQueue, default 100; the
  * oldest is dropped beyond it) and are sent on the next open.
  *
+ * Channels with history (positions and recovery): a publication in such a channel carries
+ * top-level `channel` and `offset` (consecutive from 1). For each joined channel the client
+ * keeps its position {epoch, offset} (position(channel)): set by `room:joined` when it has
+ * an `epoch` (recovered: true keeps the offset the client asked from, the replay advances
+ * it; otherwise it becomes the reply's {epoch, offset}, also for the server's unsolicited
+ * room:joined after a channel lost its past), and advanced by each publication delivered.
+ *   - Every (re)connect joins each channel `since` its position when one is known
+ *     (join(channel, {since: {epoch, offset}}) may supply one), else plainly.
+ *   - offset <= position: a duplicate, dropped (stats.duplicates). offset = position + 1:
+ *     delivered. offset > position + 1: a gap (stats.gaps) — not delivered; the client
+ *     re-joins `since` its position and drops that channel's publications until the
+ *     `room:joined` reply (the replay re-sends them; a room:error for it also ends the wait).
+ *   - `room:joined` reaches on() listeners as any server event: recovered !== true means
+ *     nothing was replayed and the app should reload that channel's state.
+ *   - leave(channel) forgets the position.
+ *
  * No dependencies. In Node pass { WebSocket: require('ws') }.
  */
 (function (root) {
@@ -63,6 +79,9 @@
     this.state = 'idle';
     this.attempt = 0;
     this.rooms = new Set();
+    this.positions = new Map(); // channel -> {epoch, offset}, for channels with history
+    this.resync = new Map();    // channel -> the `since` of a join whose room:joined is awaited
+    this.stats = { gaps: 0, duplicates: 0 };
     this.listeners = new Map();
     this.lifecycle = new Map();
     this.queue = [];
@@ -171,7 +190,8 @@
       self.setState('open');
       self.emitLifecycle('open', null);
       // rooms first, then what waited in the queue
-      self.rooms.forEach(function (channel) { self.send('room:join', { channel: channel }); });
+      self.resync.clear();
+      self.rooms.forEach(function (channel) { self.sendJoin(channel); });
       var q = self.queue;
       self.queue = [];
       q.forEach(function (m) { ws.send(m); });
@@ -181,6 +201,7 @@
       var env;
       try { env = JSON.parse(ev.data); } catch (e) { self.emitLifecycle('error', { kind: 'malformed', data: ev.data }); return; }
       if (!env || typeof env.type !== 'string') { self.emitLifecycle('error', { kind: 'not_an_envelope', data: env }); return; }
+      if (!self.track(env)) return;
       self.dispatch(env.type, env.payload === undefined ? null : env.payload, env);
     };
     ws.onclose = function (ev) {
@@ -194,6 +215,60 @@
       self.scheduleReconnect(ev.code, ev.reason);
     };
     ws.onerror = function () { /* a close event follows */ };
+  };
+
+  /** room:join for a joined channel, `since` its position when one is known. */
+  Street.prototype.sendJoin = function (channel) {
+    var pos = this.positions.get(channel);
+    if (!pos) {
+      this.resync.delete(channel);
+      return this.send('room:join', { channel: channel });
+    }
+    var since = { epoch: pos.epoch, offset: pos.offset };
+    this.resync.set(channel, since);
+    return this.send('room:join', { channel: channel, since: { epoch: since.epoch, offset: since.offset } });
+  };
+
+  /** Positions, duplicates and gaps; false when the envelope must not be delivered. */
+  Street.prototype.track = function (env) {
+    var p = env.payload;
+    if (env.type === 'room:joined' && p && typeof p.channel === 'string' && this.rooms.has(p.channel)) {
+      var ch = p.channel;
+      // an unsolicited room:joined (no members: the channel lost its past) answers no join
+      var since = Array.isArray(p.members) ? this.resync.get(ch) : undefined;
+      if (Array.isArray(p.members)) this.resync.delete(ch);
+      if (typeof p.epoch === 'string' && typeof p.offset === 'number') {
+        if (p.recovered !== true) this.positions.set(ch, { epoch: p.epoch, offset: p.offset });
+        // recovered: the replay goes on from the offset asked for, and advances it
+        else if (since) this.positions.set(ch, { epoch: p.epoch, offset: since.offset });
+        else if (this.positions.has(ch)) this.positions.get(ch).epoch = p.epoch;
+        // (a `since` the client did not send itself: unknown, so no position until the next join)
+      } else if (Array.isArray(p.members)) {
+        this.positions.delete(ch); // a channel without history
+      }
+      return true;
+    }
+    if (env.type === 'room:error' && p && p.action === 'join' && typeof p.channel === 'string') {
+      this.resync.delete(p.channel);
+      return true;
+    }
+    var channel = env.channel;
+    if (typeof channel !== 'string' || typeof env.offset !== 'number' || !this.rooms.has(channel)) return true;
+    if (this.resync.has(channel)) return false; // the room:joined reply and its replay are coming
+    var pos = this.positions.get(channel);
+    if (!pos) return true;
+    if (env.offset <= pos.offset) { this.stats.duplicates += 1; return false; }
+    if (env.offset === pos.offset + 1) { pos.offset = env.offset; return true; }
+    // a gap: the server dropped something; ask again from where we are
+    this.stats.gaps += 1;
+    this.sendJoin(channel);
+    return false;
+  };
+
+  /** The last position {epoch, offset} known in a joined channel with history, or null. */
+  Street.prototype.position = function (channel) {
+    var pos = this.positions.get(channel);
+    return pos ? { epoch: pos.epoch, offset: pos.offset } : null;
   };
 
   /** The delay before reconnect attempt `attempt` (0-based), in ms. */
@@ -232,16 +307,26 @@
     return this.send(type, payload);
   };
 
-  /** Join a room (street's rooms client protocol); kept and re-joined after reconnects. */
-  Street.prototype.join = function (channel) {
+  /**
+   * Join a room (street's rooms client protocol); kept and re-joined after reconnects, `since`
+   * the last position in channels with history. options.since {epoch, offset}: a position
+   * the app already has (e.g. stored), to recover from.
+   */
+  Street.prototype.join = function (channel, options) {
     if (this.rooms.has(channel)) return;
+    var since = options && options.since;
+    if (since && typeof since.epoch === 'string' && typeof since.offset === 'number') {
+      this.positions.set(channel, { epoch: since.epoch, offset: since.offset });
+    }
     this.rooms.add(channel);
-    if (this.state === 'open') this.send('room:join', { channel: channel });
+    if (this.state === 'open') this.sendJoin(channel);
   };
 
-  /** Leave a room. */
+  /** Leave a room, and forget its position. */
   Street.prototype.leave = function (channel) {
     if (!this.rooms.delete(channel)) return;
+    this.positions.delete(channel);
+    this.resync.delete(channel);
     if (this.state === 'open') this.send('room:leave', { channel: channel });
   };
 

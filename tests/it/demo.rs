@@ -203,10 +203,26 @@ async fn demo_login_and_connection_rules() {
         "join the room first"
     );
 
-    // history for a latecomer
+    // history for a latecomer: nothing is pushed on join; the page asks (`chat:history`),
+    // and gets it only for a room it is in (the refused join to staff ends the wait)
     let (mut cy, _) = chat_client(addr, &token(addr, "cy").await, "").await;
     send_env(&mut cy, "room:join", json!({ "channel": "general" })).await;
-    let h = recv_type(&mut cy, "room:history").await;
+    let _ = recv_type(&mut cy, "room:joined").await;
+    send_env(&mut cy, "chat:history", json!({ "channel": "random" })).await;
+    send_env(&mut cy, "chat:history", json!({ "channel": "general" })).await;
+    send_env(&mut cy, "room:join", json!({ "channel": "staff" })).await;
+    let mut histories = Vec::new();
+    loop {
+        let v = recv_json(&mut cy).await;
+        match v["type"].as_str() {
+            Some("room:history") => histories.push(v["payload"].clone()),
+            Some("room:error") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(histories.len(), 1, "{histories:?}");
+    let h = &histories[0];
+    assert_eq!(h["channel"], "general", "{h}");
     let texts: Vec<&str> = h["messages"]
         .as_array()
         .expect("messages")
@@ -245,6 +261,8 @@ async fn demo_login_and_connection_rules() {
         first.contains("event: metrics") && first.contains("\"connections\":3"),
         "{first}"
     );
+    // the one history answered (cy's)
+    assert!(first.contains("\"historySent\":1"), "{first}");
 }
 
 /// Without `STREET_JWT_SECRET` the demo signs with a random secret of its own: a token

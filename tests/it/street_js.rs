@@ -221,3 +221,40 @@ async fn street_js_server_events_named_state_or_close_are_not_lifecycle_events()
     assert_eq!(v["unknownLifecycle"], "TypeError", "{v}");
     server.shutdown().await;
 }
+
+/// Channels with history (issue 13), against a fake server in the script itself
+/// (`tests/js/street_recovery.js`): street.js re-joins `since` its position after a
+/// reconnect and delivers the replay once, in order; drops duplicates; on a gap re-joins
+/// `since` its position, drops that channel's publications until the reply and gets the rest
+/// from the replay; takes the new position when recovery fails or the epoch changes live; and
+/// forgets the position on leave.
+#[tokio::test]
+async fn street_js_recovers_channels_with_history_drops_duplicates_and_fills_gaps() {
+    use serde_json::json;
+
+    let js = js_dir();
+    let (mut client, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("street_recovery.js"))
+            .current_dir(&js),
+    );
+    let report = line(&mut rx, 30).await;
+    let _ = client.wait();
+    let v: serde_json::Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(v["afterRecovery"], json!([4, 5, 6, 7]), "{v}");
+    assert_eq!(v["duplicates"], 2, "{v}");
+    assert_eq!(v["gaps"], 1, "{v}");
+    assert_eq!(
+        v["delivered"],
+        json!([4, 5, 6, 7, 8, 9, 10, 11, 12, 21, 1]),
+        "{v}"
+    );
+    assert_eq!(
+        v["recovered"],
+        json!([null, true, true, false, false]),
+        "{v}"
+    );
+    assert_eq!(v["position"], json!({ "epoch": "e3", "offset": 1 }), "{v}");
+    assert_eq!(v["rejoin"], json!({ "channel": "room" }), "{v}");
+    assert_eq!(v["connections"], 3, "{v}");
+}

@@ -25,6 +25,8 @@ const MAX_NAME: usize = 32;
 const MAX_TEXT: usize = 1000;
 /// Connections closed with 4001 (shown by the dashboard).
 pub(crate) static AUTH_REJECTED: AtomicU64 = AtomicU64::new(0);
+/// `room:history` answers to `chat:history` (shown by the dashboard: `historySent`).
+pub(crate) static HISTORY_SENT: AtomicU64 = AtomicU64::new(0);
 /// Messages kept per room for people who join later (per node).
 const HISTORY: usize = 50;
 
@@ -178,7 +180,7 @@ struct ChatIn {
 }
 
 #[derive(Deserialize)]
-struct JoinIn {
+struct HistoryIn {
     channel: String,
 }
 
@@ -210,11 +212,15 @@ pub(crate) fn wire(demo: &Demo) {
             &json!({ "memberId": name, "rooms": OPEN_ROOMS, "closedRooms": CLOSED_ROOMS, "node": d.rooms.node_id() }),
         )?;
 
-        // after the rooms protocol handled a join (listeners run in order): the history
+        // the history, when the page asks (its room:joined did not say recovered: true)
         let (s, dd) = (socket.clone(), d.clone());
-        socket.on("room:join", move |j: JoinIn| {
-            if dd.rooms.rooms_of(&s).contains(&j.channel) {
-                let _ = s.emit("room:history", &json!({ "channel": j.channel, "messages": dd.history.of(&j.channel) }));
+        socket.on("chat:history", move |h: HistoryIn| {
+            if dd.rooms.rooms_of(&s).contains(&h.channel) {
+                let messages = dd.history.of(&h.channel);
+                let out = json!({ "channel": h.channel, "messages": messages });
+                if s.emit("room:history", &out).is_ok() {
+                    HISTORY_SENT.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })?;
 

@@ -9,7 +9,7 @@ use axum::Router;
 use serde_json::json;
 use street::sse::{SseHub, SseRegistry, SseRequest};
 
-use super::chat::AUTH_REJECTED;
+use super::chat::{AUTH_REJECTED, HISTORY_SENT};
 use super::Demo;
 
 pub(crate) fn routes(feed: SseHub) -> Router {
@@ -67,6 +67,7 @@ pub(crate) async fn sample(demo: Demo, sse: SseRegistry, feed: SseHub) {
             "sseStreams": sse.stats().open,
             "rooms": rooms.rooms,
             "chatMessages": demo.metrics.tracked("chat_messages"),
+            "historySent": HISTORY_SENT.load(Ordering::Relaxed),
             "cluster": rooms.broker,
         });
         let _ = feed.publish("metrics", &sample, Some("metrics"));

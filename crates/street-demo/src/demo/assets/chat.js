@@ -150,8 +150,14 @@
       renderAll();
     });
     street.on('room:joined', function (p) {
-      presence[p.channel] = new Set(p.members);
-      if (p.channel === current) renderPresence();
+      // (the server's own room:joined after a channel lost its past has no members)
+      if (Array.isArray(p.members)) {
+        presence[p.channel] = new Set(p.members);
+        if (p.channel === current) renderPresence();
+      }
+      // nothing was replayed (a first join, or recovery failed): ask for the history;
+      // messages already shown are skipped by id
+      if (p.recovered !== true) street.emit('chat:history', { channel: p.channel });
     });
     street.on('room:history', function (p) {
       (p.messages || []).forEach(function (m) { addMessage(p.channel, m); });
