@@ -8,6 +8,10 @@
 //! - `--cluster-heartbeat-ms` (default 1000): how often the node proves it is alive; its
 //!   members leave everyone's presence within 3 of them after a crash, at once after
 //!   SIGTERM.
+//! - `--history-size N` (default 0: off) and `--history-ttl-ms MS` (default 300 000):
+//!   every room keeps its last N publications for MS, and a client that comes back
+//!   with `room:join {"channel","since":{"epoch","offset"}}` (on any node) recovers
+//!   what it missed.
 //!
 //! ```text
 //! redis-server --port 6379 &
@@ -23,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use street::cluster::redis::{RedisBroker, RedisOptions};
-use street::cluster::Broker;
+use street::cluster::{Broker, HistoryOptions};
 use street::rooms::{Rooms, RoomsOptions};
 use street::ws::{ConnectRequest, Socket};
 
@@ -48,14 +52,19 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         ))) as Arc<dyn Broker>
     });
     let clustered = broker.is_some();
-    let rooms = match Rooms::new(
-        &ws,
-        RoomsOptions::default()
-            .with_broker(broker)
-            .with_client_protocol(true),
-    )
-    .await
-    {
+    let mut opts = RoomsOptions::default()
+        .with_broker(broker)
+        .with_client_protocol(true);
+    if flags.history_size > 0 {
+        opts = opts.with_history(
+            "*",
+            HistoryOptions::new(
+                flags.history_size,
+                Duration::from_millis(flags.history_ttl_ms),
+            ),
+        );
+    }
+    let rooms = match Rooms::new(&ws, opts).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot join the cluster: {e} (is Redis running at REDIS_URL?)");

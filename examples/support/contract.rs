@@ -21,6 +21,9 @@ pub(crate) struct Flags {
     pub(crate) max_sse_streams: usize,
     /// `cluster`: the Redis liveness heartbeat.
     pub(crate) cluster_heartbeat_ms: u64,
+    /// `cluster`: history per room (0: none) and its age.
+    pub(crate) history_size: usize,
+    pub(crate) history_ttl_ms: u64,
     /// A reconnect hint in the 1001/1013 close reasons (`WsOptions::reconnect_hint`).
     pub(crate) reconnect_hint_ms: Option<u64>,
     /// Per-IP caps (0: off, the default here: the contract's load comes from one address).
@@ -38,7 +41,7 @@ pub(crate) struct Flags {
 pub(crate) const USAGE: &str =
     "flags: [--addr HOST:PORT] [--max-connections N] [--heartbeat-ms MS] \
 [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N] [--max-sse-streams N] \
-[--cluster-heartbeat-ms MS] [--reconnect-hint-ms MS] [--max-connections-per-ip N] \
+[--cluster-heartbeat-ms MS] [--history-size N] [--history-ttl-ms MS] [--reconnect-hint-ms MS] [--max-connections-per-ip N] \
 [--max-handshakes-per-ip-per-sec N] [--trusted-proxy CIDR]... [--proxy-protocol] \
 [--tls-cert PATH --tls-key PATH]";
 
@@ -53,6 +56,8 @@ pub(crate) fn parse() -> Result<Flags, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         max_sse_streams: 100_000,
         cluster_heartbeat_ms: 1000,
+        history_size: 0,
+        history_ttl_ms: 300_000,
         reconnect_hint_ms: None,
         max_connections_per_ip: 0,
         max_handshakes_per_ip_per_sec: 0,
@@ -90,6 +95,8 @@ pub(crate) fn parse() -> Result<Flags, String> {
             "--threads" => f.threads = (num(val()?)? as usize).max(1),
             "--max-sse-streams" => f.max_sse_streams = num(val()?)? as usize,
             "--cluster-heartbeat-ms" => f.cluster_heartbeat_ms = num(val()?)?.max(1),
+            "--history-size" => f.history_size = num(val()?)? as usize,
+            "--history-ttl-ms" => f.history_ttl_ms = num(val()?)?.max(1),
             "--reconnect-hint-ms" => f.reconnect_hint_ms = Some(num(val()?)?),
             "--max-connections-per-ip" => f.max_connections_per_ip = small(val()?)?,
             "--max-handshakes-per-ip-per-sec" => f.max_handshakes_per_ip_per_sec = small(val()?)?,

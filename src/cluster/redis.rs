@@ -369,6 +369,10 @@ struct Shared {
     subscriber: Mutex<Option<ConnectionManager>>,
     subscriber_lost: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Rooms whose dead nodes' presence fields are being removed (one cleanup per room
+    /// at a time: a crowd joining after a node died would otherwise each send the same
+    /// hundreds of deletions, ahead of their own queries).
+    cleaning: Arc<Mutex<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -415,6 +419,7 @@ impl RedisBroker {
                 subscriber: Mutex::new(None),
                 subscriber_lost: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
+                cleaning: Arc::default(),
             }),
         }
     }
@@ -777,6 +782,15 @@ async fn heartbeat(shared: Arc<Shared>, mut conn: ConnectionManager) {
     }
 }
 
+/// A room's cleanup in flight; it is over when this drops.
+struct Cleaning(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for Cleaning {
+    fn drop(&mut self) {
+        lock(&self.0).remove(&self.1);
+    }
+}
+
 /// The reader: messages from the bus to local delivery.
 async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<(PushInfo, usize)>, hooks: NodeHooks) {
     let node = shared.node.get().cloned().unwrap_or_else(|| Arc::from(""));
@@ -977,8 +991,10 @@ impl Broker for RedisBroker {
                 }
             }
             let out = super::union(live);
-            if !dead.is_empty() {
-                // a crashed node's leftovers: clean them up on the way (and its index)
+            let first = !dead.is_empty() && lock(&self.shared.cleaning).insert(room.clone());
+            if first {
+                // a crashed node's leftovers: clean them up (and its index) in the
+                // background, once at a time per room
                 let mut pipe = redis::pipe();
                 pipe.cmd("HDEL").arg(&key).arg(&dead).ignore();
                 for f in &dead {
@@ -989,7 +1005,11 @@ impl Broker for RedisBroker {
                             .ignore();
                     }
                 }
-                let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                let done = Cleaning(self.shared.cleaning.clone(), room);
+                tokio::spawn(async move {
+                    let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                    drop(done);
+                });
             }
             Ok(out)
         })

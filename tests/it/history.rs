@@ -47,6 +47,13 @@ async fn redis_nodes(redis: &Redis, size: usize, ttl: Duration) -> Vec<Node> {
 
 /// Join `ROOM` (with `since` when given) and return `room:joined`'s payload.
 async fn join(c: &mut Client, since: Option<(&str, u64)>) -> Value {
+    let j = try_join(c, since).await;
+    assert_eq!(j["type"], "room:joined", "join refused: {j}");
+    j["payload"].clone()
+}
+
+/// Join `ROOM`: the `room:joined` or `room:error` envelope.
+async fn try_join(c: &mut Client, since: Option<(&str, u64)>) -> Value {
     let mut p = json!({ "channel": ROOM });
     if let Some((e, k)) = since {
         p["since"] = json!({ "epoch": e, "offset": k });
@@ -54,10 +61,8 @@ async fn join(c: &mut Client, since: Option<(&str, u64)>) -> Value {
     send_env(c, "room:join", p).await;
     loop {
         let v = recv_json(c).await;
-        match v["type"].as_str() {
-            Some("room:joined") => return v["payload"].clone(),
-            Some("room:error") => panic!("join refused: {v}"),
-            _ => {}
+        if v["type"] == "room:joined" || v["type"] == "room:error" {
+            return v;
         }
     }
 }
@@ -347,4 +352,249 @@ async fn rooms_without_history_say_they_cannot_recover() {
         v.get("offset").is_none() && v.get("channel").is_none(),
         "{v}"
     );
+}
+
+/// What one chaos client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Offsets received, in order (replayed and live).
+    offsets: Vec<u64>,
+    /// Joins with `since` that recovered / did not.
+    recovered: u32,
+    not_recovered: u32,
+    /// From losing its connection to `room:joined` (recovered) on the other node.
+    recovery: Vec<Duration>,
+    /// Joins refused (`history unavailable`), retried after a pause.
+    refused: u32,
+    /// From sending a `room:join` with `since` to its `room:joined` (recovered).
+    rejoin: Vec<Duration>,
+}
+
+/// A client of the chaos test: joins `ROOM` on `addrs[first]`; when its connection dies,
+/// waits a random 0–1 s (as street.js's jitter does) and comes back with `since` on the
+/// other node; ends at the `"end"` marker.
+async fn chaos_client(addrs: [std::net::SocketAddr; 2], first: usize, member: String) -> Seen {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = Seen::default();
+    let mut at = first;
+    let mut pos: Option<(String, u64)> = None;
+    let mut lost_at: Option<std::time::Instant> = None;
+    loop {
+        let Ok((mut c, _)) =
+            tokio_tungstenite::connect_async(url(addrs[at], &format!("/ws?member={member}"))).await
+        else {
+            at = 1 - at;
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+            continue;
+        };
+        let since = pos.as_ref().map(|(e, k)| (e.as_str(), *k));
+        let mut p = json!({ "channel": ROOM });
+        if let Some((e, k)) = since {
+            p["since"] = json!({ "epoch": e, "offset": k });
+        }
+        let asked = std::time::Instant::now();
+        let sent = futures_util::SinkExt::send(
+            &mut c,
+            Message::text(json!({"type": "room:join", "payload": p}).to_string()),
+        )
+        .await;
+        let mut reply = Value::Null;
+        while sent.is_ok() {
+            match c.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    if v["type"] == "room:joined" || v["type"] == "room:error" {
+                        reply = v;
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) => break,
+                None => break,
+            }
+        }
+        if reply["type"] != "room:joined" {
+            // a transient refusal: come back as street.js would
+            seen.refused += 1;
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(100..1000))).await;
+            continue;
+        }
+        let j = reply["payload"].clone();
+        match (&pos, j["recovered"].as_bool()) {
+            (Some(_), Some(true)) => {
+                seen.recovered += 1;
+                seen.rejoin.push(asked.elapsed());
+                if let Some(t) = lost_at.take() {
+                    seen.recovery.push(t.elapsed());
+                }
+            }
+            (Some(_), _) => seen.not_recovered += 1,
+            (None, _) => {
+                let e = j["epoch"].as_str().expect("epoch").to_owned();
+                pos = Some((e, j["offset"].as_u64().expect("offset")));
+            }
+        }
+        loop {
+            match c.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let Some(i) = t.find("\"offset\":") else {
+                        continue;
+                    };
+                    let digits: String = t[i + 9..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    let k: u64 = digits.parse().expect("offset");
+                    seen.offsets.push(k);
+                    if let Some(p) = pos.as_mut() {
+                        p.1 = k;
+                    }
+                    if t.contains("\"payload\":\"end\"") {
+                        return seen;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        lost_at = Some(std::time::Instant::now());
+        at = 1 - at;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+    }
+}
+
+/// The issue's chaos test: 1 000 clients over two nodes (processes of
+/// `examples/cluster.rs` on one Redis), a publication every 10 ms, one node SIGKILLed
+/// mid-stream. Every client comes back on the surviving node and holds a gap-free
+/// sequence: nothing lost within the history window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_node_dies_mid_stream_and_a_thousand_clients_lose_nothing() {
+    let clients_n: usize = std::env::var("CHAOS_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    #[allow(non_snake_case)]
+    let CLIENTS = clients_n;
+    const MESSAGES: u64 = 300;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let flags = [
+        "--history-size",
+        "2000",
+        "--history-ttl-ms",
+        "60000",
+        "--cluster-heartbeat-ms",
+        "200",
+    ];
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let port = crate::examples::free_port();
+        nodes.push(
+            crate::examples::start_with("cluster", port, &flags, &[("REDIS_URL", url.as_str())])
+                .await,
+        );
+    }
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    // the publisher: a third node in this process, same history rule as the others
+    let publisher = node(
+        RoomsOptions::default()
+            .with_broker(Some(Arc::new(RedisBroker::new(redis_opts(&url, "street")))))
+            .with_history("*", HistoryOptions::new(2000, Duration::from_secs(60))),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        clients.push(tokio::spawn(chaos_client(addrs, i % 2, format!("c{i}"))));
+    }
+    let rooms = publisher.rooms.clone();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if rooms.connection_count(ROOM).await.unwrap_or(0) >= CLIENTS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("every client to join");
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for i in 1..=MESSAGES {
+        tick.tick().await;
+        rooms
+            .publish(ROOM, "m", &i, PublishOptions::default())
+            .expect("publish");
+        if i == MESSAGES / 3 {
+            let _ = nodes[0].child.kill(); // SIGKILL, mid-stream
+        }
+    }
+    rooms
+        .publish(ROOM, "m", "end", PublishOptions::default())
+        .expect("publish");
+    let mut all = Vec::new();
+    for c in clients {
+        all.push(
+            tokio::time::timeout(Duration::from_secs(60), c)
+                .await
+                .expect("every client reaches the end")
+                .expect("client task"),
+        );
+    }
+    let took = started.elapsed();
+    let mut delivered = 0;
+    let mut lost = 0;
+    let mut dup = 0;
+    let (mut recovered, mut not_recovered) = (0, 0);
+    let mut times: Vec<Duration> = Vec::new();
+    let mut rejoins: Vec<Duration> = all.iter().flat_map(|s| s.rejoin.clone()).collect();
+    rejoins.sort();
+    let rj = |p: usize| {
+        rejoins
+            .get(rejoins.len() * p / 100)
+            .copied()
+            .unwrap_or_default()
+    };
+    let refused: u32 = all.iter().map(|s| s.refused).sum();
+    for s in &all {
+        delivered += s.offsets.len();
+        recovered += s.recovered;
+        not_recovered += s.not_recovered;
+        times.extend(&s.recovery);
+        for w in s.offsets.windows(2) {
+            if w[1] <= w[0] {
+                dup += 1;
+            } else {
+                lost += w[1] - w[0] - 1;
+            }
+        }
+    }
+    times.sort();
+    let pct = |p: usize| {
+        times
+            .get(times.len() * p / 100)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "chaos: {CLIENTS} clients, {} publications in {took:?}, delivered {delivered}, \
+         recovered {recovered} (not {not_recovered}, refused {refused}), lost {lost}, duplicates {dup}, \
+         disconnect→recovered p50 {:?} p99 {:?} max {:?} (0–1 s jitter included), \
+         room:join→room:joined (recovered) p50 {:?} p99 {:?}",
+        MESSAGES + 1,
+        pct(50),
+        pct(99),
+        times.last().copied().unwrap_or_default(),
+        rj(50),
+        rj(99),
+    );
+    assert_eq!((lost, dup, not_recovered), (0, 0, 0));
+    assert!(
+        recovered as usize >= CLIENTS / 2,
+        "the dead node's clients came back: {recovered}"
+    );
+    // and every client ends at the same offset: the whole stream
+    let last = all[0].offsets.last().copied();
+    assert!(all.iter().all(|s| s.offsets.last().copied() == last));
 }
