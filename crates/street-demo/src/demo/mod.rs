@@ -37,6 +37,7 @@ use axum::routing::get;
 use axum::Router;
 use street::cluster::redis::{RedisBroker, RedisOptions};
 use street::cluster::Broker;
+use street::cluster::HistoryOptions;
 use street::jwt::{JwtOptions, JwtService};
 use street::metrics::Metrics;
 use street::rooms::{Rooms, RoomsOptions};
@@ -128,7 +129,10 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         &wss,
         RoomsOptions::default()
             .with_broker(broker)
-            .with_client_protocol(true),
+            .with_client_protocol(true)
+            // a reconnecting page (after a blip, a deploy, on another node with Redis)
+            // gets what it missed instead of reloading the room's history
+            .with_history("*", HistoryOptions::new(200, Duration::from_secs(600))),
     )
     .await?;
     rooms.authorize(|_socket, room, _member| chat::OPEN_ROOMS.contains(&room));
