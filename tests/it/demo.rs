@@ -589,6 +589,201 @@ async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
     assert!(shots.join("chat.png").exists() && shots.join("dashboard.png").exists());
 }
 
+/// The demo's `historySent` now (the dashboard feed's next sample): how many times this
+/// process answered a page's `chat:history`.
+async fn history_sent(addr: SocketAddr) -> u64 {
+    let mut feed = reqwest::get(format!("http://{addr}/api/metrics/stream"))
+        .await
+        .expect("get");
+    within("a dashboard sample", async {
+        let mut buf = String::new();
+        loop {
+            let chunk = feed.chunk().await.expect("chunk").expect("data");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            let sample = buf
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
+                .find_map(|l| l.strip_prefix("data:"))
+                .and_then(|d| serde_json::from_str::<Value>(d.trim()).ok());
+            if let Some(n) = sample.and_then(|v| v["historySent"].as_u64()) {
+                return n;
+            }
+        }
+    })
+    .await
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The demo chat across a server restart in headless Chromium (issue 13; see
+/// tests/js/demo_recovery.js). With Redis, the rooms' history outlives the demo process:
+/// Ana's page is kept offline while the demo restarts and Bo publishes, then comes back,
+/// re-joins `since` its position, is told `recovered: true` and gets every message it
+/// missed once, in order, without asking for the room's history again.
+#[tokio::test]
+async fn demo_in_a_browser_recovers_what_it_missed_across_a_restart() {
+    let js = js_dir();
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is missing; scripts/test installs it (apt: chromium)"
+    );
+    let redis = crate::redis_cluster::Redis::start().await;
+    let url = redis.url();
+    let port = crate::examples::free_port();
+    let mut demo = start_demo_with(port, Some(&url)).await;
+    let (node, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("demo_recovery.js"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .current_dir(&js),
+    );
+    let mut node = KillOnDrop(node);
+    let mut stdin = node.0.stdin.take().expect("stdin");
+    assert_eq!(next_line(&mut rx).await, "READY");
+    // Ana's page asked for the room's history once: its first join
+    assert_eq!(history_sent(demo.addr).await, 1);
+
+    // the demo stops (SIGTERM, a clean shutdown); Ana's page goes offline
+    let _ = Command::new("kill")
+        .args(["-TERM", &demo.child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || (demo.child.wait(), demo))
+        .await
+        .expect("join");
+    assert!(status.0.expect("wait").success());
+    drop(status.1);
+    writeln!(stdin, "DOWN").expect("write");
+    assert_eq!(next_line(&mut rx).await, "OFFLINE");
+
+    // the demo is back; Bo publishes while Ana cannot reconnect, and sees it published
+    let demo = start_demo_with(port, Some(&url)).await;
+    let (mut bo, _) = chat_client(demo.addr, &token(demo.addr, "Bo").await, "").await;
+    send_env(&mut bo, "room:join", json!({ "channel": "general" })).await;
+    let _ = recv_type(&mut bo, "room:joined").await;
+    for i in 1..=5 {
+        let text = format!("missed {i}");
+        send_env(
+            &mut bo,
+            "chat",
+            json!({ "channel": "general", "text": text }),
+        )
+        .await;
+        assert_eq!(recv_type(&mut bo, "chat").await["text"], text);
+    }
+    writeln!(stdin, "PUBLISHED").expect("write");
+    assert_eq!(next_line(&mut rx).await, "RECOVERED");
+    send_env(
+        &mut bo,
+        "chat",
+        json!({ "channel": "general", "text": "live after recovery" }),
+    )
+    .await;
+    writeln!(stdin, "LIVE").expect("write");
+    let report = next_line(&mut rx).await;
+    let _ = node.0.wait();
+    println!("browser report: {report}");
+    let v: Value = serde_json::from_str(&report).expect("json");
+
+    // Ana was away while Bo published: she tried to reconnect (offline, it failed), never
+    // was 'open', received no frame and was shown nothing new
+    assert!(
+        v["statesWhileAway"]
+            .as_array()
+            .is_some_and(|s| s.len() >= 2 && s.iter().all(|st| st == "reconnecting")),
+        "{v}"
+    );
+    assert_eq!(v["stateWhenPublished"], "reconnecting", "{v}");
+    assert_eq!(v["receivedWhileAway"], 0, "{v}");
+    assert_eq!(
+        v["shownWhileAway"],
+        json!([["Ana", "before the restart"]]),
+        "{v}"
+    );
+
+    // her page shows everything once, in order
+    assert_eq!(
+        v["shown"],
+        json!([
+            ["Ana", "before the restart"],
+            ["Bo", "missed 1"],
+            ["Bo", "missed 2"],
+            ["Bo", "missed 3"],
+            ["Bo", "missed 4"],
+            ["Bo", "missed 5"],
+            ["Bo", "live after recovery"]
+        ]),
+        "{v}"
+    );
+
+    // the first connection: a plain join, not recovered, so the page asked for the history
+    assert_eq!(v["welcomedSockets"], 2, "{v}");
+    let first = &v["first"];
+    assert_eq!(first["joins"], json!([{ "channel": "general" }]), "{v}");
+    let joined = &first["joined"][0];
+    assert_ne!(joined["recovered"], true, "{v}");
+    let epoch = joined["epoch"].as_str().expect("an epoch");
+    assert_eq!(
+        (&first["historyAsked"], &first["historyAnswers"]),
+        (&json!(1), &json!(1)),
+        "{v}"
+    );
+    assert_eq!(
+        first["chat"],
+        json!([{ "channel": "general", "offset": 1, "who": "Ana", "text": "before the restart" }]),
+        "{v}"
+    );
+
+    // after the restart: joined since her position, recovered in the same epoch (Redis
+    // kept it), every missed publication once and in offset order, then the live one; the
+    // page did not ask for the history
+    let back = &v["recovered"];
+    assert_eq!(
+        back["joins"],
+        json!([{ "channel": "general", "since": { "epoch": epoch, "offset": 1 } }]),
+        "{v}"
+    );
+    assert_eq!(back["joined"].as_array().map(Vec::len), Some(1), "{v}");
+    let joined = &back["joined"][0];
+    assert_eq!(
+        (&joined["recovered"], joined["epoch"].as_str()),
+        (&json!(true), Some(epoch)),
+        "{v}"
+    );
+    assert_eq!(joined["members"], json!(["Ana", "Bo"]), "{v}");
+    let chat: Vec<(u64, String)> = back["chat"]
+        .as_array()
+        .expect("chat")
+        .iter()
+        .map(|m| {
+            (
+                m["offset"].as_u64().expect("offset"),
+                m["text"].as_str().expect("text").to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = (1..=5)
+        .map(|i| (i + 1, format!("missed {i}")))
+        .chain([(7, "live after recovery".to_owned())])
+        .collect();
+    assert_eq!(chat, want, "{v}");
+    assert_eq!(
+        (&back["historyAsked"], &back["historyAnswers"]),
+        (&json!(0), &json!(0)),
+        "{v}"
+    );
+    // and the restarted demo answered no history request at all (Bo never asks)
+    assert_eq!(history_sent(demo.addr).await, 0);
+    drop((bo, demo, redis));
+}
+
 /// `STREET_TRUSTED_PROXIES` must be CIDRs: a typo stops the demo with a clear message
 /// instead of silently trusting nobody (or everybody).
 #[tokio::test]
