@@ -6,9 +6,9 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
+use super::sink::{Frame, Sink};
 use super::{lock, Inner, Rooms};
 use crate::cluster::{ClusterMessage, NodeHooks, Target};
-use crate::ws::Socket;
 
 /// The hooks through which the broker reaches the rooms of `inner` (weakly: dropped
 /// rooms get nothing).
@@ -52,32 +52,40 @@ impl Rooms {
         n
     }
 
-    /// Queue `bytes` for the local connections `target` names.
+    /// Queue `bytes` for the local subscribers `target` names.
     fn deliver_local(&self, target: &Target, bytes: &Bytes) -> usize {
         let started = std::time::Instant::now();
-        let recipients: Vec<Socket> = match target {
+        let recipients: Vec<Sink> = match target {
             Target::All => {
                 let n = self.inner.wss.broadcast_encoded(bytes);
                 self.inner.counters.delivered.add(n as u64);
                 return n;
             }
-            Target::Socket(id) => self.inner.wss.client(*id).into_iter().collect(),
-            Target::Member(m) => lock(&self.inner.state).member_sockets(m.as_str()),
+            Target::Socket(id) => self
+                .inner
+                .wss
+                .client(*id)
+                .map(Sink::Socket)
+                .into_iter()
+                .collect(),
+            Target::Member(m) => lock(&self.inner.state)
+                .member_sockets(m.as_str())
+                .into_iter()
+                .map(Sink::Socket)
+                .collect(),
             Target::Room {
                 room,
                 except_socket,
                 except_member,
-            } => lock(&self.inner.state).room_sockets(
+            } => lock(&self.inner.state).room_sinks(
                 room.as_str(),
                 *except_socket,
                 except_member.as_deref(),
             ),
         };
         // queued outside the lock: a full queue closes that client, never blocks others
-        let n = recipients
-            .iter()
-            .filter(|s| s.send_text_bytes(bytes.clone()).is_ok())
-            .count();
+        let frame = Frame::new(bytes, None);
+        let n = recipients.iter().filter(|s| s.send(&frame)).count();
         self.inner.counters.delivered.add(n as u64);
         if matches!(target, Target::Room { .. }) {
             self.inner.wss.observe_fanout(started.elapsed());

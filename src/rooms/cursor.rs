@@ -104,8 +104,8 @@ impl Cursor {
 /// One thing to send to a recovering client, in order.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Out {
-    /// A publication (envelope with its offset).
-    Frame(Bytes),
+    /// A publication (envelope with its offset) at its position.
+    Frame(Position, Bytes),
     /// Its stream changed epoch: a `room:joined` with `recovered: false` at this
     /// position minus one, before the publication that follows.
     Reset(Position),
@@ -147,7 +147,11 @@ pub(super) fn recover(
         let mut last = from;
         for (offset, bytes) in entries {
             last = offset;
-            out.push(Out::Frame(bytes));
+            let pos = Position {
+                epoch: history.epoch.clone(),
+                offset,
+            };
+            out.push(Out::Frame(pos, bytes));
         }
         cursor = Cursor::Live {
             epoch: Some(history.epoch),
@@ -156,10 +160,10 @@ pub(super) fn recover(
     }
     for (pos, bytes) in held {
         match cursor.admit(&pos, &bytes, 0) {
-            Admit::Send => out.push(Out::Frame(bytes)),
+            Admit::Send => out.push(Out::Frame(pos, bytes)),
             Admit::Reset => {
-                out.push(Out::Reset(pos));
-                out.push(Out::Frame(bytes));
+                out.push(Out::Reset(pos.clone()));
+                out.push(Out::Frame(pos, bytes));
             }
             Admit::Skip | Admit::Held | Admit::Overflow => {}
         }
@@ -190,7 +194,7 @@ mod tests {
     fn offsets(out: &[Out]) -> Vec<u64> {
         out.iter()
             .filter_map(|o| match o {
-                Out::Frame(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                Out::Frame(_, b) => std::str::from_utf8(b).ok()?.parse().ok(),
                 Out::Reset(_) => None,
             })
             .collect()
@@ -264,7 +268,10 @@ mod tests {
             vec![(pos("b", 1), frame(1))],
             0,
         );
-        assert_eq!(r.out, vec![Out::Reset(pos("b", 1)), Out::Frame(frame(1))]);
+        assert_eq!(
+            r.out,
+            vec![Out::Reset(pos("b", 1)), Out::Frame(pos("b", 1), frame(1))]
+        );
     }
 
     proptest! {

@@ -2,15 +2,30 @@
 //! positioned publish, its delivery to this node's connections, and the client's join
 //! that recovers what it missed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use axum::response::Response;
+
 use super::cursor::{self, Admit, Out};
+use super::registry::SubKey;
+use super::sink::{parse_sse_id, sse_id, Frame, Sink};
 use super::{lock, RoomError, Rooms};
-use crate::cluster::{ClusterMessage, HistoryOptions, Position, Target};
+use crate::cluster::{ClusterMessage, History, HistoryOptions, Position, Target};
+use crate::sse::encode::{encode_event, SseEvent};
+use crate::sse::stream::open;
+use crate::sse::{Sse, SseOptions, SseRequest};
 use crate::ws::{envelope, CloseCode, Socket};
+
+/// The SSE event a stream subscribed with [`Rooms::sse`] gets first in a room with
+/// history, with the position as its `id` and, as data, what `room:joined` carries:
+/// `{"channel","epoch","offset"}` plus `"recovered"` when the request resumed with a
+/// `Last-Event-ID`. `recovered: false` says the resume could not be honoured (nothing
+/// was replayed: reload); the same event, unsolicited, says the stream lost its past.
+pub const JOINED_EVENT: &str = "street:joined";
 
 /// How long a join waits for the broker's history before it fails
 /// (`room:error` "history unavailable").
@@ -43,20 +58,54 @@ struct Joined<'a> {
     recovered: Option<bool>,
 }
 
-/// The `room:joined` that tells a live client its position is void (its stream changed
-/// epoch): the new position just before `pos`, not recovered.
-fn reset_notice(room: &str, pos: &Position) -> Option<Bytes> {
-    envelope::encode(
-        "room:joined",
-        &Joined {
+impl Sink {
+    /// Tell the subscriber where it stands: `room:joined` to a socket; to a stream, the
+    /// [`JOINED_EVENT`] event with the position as its id (so the browser's next
+    /// `Last-Event-ID` resumes from there).
+    fn send_joined(&self, joined: &Joined<'_>) {
+        match self {
+            Sink::Socket(s) => {
+                let _ = s.emit("room:joined", joined);
+            }
+            Sink::Stream(s) => {
+                if let Ok(data) = serde_json::to_string(joined) {
+                    let _ = s.push(encode_event(&SseEvent {
+                        id: Some(sse_id(&Position {
+                            epoch: joined.epoch.into(),
+                            offset: joined.offset,
+                        })),
+                        event: Some(JOINED_EVENT.into()),
+                        data,
+                        retry: None,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Tell a live subscriber its position is void (its stream changed epoch): the new
+    /// position just before `pos`, not recovered.
+    fn send_reset(&self, room: &str, pos: &Position) {
+        self.send_joined(&Joined {
             channel: room,
             members: None,
             epoch: &pos.epoch,
             offset: pos.offset.saturating_sub(1),
             recovered: Some(false),
-        },
-    )
-    .ok()
+        });
+    }
+}
+
+/// Who is joining, for [`Rooms::complete_join`].
+struct Joiner<'a> {
+    room: &'a str,
+    key: SubKey,
+    token: u64,
+    /// Members to list in the answer (sockets only).
+    members: Option<&'a [String]>,
+    since: Option<Position>,
+    /// Most bytes one replay may take.
+    budget: usize,
 }
 
 impl Rooms {
@@ -106,13 +155,12 @@ impl Rooms {
         let overflow = {
             let mut st = lock(&self.inner.state);
             let p = st.positioned(room, pos, bytes, max_held);
+            let frame = Frame::new(bytes, Some(pos));
             for (s, admit) in &p.send {
                 if *admit == Admit::Reset {
-                    if let Some(notice) = reset_notice(room, pos) {
-                        let _ = s.send_text_bytes(notice);
-                    }
+                    s.send_reset(room, pos);
                 }
-                if s.send_text_bytes(bytes.clone()).is_ok() {
+                if s.send(&frame) {
                     n += 1;
                 }
             }
@@ -120,10 +168,15 @@ impl Rooms {
         };
         for s in overflow {
             self.inner.counters.joins_failed.inc();
-            let _ = s.close(
-                CloseCode::SLOW_CONSUMER,
-                "too much published during recovery",
-            );
+            match s {
+                Sink::Socket(s) => {
+                    let _ = s.close(
+                        CloseCode::SLOW_CONSUMER,
+                        "too much published during recovery",
+                    );
+                }
+                Sink::Stream(s) => s.close(),
+            }
         }
         self.inner.counters.delivered.add(n as u64);
         self.inner.wss.observe_fanout(started.elapsed());
@@ -148,79 +201,172 @@ impl Rooms {
             self.join_as(socket, room, member, true)
                 .map_err(|e| e.to_string())?;
         }
-        let Some(token) = lock(&self.inner.state).token(id, room) else {
+        let key = SubKey::Socket(id);
+        let Some(token) = lock(&self.inner.state).token(room, key) else {
             return Ok(()); // left (or closed) already
         };
         let members = self.members_now(room).await;
         let since = since.map(|s| s.position());
+        let Some(answer) = self.ask_history(room, since.as_ref(), history).await else {
+            self.inner.counters.joins_failed.inc();
+            if lock(&self.inner.state).token(room, key) == Some(token) {
+                self.leave(socket, room);
+            }
+            return Err("history unavailable".into());
+        };
+        self.complete_join(
+            answer,
+            &Joiner {
+                room,
+                key,
+                token,
+                members: Some(&members),
+                since,
+                budget: self.hold_budget(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The broker's answer for `room` (bounded by [`HISTORY_TIMEOUT`]); `None` when it
+    /// could not be had.
+    async fn ask_history(
+        &self,
+        room: &str,
+        since: Option<&Position>,
+        history: HistoryOptions,
+    ) -> Option<History> {
         let asked = self
             .inner
             .broker
-            .history(room, since.as_ref().map(|p| p.offset), history);
-        let answer = match tokio::time::timeout(HISTORY_TIMEOUT, asked).await {
-            Ok(Ok(h)) => h,
+            .history(room, since.map(|p| p.offset), history);
+        match tokio::time::timeout(HISTORY_TIMEOUT, asked).await {
+            Ok(Ok(h)) => Some(h),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, room, "history unavailable");
-                return self.fail_join(socket, room, token);
+                None
             }
             Err(_) => {
                 tracing::debug!(room, "history timed out");
-                return self.fail_join(socket, room, token);
-            }
-        };
-        let mut st = lock(&self.inner.state);
-        let Some((_, held)) = st.take_held(id, room, token) else {
-            return Ok(()); // left, or joined again, meanwhile
-        };
-        let (epoch, top) = (answer.epoch.clone(), answer.offset);
-        let rec = cursor::recover(answer, since.as_ref(), held, self.hold_budget());
-        let joined = envelope::encode(
-            "room:joined",
-            &Joined {
-                channel: room,
-                members: Some(&members),
-                epoch: &epoch,
-                offset: top,
-                recovered: rec.recovered,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let _ = socket.send_text_bytes(joined);
-        for out in rec.out {
-            match out {
-                Out::Frame(b) => {
-                    let _ = socket.send_text_bytes(b);
-                }
-                Out::Reset(p) => {
-                    if let Some(notice) = reset_notice(room, &p) {
-                        let _ = socket.send_text_bytes(notice);
-                    }
-                }
+                None
             }
         }
-        st.set_cursor(id, room, rec.cursor);
+    }
+
+    /// Finish a pending join with the broker's answer, under the rooms' lock: where it
+    /// stands, the replay when recovered, what was held meanwhile; then live.
+    fn complete_join(&self, answer: History, j: &Joiner<'_>) {
+        let mut st = lock(&self.inner.state);
+        let Some((sink, held)) = st.take_held(j.room, j.key, j.token) else {
+            return; // left, or joined again, meanwhile
+        };
+        let (epoch, top) = (answer.epoch.clone(), answer.offset);
+        let rec = cursor::recover(answer, j.since.as_ref(), held, j.budget);
+        sink.send_joined(&Joined {
+            channel: j.room,
+            members: j.members,
+            epoch: &epoch,
+            offset: top,
+            recovered: rec.recovered,
+        });
+        for out in rec.out {
+            match out {
+                Out::Frame(pos, b) => {
+                    sink.send(&Frame::new(&b, Some(&pos)));
+                }
+                Out::Reset(p) => sink.send_reset(j.room, &p),
+            }
+        }
+        st.set_cursor(j.room, j.key, rec.cursor);
         drop(st);
         match rec.recovered {
             Some(true) => self.inner.counters.recovered.inc(),
             Some(false) => self.inner.counters.not_recovered.inc(),
             None => {}
         }
-        Ok(())
     }
 
-    /// The history could not be had: out of the room, and a refusal.
-    fn fail_join(&self, socket: &Socket, room: &str, token: u64) -> Result<(), String> {
-        self.inner.counters.joins_failed.inc();
-        if lock(&self.inner.state).token(socket.id(), room) == Some(token) {
-            self.leave(socket, room);
-        }
-        Err("history unavailable".into())
+    /// Subscribe an SSE request to `room`'s publications, from every node. In a room
+    /// with history the stream starts with a [`JOINED_EVENT`] (the position as its id);
+    /// a request that resumes (`Last-Event-ID` from this stream) recovers what it missed
+    /// when the history still holds it, or is told `recovered: false`, never left with a
+    /// silent gap. Every publication carries its position as its SSE id: `event:` is the
+    /// envelope's type, `data:` its payload. Streams are not members: they are not in
+    /// presence. Returns the stream's handle and the response to return.
+    ///
+    /// # Errors
+    /// An invalid room name or the node's room limit; [`RoomError::HistoryUnavailable`]
+    /// when the history could not be had (answer 503).
+    pub async fn sse(
+        &self,
+        req: SseRequest,
+        room: &str,
+        opts: SseOptions,
+    ) -> Result<(Sse, Response), RoomError> {
+        self.check_name("room", room)?;
+        let since = req.last_event_id().and_then(parse_sse_id);
+        let asked_since = req.last_event_id().is_some();
+        let budget = opts.max_queue_bytes / 2;
+        let (sse, response) = open(opts, 0, req.into_slot());
+        let history = self.inner.opts.history_of(room);
+        let id = lock(&self.inner.state).add_stream(
+            room,
+            sse.shared().clone(),
+            history.is_some(),
+            self.inner.opts.max_rooms,
+        )?;
+        let key = SubKey::Stream(id);
+        let Some(history) = history else {
+            if asked_since {
+                // no history: nothing to resume from, and the client must know it
+                let _ = sse.shared().push(encode_event(&SseEvent {
+                    event: Some(JOINED_EVENT.into()),
+                    data: serde_json::json!({ "channel": room, "recovered": false }).to_string(),
+                    ..SseEvent::default()
+                }));
+            }
+            return Ok((sse, response));
+        };
+        let token = lock(&self.inner.state).token(room, key);
+        let answer = self.ask_history(room, since.as_ref(), history).await;
+        let (Some(token), Some(answer)) = (token, answer) else {
+            self.inner.counters.joins_failed.inc();
+            lock(&self.inner.state).remove_stream(room, id);
+            return Err(RoomError::HistoryUnavailable);
+        };
+        // a Last-Event-ID that is not a position (another server's id) resumes nothing
+        let since = since.or_else(|| {
+            asked_since.then(|| Position {
+                epoch: Arc::from(""),
+                offset: 0,
+            })
+        });
+        self.complete_join(
+            answer,
+            &Joiner {
+                room,
+                key,
+                token,
+                members: None,
+                since,
+                budget,
+            },
+        );
+        Ok((sse, response))
     }
 
-    /// The room's members on every node, plus this node's (its own presence writes may
-    /// still be queued).
+    /// The room's members on every node (at most a second old: see
+    /// [`MemberCache`](super::members::MemberCache)), plus this node's now (its own
+    /// presence writes may still be queued).
     pub(super) async fn members_now(&self, room: &str) -> Vec<String> {
-        let mut members = self.presence(room).await.unwrap_or_default();
+        let cluster = self
+            .inner
+            .members
+            .get(room, async {
+                self.presence(room).await.unwrap_or_default()
+            })
+            .await;
+        let mut members: Vec<String> = cluster.iter().cloned().collect();
         members.extend(self.local_presence(room));
         members.sort();
         members.dedup();

@@ -56,16 +56,19 @@ mod authorize;
 mod cluster;
 mod cursor;
 mod history;
+mod members;
 mod options;
 mod outcome;
 mod policy;
 mod protocol;
 mod registry;
+mod sink;
 mod stats;
 #[cfg(test)]
 mod tests;
 mod typing;
 
+pub use history::JOINED_EVENT;
 pub use options::{PublishOptions, RoomsOptions};
 pub use outcome::{JoinOutcome, LeaveOutcome, RoomError};
 pub use policy::ClientPolicy;
@@ -96,6 +99,8 @@ struct Inner {
     counters: RoomsCounters,
     /// Ids of typing timers (a timer acts only on the state that names it).
     timers: TimerIds,
+    /// The cluster's member lists, for `room:joined`.
+    members: members::MemberCache,
 }
 
 /// Rooms and presence for one `WebSocketServer`, on one node of a cluster. Cheap to
@@ -150,6 +155,7 @@ impl Rooms {
             authorizer: Authorizer::default(),
             counters: RoomsCounters::default(),
             timers: TimerIds::default(),
+            members: members::MemberCache::default(),
         });
         let hooks = cluster::node_hooks(&inner);
         broker.start(node, hooks).await?;

@@ -48,6 +48,10 @@ pub enum RoomError {
     /// The socket is closed.
     #[error("the socket is closed")]
     SocketClosed,
+    /// The broker could not be asked for the room's history (unreachable, or slower
+    /// than 5 s): the subscription is not made.
+    #[error("history unavailable")]
+    HistoryUnavailable,
     /// The socket (or member) is not in the room.
     #[error("not in room {room}")]
     NotInRoom {

@@ -10,10 +10,12 @@ use bytes::Bytes;
 
 use super::cursor::{Admit, Cursor};
 use super::policy::{Budget, Rates};
+use super::sink::Sink;
 use super::typing::Typing;
 use super::{RoomError, RoomsOptions};
 use crate::cluster::Position;
 use crate::net::per_ip::ip_key;
+use crate::sse::stream::Shared;
 use crate::ws::{Socket, SocketId};
 
 #[derive(Default)]
@@ -33,9 +35,24 @@ struct Sub {
     cursor: Cursor,
 }
 
+/// An SSE stream subscribed to a room (no member: streams are not presence).
+struct StreamSub {
+    id: u64,
+    stream: Arc<Shared>,
+    cursor: Cursor,
+}
+
+/// A subscriber of a room, to find it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SubKey {
+    Socket(SocketId),
+    Stream(u64),
+}
+
 #[derive(Default)]
 struct Room {
     conns: HashMap<SocketId, Sub>,
+    streams: Vec<StreamSub>,
     members: HashMap<Arc<str>, Member>,
     next_order: u64,
     /// What clients may still publish into the room (made at the first publication).
@@ -55,12 +72,12 @@ pub(super) struct Registry {
     tokens: u64,
 }
 
-/// What a positioned publication does for one connection of the room.
+/// What a positioned publication does for one subscriber of the room.
 pub(super) struct Positioned {
     /// Send it (after a reset notice when `admit` is [`Admit::Reset`]).
-    pub(super) send: Vec<(Socket, Admit)>,
+    pub(super) send: Vec<(Sink, Admit)>,
     /// Their pending join overflowed: close them.
-    pub(super) overflow: Vec<Socket>,
+    pub(super) overflow: Vec<Sink>,
 }
 
 /// What [`Registry::join`] changed (when the socket was not in the room yet).
@@ -205,7 +222,7 @@ impl Registry {
                 r.members.remove(&member);
             }
         }
-        if r.conns.is_empty() && r.members.is_empty() {
+        if r.conns.is_empty() && r.members.is_empty() && r.streams.is_empty() {
             self.rooms.remove(room);
         }
         if let Some(ip) = socket.remote_addr().map(|a| ip_key(a.ip())) {
@@ -325,23 +342,74 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    /// The connections in `room`, minus the exceptions.
-    pub(super) fn room_sockets(
-        &self,
+    /// The subscribers of `room` (its connections minus the exceptions, and its
+    /// streams); streams that ended are dropped on the way.
+    pub(super) fn room_sinks(
+        &mut self,
         room: &str,
         except_socket: Option<SocketId>,
         except_member: Option<&str>,
-    ) -> Vec<Socket> {
-        match self.rooms.get(room) {
-            None => Vec::new(),
-            Some(r) => r
+    ) -> Vec<Sink> {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        r.streams.retain(|s| !s.stream.is_done());
+        let mut out: Vec<Sink> = r
+            .conns
+            .iter()
+            .filter(|(id, sub)| Some(**id) != except_socket && except_member != Some(&*sub.member))
+            .map(|(_, sub)| Sink::Socket(sub.socket.clone()))
+            .collect();
+        out.extend(r.streams.iter().map(|s| Sink::Stream(s.stream.clone())));
+        out
+    }
+
+    /// Subscribe an SSE stream to `room` (made if need be, within `max_rooms`); its id.
+    pub(super) fn add_stream(
+        &mut self,
+        room: &str,
+        stream: Arc<Shared>,
+        pending: bool,
+        max_rooms: usize,
+    ) -> Result<u64, RoomError> {
+        if !self.rooms.contains_key(room) && self.rooms.len() >= max_rooms {
+            return Err(RoomError::TooManyRooms { limit: max_rooms });
+        }
+        let cursor = if pending {
+            self.pending()
+        } else {
+            Cursor::default()
+        };
+        self.tokens += 1;
+        let id = self.tokens;
+        let r = self.rooms.entry(Arc::from(room)).or_default();
+        r.streams.retain(|s| !s.stream.is_done());
+        r.streams.push(StreamSub { id, stream, cursor });
+        Ok(id)
+    }
+
+    /// Unsubscribe stream `id` from `room`.
+    pub(super) fn remove_stream(&mut self, room: &str, id: u64) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.streams.retain(|s| s.id != id);
+            if r.conns.is_empty() && r.members.is_empty() && r.streams.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    fn cursor_mut(&mut self, room: &str, key: SubKey) -> Option<(&mut Cursor, Sink)> {
+        let r = self.rooms.get_mut(room)?;
+        match key {
+            SubKey::Socket(id) => r
                 .conns
-                .iter()
-                .filter(|(id, sub)| {
-                    Some(**id) != except_socket && except_member != Some(&*sub.member)
-                })
-                .map(|(_, sub)| sub.socket.clone())
-                .collect(),
+                .get_mut(&id)
+                .map(|sub| (&mut sub.cursor, Sink::Socket(sub.socket.clone()))),
+            SubKey::Stream(id) => r
+                .streams
+                .iter_mut()
+                .find(|s| s.id == id)
+                .map(|s| (&mut s.cursor, Sink::Stream(s.stream.clone()))),
         }
     }
 
@@ -363,44 +431,41 @@ impl Registry {
             .is_some_and(|r| r.conns.contains_key(&id));
         if present {
             let cursor = self.pending();
-            self.set_cursor(id, room, cursor);
+            self.set_cursor(room, SubKey::Socket(id), cursor);
         }
         present
     }
 
-    /// The token of connection `id`'s pending join in `room`.
-    pub(super) fn token(&self, id: SocketId, room: &str) -> Option<u64> {
-        self.rooms
-            .get(room)
-            .and_then(|r| r.conns.get(&id))
-            .and_then(|sub| sub.cursor.token())
+    /// The token of subscriber `key`'s pending join in `room`.
+    pub(super) fn token(&mut self, room: &str, key: SubKey) -> Option<u64> {
+        self.cursor_mut(room, key).and_then(|(c, _)| c.token())
     }
 
-    /// Take what a pending join held, when it is still join `token` of connection
-    /// `id` in `room`; its cursor must then be set with [`Registry::set_cursor`].
+    /// Take what a pending join held, when it is still join `token` of subscriber
+    /// `key` in `room`; its cursor must then be set with [`Registry::set_cursor`].
     pub(super) fn take_held(
         &mut self,
-        id: SocketId,
         room: &str,
+        key: SubKey,
         token: u64,
-    ) -> Option<(Socket, Vec<(Position, Bytes)>)> {
-        let sub = self.rooms.get_mut(room)?.conns.get_mut(&id)?;
-        if sub.cursor.token() != Some(token) {
+    ) -> Option<(Sink, Vec<(Position, Bytes)>)> {
+        let (cursor, sink) = self.cursor_mut(room, key)?;
+        if cursor.token() != Some(token) {
             return None;
         }
-        match std::mem::take(&mut sub.cursor) {
-            Cursor::Pending { held, .. } => Some((sub.socket.clone(), held)),
+        match std::mem::take(cursor) {
+            Cursor::Pending { held, .. } => Some((sink, held)),
             live @ Cursor::Live { .. } => {
-                sub.cursor = live;
+                *cursor = live;
                 None
             }
         }
     }
 
-    /// Set connection `id`'s cursor in `room`.
-    pub(super) fn set_cursor(&mut self, id: SocketId, room: &str, cursor: Cursor) {
-        if let Some(sub) = self.rooms.get_mut(room).and_then(|r| r.conns.get_mut(&id)) {
-            sub.cursor = cursor;
+    /// Set subscriber `key`'s cursor in `room`.
+    pub(super) fn set_cursor(&mut self, room: &str, key: SubKey, cursor: Cursor) {
+        if let Some((c, _)) = self.cursor_mut(room, key) {
+            *c = cursor;
         }
     }
 
@@ -421,13 +486,23 @@ impl Registry {
         let Some(r) = self.rooms.get_mut(room) else {
             return out;
         };
-        out.send.reserve(r.conns.len());
-        for sub in r.conns.values_mut() {
-            match sub.cursor.admit(pos, bytes, max_held) {
-                a @ (Admit::Send | Admit::Reset) => out.send.push((sub.socket.clone(), a)),
+        r.streams.retain(|s| !s.stream.is_done());
+        out.send.reserve(r.conns.len() + r.streams.len());
+        let subs = r
+            .conns
+            .values_mut()
+            .map(|s| (&mut s.cursor, Sink::Socket(s.socket.clone())))
+            .chain(
+                r.streams
+                    .iter_mut()
+                    .map(|s| (&mut s.cursor, Sink::Stream(s.stream.clone()))),
+            );
+        for (cursor, sink) in subs {
+            match cursor.admit(pos, bytes, max_held) {
+                a @ (Admit::Send | Admit::Reset) => out.send.push((sink, a)),
                 Admit::Overflow => {
-                    sub.cursor = Cursor::default();
-                    out.overflow.push(sub.socket.clone());
+                    *cursor = Cursor::default();
+                    out.overflow.push(sink);
                 }
                 Admit::Skip | Admit::Held => {}
             }

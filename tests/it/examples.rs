@@ -69,6 +69,29 @@ pub fn example_path(name: &str) -> PathBuf {
     p
 }
 
+/// `target/release/examples/<name>` (what a test under load runs: a debug build on two
+/// cores measures the debug build); scripts/test builds it.
+pub fn release_example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target dir");
+    let p = target.join("release").join("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run scripts/test (or `cargo build --release --example {name}`)",
+        p.display()
+    );
+    p
+}
+
+/// [`start_with`] running the release build of the example.
+pub async fn start_release(name: &str, port: u16, args: &[&str], env: &[(&str, &str)]) -> Example {
+    spawn_at(release_example_path(name), port, args, env).await
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -85,7 +108,11 @@ pub async fn start_on(name: &str, port: u16, env: &[(&str, &str)]) -> Example {
 
 /// Start an example with command-line arguments.
 pub async fn start_with(name: &str, port: u16, args: &[&str], env: &[(&str, &str)]) -> Example {
-    let mut cmd = Command::new(example_path(name));
+    spawn_at(example_path(name), port, args, env).await
+}
+
+async fn spawn_at(path: PathBuf, port: u16, args: &[&str], env: &[(&str, &str)]) -> Example {
+    let mut cmd = Command::new(path);
     cmd.args(args);
     cmd.env("PORT", port.to_string())
         .stdin(Stdio::null())

@@ -34,14 +34,14 @@ async fn serve_sse_app(
 }
 
 /// Reads a `text/event-stream` body event by event.
-struct Events {
+pub struct Events {
     stream:
         std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
 }
 
 impl Events {
-    fn new(resp: reqwest::Response) -> Self {
+    pub fn new(resp: reqwest::Response) -> Self {
         Self {
             stream: Box::pin(resp.bytes_stream()),
             buf: String::new(),
@@ -49,7 +49,7 @@ impl Events {
     }
 
     /// The next block (without its blank line), skipping heartbeats; `None` at the end.
-    async fn next(&mut self) -> Option<String> {
+    pub async fn next(&mut self) -> Option<String> {
         within("an event", async {
             loop {
                 if let Some(i) = self.buf.find("\n\n") {
@@ -70,7 +70,7 @@ impl Events {
     }
 }
 
-async fn get_with(
+pub async fn get_with(
     addr: std::net::SocketAddr,
     path: &str,
     last_id: Option<&str>,
