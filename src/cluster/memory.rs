@@ -5,7 +5,7 @@
 //!
 //! Delivery is synchronous: `publish` calls every other node's delivery hook before it
 //! returns, so order per publisher is kept and nothing is queued. Channels with history
-//! keep their streams on the bus (see [`Streams`](super::streams)): a publication takes
+//! keep their streams on the bus (at most 100 000; the idlest is evicted): a publication takes
 //! its offset and reaches every node under one lock, so each channel's offsets arrive in
 //! order everywhere. The streams live as long as the bus: a process restart is a new
 //! epoch.

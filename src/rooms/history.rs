@@ -294,6 +294,28 @@ impl Rooms {
     /// envelope's type, `data:` its payload. Streams are not members: they are not in
     /// presence. Returns the stream's handle and the response to return.
     ///
+    /// ```no_run
+    /// use axum::extract::Path;
+    /// use axum::response::{IntoResponse, Response};
+    /// use street::rooms::Rooms;
+    /// use street::sse::{SseOptions, SseRequest};
+    ///
+    /// fn route(rooms: Rooms) -> axum::routing::MethodRouter {
+    ///     axum::routing::get(move |Path(room): Path<String>, req: SseRequest| {
+    ///         let rooms = rooms.clone();
+    ///         async move {
+    ///             match rooms.sse(req, &room, SseOptions::default()).await {
+    ///                 Ok((_stream, response)) => response,
+    ///                 Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    ///                     .into_response(),
+    ///             }
+    ///         }
+    ///     })
+    /// }
+    /// # let _: fn(Rooms) -> axum::routing::MethodRouter = route;
+    /// # let _: Option<Response> = None;
+    /// ```
+    ///
     /// # Errors
     /// An invalid room name or the node's room limit; [`RoomError::HistoryUnavailable`]
     /// when the history could not be had (answer 503).

@@ -51,6 +51,19 @@
 //! `{"type": event, "payload": {"channel","memberId","payload"}}`, and `room:error`
 //! `{"channel","action","reason"}` when something is refused (nothing is joined then).
 //! [`Rooms::authorize`] decides who may join which room.
+//!
+//! # History and recovery
+//!
+//! Rooms named by [`RoomsOptions::history`] keep their recent past in the broker. Each
+//! publication there gets a position `(epoch, offset)` from the broker (offsets 1, 2, 3,
+//! … per room, the same on every node; the epoch changes when the past is lost) and
+//! reaches every node, this one included, through the broker, in offset order. Clients of
+//! the client protocol join with `{"channel","since":{"epoch","offset"}}` and get, after
+//! `room:joined` (`epoch`, `offset`, `recovered`), exactly the publications they missed,
+//! then the live ones, with no gap and no duplicate at the seam; when the history no
+//! longer holds it all, `recovered: false` and nothing is replayed. [`Rooms::sse`]
+//! subscribes SSE streams to the same rooms, with positions as event ids. The README's
+//! "Channels with history" section is the protocol, for any client.
 
 mod authorize;
 mod cluster;

@@ -496,9 +496,11 @@ impl WebSocketServer {
         *write(&self.shared.auth) = Some(run);
     }
 
-    /// Send `{"type":event,"payload":…,"ts":…}` to every connected client. The envelope is
-    /// serialized once; every client's queue shares the same bytes. Returns how many
-    /// clients it was queued for.
+    /// Send `{"type":event,"payload":…,"ts":…}` to every connected client **of this
+    /// server, on this node**. The envelope is serialized once; every client's queue
+    /// shares the same bytes. Returns how many clients it was queued for. In a cluster,
+    /// [`Rooms::broadcast`](crate::rooms::Rooms::broadcast) reaches every client of every
+    /// node.
     ///
     /// # Errors
     /// [`EnvelopeError::Serialize`] when the payload does not serialize.
