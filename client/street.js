@@ -51,6 +51,8 @@
  *   - `room:joined` reaches on() listeners as any server event: recovered !== true means
  *     nothing was replayed and the app should reload that channel's state.
  *   - leave(channel) forgets the position.
+ *   - A join refused with reason "history unavailable" (the server's broker is down) is
+ *     sent again after the reconnect backoff's wait, growing with each refusal.
  *
  * No dependencies. In Node pass { WebSocket: require('ws') }.
  */
@@ -81,6 +83,7 @@
     this.rooms = new Set();
     this.positions = new Map(); // channel -> {epoch, offset}, for channels with history
     this.resync = new Map();    // channel -> the `since` of a join whose room:joined is awaited
+    this.joinRetry = new Map(); // channel -> {n, timer}: joins refused "history unavailable"
     this.stats = { gaps: 0, duplicates: 0 };
     this.listeners = new Map();
     this.lifecycle = new Map();
@@ -234,6 +237,8 @@
     var p = env.payload;
     if (env.type === 'room:joined' && p && typeof p.channel === 'string' && this.rooms.has(p.channel)) {
       var ch = p.channel;
+      var retry = this.joinRetry.get(ch);
+      if (retry) { clearTimeout(retry.timer); this.joinRetry.delete(ch); }
       // an unsolicited room:joined (no members: the channel lost its past) answers no join
       var since = Array.isArray(p.members) ? this.resync.get(ch) : undefined;
       if (Array.isArray(p.members)) this.resync.delete(ch);
@@ -250,6 +255,8 @@
     }
     if (env.type === 'room:error' && p && p.action === 'join' && typeof p.channel === 'string') {
       this.resync.delete(p.channel);
+      // the server could not reach its history (its broker is down): try again, backing off
+      if (p.reason === 'history unavailable' && this.rooms.has(p.channel)) this.retryJoin(p.channel);
       return true;
     }
     var channel = env.channel;
@@ -263,6 +270,19 @@
     this.stats.gaps += 1;
     this.sendJoin(channel);
     return false;
+  };
+
+  /** Join `channel` again after a refusal the server may get over, with backoff. */
+  Street.prototype.retryJoin = function (channel) {
+    var self = this;
+    var r = this.joinRetry.get(channel) || { n: 0, timer: null };
+    clearTimeout(r.timer);
+    var delay = Math.round(this.backoff(r.n));
+    r.n += 1;
+    r.timer = setTimeout(function () {
+      if (!self.stopped && self.rooms.has(channel) && self.state === 'open') self.sendJoin(channel);
+    }, delay);
+    this.joinRetry.set(channel, r);
   };
 
   /** The last position {epoch, offset} known in a joined channel with history, or null. */
@@ -327,6 +347,8 @@
     if (!this.rooms.delete(channel)) return;
     this.positions.delete(channel);
     this.resync.delete(channel);
+    var retry = this.joinRetry.get(channel);
+    if (retry) { clearTimeout(retry.timer); this.joinRetry.delete(channel); }
     if (this.state === 'open') this.send('room:leave', { channel: channel });
   };
 
@@ -335,6 +357,8 @@
     this.stopped = true;
     clearTimeout(this.timer);
     clearTimeout(this.stableTimer);
+    this.joinRetry.forEach(function (r) { clearTimeout(r.timer); });
+    this.joinRetry.clear();
     if (this.ws) this.ws.close(code || 1000, reason || '');
     else this.setState('closed', {});
   };

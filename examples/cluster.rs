@@ -4,6 +4,9 @@
 //! - `/ws`: `echo` → the sender; `broadcast` → every client **of every node**; and the
 //!   rooms client protocol (`room:join`, `room:leave`, `room:publish`, `typing`) as the
 //!   member named by `?member=NAME` (default `guest-…`);
+//!   `publish` `{"channel","payload"}` → `broadcast` events to the room's members on every
+//!   node (the room fan-out path for `street-bench fanout --room`, with or without
+//!   history);
 //! - `/echo`: raw echo, as in `bench_server`;
 //! - `--cluster-heartbeat-ms` (default 1000): how often the node proves it is alive; its
 //!   members leave everyone's presence within 3 of them after a crash, at once after
@@ -28,7 +31,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use street::cluster::redis::{RedisBroker, RedisOptions};
 use street::cluster::{Broker, HistoryOptions};
-use street::rooms::{Rooms, RoomsOptions};
+use street::rooms::{PublishOptions, Rooms, RoomsOptions};
 use street::ws::{ConnectRequest, Socket};
 
 mod support {
@@ -37,6 +40,13 @@ mod support {
 use support::contract::{self, Flags};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `publish` `{"channel", "payload"}`.
+#[derive(serde::Deserialize)]
+struct RoomPublish {
+    channel: String,
+    payload: Box<RawValue>,
+}
 
 fn main() -> ExitCode {
     contract::main(run)
@@ -86,6 +96,17 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         let r2 = r.clone();
         socket.on("broadcast", move |p: Box<RawValue>| {
             r2.broadcast("broadcast", &p)
+        })?;
+        // the room fan-out path for `street-bench fanout --room`: like `broadcast`, a
+        // server-side publication without the client policy's budgets (a bench server)
+        let r3 = r.clone();
+        socket.on("publish", move |p: RoomPublish| {
+            r3.publish(
+                &p.channel,
+                "broadcast",
+                &p.payload,
+                PublishOptions::default(),
+            )
         })?;
         Ok::<_, BoxError>(())
     });

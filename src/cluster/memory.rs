@@ -155,7 +155,7 @@ impl Broker for MemoryBroker {
     fn history(
         &self,
         channel: &str,
-        since: Option<u64>,
+        since: Option<&super::Position>,
         history: HistoryOptions,
     ) -> BoxFuture<'_, Result<History, BrokerError>> {
         let h = lock(&self.bus.streams).read(channel, since, history, Instant::now());

@@ -240,7 +240,7 @@ impl ClusterMessage {
     /// closing brace, ending in a comma. A broker that positions publications itself
     /// (the Redis broker's script) appends `"e":"EPOCH","n":OFFSET}`, the newline and
     /// the envelope.
-    pub fn open_header(&self) -> Bytes {
+    pub(crate) fn open_header(&self) -> Bytes {
         let plain = ClusterMessage {
             position: None,
             envelope: Bytes::new(),
@@ -451,25 +451,41 @@ pub trait Broker: Send + Sync + 'static {
     /// appending it to the history (kept as `history` says), and delivers it to
     /// **every** node, this one included, through `deliver` with
     /// [`ClusterMessage::position`] set, in offset order per channel. What is delivered
-    /// and kept is `msg.envelope` with `"offset":K` added
-    /// ([`envelope::with_offset`](crate::ws::envelope::with_offset)). Never blocks: when
-    /// the queue is full, or the broker is unreachable, the message is lost for every
-    /// node (no offset is taken) and counted, as with [`Broker::publish`].
-    fn publish_with_history(&self, msg: ClusterMessage, history: HistoryOptions);
+    /// and kept is `msg.envelope` with `,"offset":K` added before its closing brace
+    /// ([`envelope::with_offset`](crate::ws::envelope::with_offset)).
+    /// Never blocks: when the queue is full, or the broker is unreachable, the message
+    /// is lost for every node (no offset is taken) and counted, as with
+    /// [`Broker::publish`].
+    ///
+    /// The default, for a broker without history, is [`Broker::publish`]: no position,
+    /// and the other nodes only.
+    fn publish_with_history(&self, msg: ClusterMessage, history: HistoryOptions) {
+        let _ = history;
+        self.publish(msg);
+    }
 
     /// Where `channel`'s stream stands, and, when `since` is given, the publications
-    /// after that offset if the history still holds every one of them (within
-    /// `history`'s size and age). Makes the channel's epoch when it has none, so the
+    /// after it if the history still holds every one of them (within `history`'s size
+    /// and age) and `since` is of the stream's epoch (or at offset 0: a client that had
+    /// nothing continues any epoch). Makes the channel's epoch when it has none, so the
     /// answer is a position later publications continue.
     ///
     /// # Errors
-    /// [`BrokerError::Unavailable`] when the broker cannot be asked.
+    /// [`BrokerError::Unavailable`] when the broker cannot be asked; the default, for a
+    /// broker without history, always is.
     fn history(
         &self,
         channel: &str,
-        since: Option<u64>,
+        since: Option<&Position>,
         history: HistoryOptions,
-    ) -> BoxFuture<'_, Result<History, BrokerError>>;
+    ) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let _ = (channel, since, history);
+        Box::pin(async {
+            Err(BrokerError::Unavailable(
+                "this broker keeps no history".into(),
+            ))
+        })
+    }
 
     /// The counters.
     fn stats(&self) -> BrokerStats;

@@ -243,7 +243,9 @@ return off
 
 /// Where a channel's stream stands, and the entries from an offset on. KEYS as
 /// [`PUBLISH_POSITIONED`]; ARGV: a new epoch (taken when the stream has none), TTL (ms),
-/// the first offset wanted (or empty). Returns `{epoch, offset, entries}`.
+/// the first offset wanted (or empty), the client's epoch (entries are read only for
+/// that epoch, or from offset 1), most entries to read. Returns `{epoch, offset,
+/// entries}`.
 const READ_HISTORY: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -254,11 +256,18 @@ if not epoch then
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries = {}
-if ARGV[3] ~= '' then
-  entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+')
+if ARGV[3] ~= '' and (ARGV[4] == epoch or ARGV[3] == '1') then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+', 'COUNT', ARGV[5])
 end
 return {epoch, top, entries}
 ";
+
+/// [`PUBLISH_POSITIONED`], sent by its hash.
+fn publish_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_POSITIONED));
+    &SCRIPT
+}
 
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
@@ -285,7 +294,7 @@ fn items(v: Value) -> Option<Vec<Value>> {
 /// Read [`READ_HISTORY`]'s reply: `since` as asked, `now_ms` to judge the entries' age.
 fn parse_history(
     reply: Value,
-    since: Option<u64>,
+    since: Option<&super::Position>,
     history: HistoryOptions,
     now_ms: i64,
 ) -> Result<History, BrokerError> {
@@ -319,15 +328,21 @@ fn parse_history(
         entries.push((offset, at.unwrap_or(0), data.ok_or_else(bad)?));
     }
     let ttl_ms = i64::try_from(history.ttl.as_millis()).unwrap_or(i64::MAX);
-    let since = since.and_then(|k| {
-        if k > top {
+    let since = since.and_then(|p| {
+        let k = p.offset;
+        if k > top || (k > 0 && *p.epoch != *epoch) {
             return None;
         }
         if k == top {
             return Some(Vec::new());
         }
-        let first = entries.first()?;
-        let whole = first.0 == k + 1 && now_ms.saturating_sub(first.1) < ttl_ms;
+        // every offset from k + 1 to top, none too old (a script that failed half-way
+        // can leave a hole: that is not recoverable either)
+        let (first, last) = (entries.first()?, entries.last()?);
+        let whole = first.0 == k + 1
+            && last.0 == top
+            && entries.len() as u64 == top - k
+            && now_ms.saturating_sub(first.1) < ttl_ms;
         whole.then(|| entries.into_iter().map(|(o, _, d)| (o, d)).collect())
     });
     Ok(History {
@@ -644,11 +659,10 @@ async fn writer(
                 at_ms,
             } => {
                 let (meta, log) = shared.stream_keys(&channel);
-                let r: redis::RedisResult<u64> = redis::cmd("EVAL")
-                    .arg(PUBLISH_POSITIONED)
-                    .arg(2)
-                    .arg(&meta)
-                    .arg(&log)
+                // EVALSHA, loading the script again after a Redis restart
+                let r: redis::RedisResult<u64> = publish_script()
+                    .key(&meta)
+                    .key(&log)
                     .arg(new_epoch())
                     .arg(history.size.max(1))
                     .arg(
@@ -660,7 +674,7 @@ async fn writer(
                     .arg(&bus)
                     .arg(&head[..])
                     .arg(&envelope[..])
-                    .query_async(&mut conn)
+                    .invoke_async(&mut conn)
                     .await;
                 shared
                     .out_bytes
@@ -907,10 +921,19 @@ impl Broker for RedisBroker {
     fn history(
         &self,
         channel: &str,
-        since: Option<u64>,
+        since: Option<&super::Position>,
         history: HistoryOptions,
     ) -> BoxFuture<'_, Result<History, BrokerError>> {
         let (meta, log) = self.shared.stream_keys(channel);
+        let since = since.cloned();
+        // an offset of u64::MAX is from no stream of ours: nothing to read
+        let from = since
+            .as_ref()
+            .and_then(|p| p.offset.checked_add(1))
+            .map_or_else(String::new, |k| k.to_string());
+        let client_epoch = since
+            .as_ref()
+            .map_or_else(String::new, |p| p.epoch.to_string());
         Box::pin(async move {
             let Some(mut conn) = lock(&self.shared.query).clone() else {
                 return Err(BrokerError::Unavailable(
@@ -928,11 +951,18 @@ impl Broker for RedisBroker {
                         .unwrap_or(u64::MAX)
                         .max(1),
                 )
-                .arg(since.map_or_else(String::new, |k| (k + 1).to_string()))
+                .arg(&from)
+                .arg(&client_epoch)
+                .arg(history.size.max(1))
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            parse_history(reply, since, history, crate::ws::envelope::now_ms())
+            parse_history(
+                reply,
+                since.as_ref(),
+                history,
+                crate::ws::envelope::now_ms(),
+            )
         })
     }
 

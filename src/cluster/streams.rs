@@ -2,12 +2,15 @@
 //! keeps for channels with history. Pure (time is passed in), so the policy is tested
 //! here without a clock.
 //!
-//! A stream is born with a random epoch and offset 0. Each append takes the next offset
-//! and keeps the publication; the oldest go beyond `size` or `ttl`. A stream with no
-//! append for `ttl` is gone (the next one starts a new epoch). At most `max_streams`
-//! streams are held: making one more first drops the expired ones, then the one idle
-//! longest (its subscribers' positions stop being recoverable, which they learn from
-//! the new epoch), counted in `evicted`.
+//! A stream is born, with a random epoch, by its first read (a join) or publication.
+//! Each append takes the next offset and keeps the publication; the oldest go beyond
+//! `size` or `ttl`. A stream with no append for `ttl` is gone (the next one starts a new
+//! epoch). At most `max_streams` streams are held: making one more first drops a stream
+//! that never had a publication (oldest first, at no search: joins to ever new names
+//! cannot push out the history of rooms that have one), else the expired ones, else the
+//! one idle longest (its subscribers' positions stop being recoverable, which they learn
+//! from the new epoch); each is counted in `evicted`. A client at offset 0 continues any
+//! epoch: it missed nothing if the history starts at 1.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -58,6 +61,8 @@ impl Stream {
 /// The streams of every channel with history on one bus.
 pub(crate) struct Streams {
     streams: HashMap<String, Stream>,
+    /// Streams made by a read, oldest first (some may have had publications since).
+    unpublished: VecDeque<String>,
     max_streams: usize,
     evicted: u64,
 }
@@ -66,6 +71,7 @@ impl Streams {
     pub(crate) fn new(max_streams: usize) -> Self {
         Self {
             streams: HashMap::new(),
+            unpublished: VecDeque::new(),
             max_streams: max_streams.max(1),
             evicted: 0,
         }
@@ -76,8 +82,8 @@ impl Streams {
         self.evicted
     }
 
-    /// The live stream of `channel`, made (with a new epoch) when it has none.
-    fn stream(&mut self, channel: &str, opts: HistoryOptions, now: Instant) -> &mut Stream {
+    /// The live stream of `channel`, if any.
+    fn live(&mut self, channel: &str, opts: HistoryOptions, now: Instant) -> Option<&mut Stream> {
         if self
             .streams
             .get(channel)
@@ -85,23 +91,48 @@ impl Streams {
         {
             self.streams.remove(channel);
         }
-        if !self.streams.contains_key(channel) && self.streams.len() >= self.max_streams {
-            self.streams.retain(|_, s| !s.expired(opts, now));
+        self.streams.get_mut(channel)
+    }
+
+    /// The live stream of `channel`, made (with a new epoch) when it has none.
+    fn stream(&mut self, channel: &str, opts: HistoryOptions, now: Instant) -> &mut Stream {
+        if self.live(channel, opts, now).is_none() {
             if self.streams.len() >= self.max_streams {
-                let idlest = self
-                    .streams
-                    .iter()
-                    .min_by_key(|(_, s)| s.touched)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = idlest {
-                    self.streams.remove(&k);
-                    self.evicted += 1;
-                }
+                self.make_room(opts, now);
             }
+            if self.unpublished.len() >= self.max_streams {
+                // names of streams gone by other ways
+                self.unpublished
+                    .retain(|k| self.streams.get(k).is_some_and(|s| s.top == 0));
+            }
+            self.unpublished.push_back(channel.to_owned());
         }
         self.streams
             .entry(channel.to_owned())
             .or_insert_with(|| Stream::new(now))
+    }
+
+    /// Drop one stream (see the module docs for which).
+    fn make_room(&mut self, opts: HistoryOptions, now: Instant) {
+        while let Some(k) = self.unpublished.pop_front() {
+            if self.streams.get(&k).is_some_and(|s| s.top == 0) {
+                self.streams.remove(&k);
+                self.evicted += 1;
+                return;
+            }
+        }
+        self.streams.retain(|_, s| !s.expired(opts, now));
+        if self.streams.len() >= self.max_streams {
+            let idlest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.touched)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = idlest {
+                self.streams.remove(&k);
+                self.evicted += 1;
+            }
+        }
     }
 
     /// Give `env` the channel's next offset and keep it: its position, and the envelope
@@ -128,18 +159,20 @@ impl Streams {
         )
     }
 
-    /// Where `channel` stands, and what came after `since` when all of it is still kept.
+    /// Where `channel` stands, and what came after `since` when all of it is still kept
+    /// (and `since` is of this epoch, or at offset 0).
     pub(crate) fn read(
         &mut self,
         channel: &str,
-        since: Option<u64>,
+        since: Option<&Position>,
         opts: HistoryOptions,
         now: Instant,
     ) -> History {
         let s = self.stream(channel, opts, now);
         s.trim(opts, now);
-        let since = since.and_then(|k| {
-            if k > s.top {
+        let since = since.and_then(|p| {
+            let k = p.offset;
+            if k > s.top || (k > 0 && p.epoch != s.epoch) {
                 return None;
             }
             let first = s.kept.front().map_or(s.top + 1, |(o, _, _)| *o);
@@ -165,6 +198,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A position in the only epoch these tests' streams have, whatever it is.
+    fn at(s: &Streams, offset: u64) -> Position {
+        let epoch = s
+            .streams
+            .values()
+            .next()
+            .map_or_else(|| Arc::from(""), |st| st.epoch.clone());
+        Position { epoch, offset }
+    }
+
     fn opts(size: usize, ttl_s: u64) -> HistoryOptions {
         HistoryOptions::new(size, Duration::from_secs(ttl_s))
     }
@@ -179,11 +222,20 @@ mod tests {
             assert_eq!((p.offset, &p.epoch), (k, &first.epoch));
             assert!(b.ends_with(format!(",\"offset\":{k}}}").as_bytes()));
         }
-        let h = s.read("c", Some(2), o, t0);
+        // a client at 0 (it had nothing) gets the whole history
+        assert_eq!(
+            s.read("c", Some(&at(&s, 0)), o, t0).since.map(|v| v.len()),
+            Some(4)
+        );
+        let h = s.read("c", Some(&at(&s, 2)), o, t0);
         let got: Vec<u64> = h.since.unwrap_or_default().iter().map(|e| e.0).collect();
         assert_eq!((h.offset, got), (4, vec![3, 4]));
-        assert_eq!(s.read("c", Some(4), o, t0).since, Some(vec![]));
-        assert_eq!(s.read("c", Some(5), o, t0).since, None, "from the future");
+        assert_eq!(s.read("c", Some(&at(&s, 4)), o, t0).since, Some(vec![]));
+        assert_eq!(
+            s.read("c", Some(&at(&s, 5)), o, t0).since,
+            None,
+            "from the future"
+        );
     }
 
     #[test]
@@ -193,23 +245,39 @@ mod tests {
             s.append("c", b"{}", o, t0);
         }
         // kept 3, 4, 5: from 2 on is whole, from 1 is not
-        assert!(s.read("c", Some(2), o, t0).since.is_some());
-        assert!(s.read("c", Some(1), o, t0).since.is_none());
+        assert!(s.read("c", Some(&at(&s, 2)), o, t0).since.is_some());
+        assert!(s.read("c", Some(&at(&s, 1)), o, t0).since.is_none());
         let t1 = t0 + Duration::from_secs(6);
         s.append("c", b"{}", o, t1);
         let t2 = t0 + Duration::from_secs(11);
         // 3..5 aged out, 6 is kept
-        assert!(s.read("c", Some(4), o, t2).since.is_none());
-        assert_eq!(s.read("c", Some(5), o, t2).since.map(|v| v.len()), Some(1));
+        assert!(s.read("c", Some(&at(&s, 4)), o, t2).since.is_none());
+        assert_eq!(
+            s.read("c", Some(&at(&s, 5)), o, t2).since.map(|v| v.len()),
+            Some(1)
+        );
     }
 
     #[test]
     fn an_idle_stream_expires_and_comes_back_with_another_epoch() {
         let (mut s, t0, o) = (Streams::new(10), Instant::now(), opts(3, 10));
         let (p, _) = s.append("c", b"{}", o, t0);
-        let h = s.read("c", Some(1), o, t0 + Duration::from_secs(11));
-        assert_ne!(h.epoch, p.epoch);
-        assert_eq!(h.offset, 0);
+        let (q, _) = s.append("c", b"{}", o, t0 + Duration::from_secs(11));
+        assert_ne!(q.epoch, p.epoch);
+        assert_eq!(q.offset, 1);
+    }
+
+    #[test]
+    fn joins_to_ever_new_names_never_push_out_a_history() {
+        let (mut s, t0, o) = (Streams::new(3), Instant::now(), opts(3, 60));
+        let (a, _) = s.append("a", b"{}", o, t0);
+        for i in 0..1000 {
+            let _ = s.read(&format!("junk{i}"), None, o, t0);
+        }
+        assert_eq!(s.streams.len(), 3);
+        assert_eq!(s.evicted(), 998);
+        let h = s.read("a", Some(&at(&s, 0)), o, t0);
+        assert_eq!((h.epoch, h.offset), (a.epoch, 1));
     }
 
     #[test]

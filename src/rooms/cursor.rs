@@ -138,7 +138,10 @@ pub(super) fn recover(
         last: history.offset,
     };
     let replay = since.and_then(|p| {
-        let entries = history.since.filter(|_| p.epoch == history.epoch)?;
+        // a client at offset 0 had nothing: any epoch's whole history continues it
+        let entries = history
+            .since
+            .filter(|_| p.epoch == history.epoch || p.offset == 0)?;
         let size: usize = entries.iter().map(|(_, b)| b.len()).sum();
         (size <= max_replay_bytes).then_some((p.offset, entries))
     });

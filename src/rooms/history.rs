@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use axum::response::Response;
 
-use super::cursor::{self, Admit, Out};
+use super::cursor::{self, Admit, Cursor, Out};
 use super::registry::SubKey;
 use super::sink::{parse_sse_id, sse_id, Frame, Sink};
 use super::{lock, RoomError, Rooms};
@@ -194,12 +194,11 @@ impl Rooms {
         member: &str,
         since: Option<Since>,
         history: HistoryOptions,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoomError> {
         let id = socket.id();
         let repended = lock(&self.inner.state).repend(id, room);
         if !repended {
-            self.join_as(socket, room, member, true)
-                .map_err(|e| e.to_string())?;
+            self.join_as(socket, room, member, true)?;
         }
         let key = SubKey::Socket(id);
         let Some(token) = lock(&self.inner.state).token(room, key) else {
@@ -209,10 +208,18 @@ impl Rooms {
         let since = since.map(|s| s.position());
         let Some(answer) = self.ask_history(room, since.as_ref(), history).await else {
             self.inner.counters.joins_failed.inc();
-            if lock(&self.inner.state).token(room, key) == Some(token) {
-                self.leave(socket, room);
+            let mut st = lock(&self.inner.state);
+            if st.token(room, key) == Some(token) {
+                if repended {
+                    // a member already: it stays (and gets live publications again, its
+                    // gap unfilled); the refusal tells it to try again
+                    st.set_cursor(room, key, Cursor::default());
+                } else {
+                    drop(st);
+                    self.leave(socket, room);
+                }
             }
-            return Err("history unavailable".into());
+            return Err(RoomError::HistoryUnavailable);
         };
         self.complete_join(
             answer,
@@ -236,10 +243,7 @@ impl Rooms {
         since: Option<&Position>,
         history: HistoryOptions,
     ) -> Option<History> {
-        let asked = self
-            .inner
-            .broker
-            .history(room, since.map(|p| p.offset), history);
+        let asked = self.inner.broker.history(room, since, history);
         match tokio::time::timeout(HISTORY_TIMEOUT, asked).await {
             Ok(Ok(h)) => Some(h),
             Ok(Err(e)) => {
@@ -292,7 +296,9 @@ impl Rooms {
     /// when the history still holds it, or is told `recovered: false`, never left with a
     /// silent gap. Every publication carries its position as its SSE id: `event:` is the
     /// envelope's type, `data:` its payload. Streams are not members: they are not in
-    /// presence. Returns the stream's handle and the response to return.
+    /// presence. Returns the stream's handle and the response to return. The
+    /// [`Rooms::authorize`] hooks are about sockets: decide in your handler who may read
+    /// which room (the request's cookies, token or path) before calling this.
     ///
     /// ```no_run
     /// use axum::extract::Path;
@@ -338,6 +344,15 @@ impl Rooms {
             self.inner.opts.max_rooms,
         )?;
         let key = SubKey::Stream(id);
+        // out of the room when the stream ends, however it ends (a guard, not a sweep: a
+        // dead stream must not hold a room in the node's table)
+        let (weak, done, name) = (Arc::downgrade(&self.inner), sse.clone(), room.to_owned());
+        tokio::spawn(async move {
+            done.gone().await;
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.state).remove_stream(&name, id);
+            }
+        });
         let Some(history) = history else {
             if asked_since {
                 // no history: nothing to resume from, and the client must know it

@@ -43,7 +43,8 @@ pub struct RoomsOptions {
     /// Rooms that keep history, by name pattern: the first rule whose pattern matches
     /// a room's name applies (`"news"` matches that room only, `"chat:*"` every room
     /// whose name starts with `chat:`, `"*"` every room). Default none: no room keeps
-    /// history. Add rules with [`RoomsOptions::with_history`]; see
+    /// history. A rule with a size or TTL of 0 keeps none. Add rules with
+    /// [`RoomsOptions::with_history`]; see
     /// [`Rooms`](super#history-and-recovery) for what history gives.
     pub history: Vec<(String, HistoryOptions)>,
 }
@@ -76,7 +77,7 @@ impl RoomsOptions {
                 None => p == room,
             })
             .map(|(_, h)| *h)
-            .filter(|h| h.size > 0)
+            .filter(|h| h.size > 0 && !h.ttl.is_zero())
     }
 }
 

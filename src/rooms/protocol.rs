@@ -113,9 +113,9 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                     let joined = r
                         .join_with_history(&s, &req.channel, &m, req.since, history)
                         .await;
-                    if let Err(reason) = joined {
+                    if let Err(e) = joined {
                         r.count_refused_action();
-                        refuse(&s, &req.channel, "join", &reason);
+                        refuse(&s, &req.channel, "join", &e.to_string());
                     }
                     return;
                 }

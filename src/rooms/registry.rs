@@ -469,9 +469,9 @@ impl Registry {
         }
     }
 
-    /// Decide, for every connection in `room`, what the positioned publication `pos`
+    /// Decide, for every subscriber of `room`, what the positioned publication `pos`
     /// (`bytes`) does: sent, skipped as a duplicate, or held for a pending join (up to
-    /// `max_held` bytes each).
+    /// `max_held` bytes for a socket, half its queue for a stream).
     pub(super) fn positioned(
         &mut self,
         room: &str,
@@ -488,16 +488,16 @@ impl Registry {
         };
         r.streams.retain(|s| !s.stream.is_done());
         out.send.reserve(r.conns.len() + r.streams.len());
+        // each holds up to half its own queue: a socket's or a stream's
         let subs = r
             .conns
             .values_mut()
-            .map(|s| (&mut s.cursor, Sink::Socket(s.socket.clone())))
-            .chain(
-                r.streams
-                    .iter_mut()
-                    .map(|s| (&mut s.cursor, Sink::Stream(s.stream.clone()))),
-            );
-        for (cursor, sink) in subs {
+            .map(|s| (&mut s.cursor, Sink::Socket(s.socket.clone()), max_held))
+            .chain(r.streams.iter_mut().map(|s| {
+                let held = s.stream.max_queue_bytes() / 2;
+                (&mut s.cursor, Sink::Stream(s.stream.clone()), held)
+            }));
+        for (cursor, sink, max_held) in subs {
             match cursor.admit(pos, bytes, max_held) {
                 a @ (Admit::Send | Admit::Reset) => out.send.push((sink, a)),
                 Admit::Overflow => {

@@ -111,6 +111,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Its queue's bound ([`SseOptions::max_queue_bytes`]).
+    pub(crate) fn max_queue_bytes(&self) -> usize {
+        self.opts.max_queue_bytes
+    }
+
     /// Closed, slow-reader-ended or gone.
     pub(crate) fn is_done(&self) -> bool {
         let st = self.lock();

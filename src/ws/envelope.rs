@@ -143,14 +143,8 @@ pub fn encode<P: Serialize + ?Sized>(event: &str, payload: &P) -> Result<Bytes, 
 }
 
 /// Add a top-level `"channel":channel` to an envelope [`encode_at`] made (what a
-/// publication in a channel with history carries, with its offset: see [`with_offset`]).
-///
-/// ```
-/// let b = street::ws::envelope::encode_at("m", &1, 7).unwrap();
-/// let b = street::ws::envelope::with_channel(&b, "chat:\"a\"");
-/// assert_eq!(&b[..], br#"{"type":"m","payload":1,"ts":7,"channel":"chat:\"a\""}"#);
-/// ```
-pub fn with_channel(envelope: &[u8], channel: &str) -> Bytes {
+/// publication in a room with history carries, with its offset: see [`with_offset`]).
+pub(crate) fn with_channel(envelope: &[u8], channel: &str) -> Bytes {
     let body = envelope.strip_suffix(b"}").unwrap_or(envelope);
     let mut buf = BytesMut::with_capacity(envelope.len() + channel.len() + 14);
     buf.put_slice(body);
@@ -164,9 +158,13 @@ pub fn with_channel(envelope: &[u8], channel: &str) -> Bytes {
     buf.freeze()
 }
 
-/// Add a top-level `"offset":offset` to an envelope: the publication's place in its
-/// channel's stream. Brokers do this when they assign the offset (the Redis broker in
-/// its publish script, byte for byte the same).
+/// Add a top-level `"offset":offset` to an envelope (a JSON object, ending in `}`): the
+/// publication's place in its channel's stream, inserted before the closing brace. A
+/// broker that positions publications ([`Broker::publish_with_history`]) delivers and
+/// keeps the envelope this returns (the Redis broker's script does the same to the
+/// bytes).
+///
+/// [`Broker::publish_with_history`]: crate::cluster::Broker::publish_with_history
 ///
 /// ```
 /// let b = street::ws::envelope::with_offset(br#"{"type":"m","payload":1,"ts":7,"channel":"c"}"#, 42);
@@ -186,6 +184,16 @@ pub fn with_offset(envelope: &[u8], offset: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_goes_in_before_the_closing_brace_json_escaped() {
+        let b = encode_at("m", &1, 7).expect("encode");
+        let b = with_channel(&b, "chat:\"a\"");
+        assert_eq!(
+            &b[..],
+            br#"{"type":"m","payload":1,"ts":7,"channel":"chat:\"a\""}"#
+        );
+    }
 
     #[test]
     fn encodes_like_json_stringify() {

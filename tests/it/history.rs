@@ -719,3 +719,23 @@ async fn sse_streams_subscribe_to_channels_across_nodes_and_resume_from_position
     assert_eq!(plain.next().await.expect("event"), "event: m\ndata: 7");
     let _ = &mut nodes;
 }
+
+/// A stream that ends leaves its room at once: dead streams cannot fill the node's room
+/// table (one address opening and dropping streams on ever new names).
+#[tokio::test]
+async fn an_ended_sse_stream_leaves_its_room() {
+    use crate::sse::{get_with, Events};
+    let nodes = memory_nodes(100, Duration::from_secs(60)).await;
+    let http = sse_app(&nodes[0]).await;
+    for i in 0..20 {
+        let mut ev =
+            Events::new(get_with(http.local_addr(), &format!("/channels/h:{i}"), None).await);
+        let _ = ev.next().await.expect("joined");
+        assert!(nodes[0].rooms.room_names().contains(&format!("h:{i}")));
+        drop(ev);
+    }
+    eventually("every ended stream to leave its room", || {
+        nodes[0].rooms.room_names().is_empty()
+    })
+    .await;
+}

@@ -163,6 +163,12 @@ async function main() {
   check(f.type === 'room:join' && same(f.payload, { channel: 'room' }), `plain join expected, got ${JSON.stringify(f)}`);
   out.rejoin = f.payload;
 
+  step = 'f. a join refused "history unavailable" is tried again';
+  send(c, 'room:error', { channel: 'room', action: 'join', reason: 'history unavailable' });
+  f = await nextFrame(c);
+  check(f.type === 'room:join' && f.payload.channel === 'room', `a retried join expected, got ${JSON.stringify(f)}`);
+  out.retriedJoin = f.payload;
+
   step = 'join with a known position';
   street.join('other', { since: { epoch: 'x', offset: 2 } });
   f = await nextFrame(c);

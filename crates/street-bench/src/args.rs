@@ -20,12 +20,16 @@ pub(crate) struct Args {
     pub(crate) label: String,
     pub(crate) reconnect_window: Duration,
     pub(crate) timeout: Duration,
+    /// `fanout --room NAME`: every connection joins room NAME (rooms client protocol)
+    /// and the publisher sends `publish {channel, payload}` (examples/cluster.rs) instead
+    /// of `broadcast`: the room fan-out path, with or without history.
+    pub(crate) room: Option<String>,
 }
 
 pub(crate) const USAGE: &str = "usage: street-bench <echo|fanout|idle|connect-storm|restart|sse-fanout> --url ws://HOST:PORT/ws
   [--connections N] [--duration SECS] [--warmup SECS] [--concurrency N] [--outstanding N]
   [--payload-bytes N] [--server-pid PID] [--threads N] [--label NAME] [--json]
-  [--reconnect-window-ms MS] [--timeout SECS] [--ca PEM (for wss:// URLs)]";
+  [--reconnect-window-ms MS] [--timeout SECS] [--ca PEM (for wss:// URLs)] [--room NAME]";
 
 pub(crate) fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -52,6 +56,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         server_pid: None,
         threads: cores,
         json: false,
+        room: None,
         label: String::new(),
         reconnect_window: Duration::from_secs(2),
         timeout: Duration::from_secs(60),
@@ -77,6 +82,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--label" => a.label = val()?,
             "--ca" => crate::conn::trust_ca(&val()?)?,
             "--json" => a.json = true,
+            "--room" => a.room = Some(val()?),
             "--reconnect-window-ms" => {
                 a.reconnect_window = Duration::from_millis(num(val()?)? as u64);
             }

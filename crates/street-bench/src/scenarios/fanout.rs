@@ -44,6 +44,9 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     if conns.is_empty() {
         return Err("no connections".into());
     }
+    if let Some(room) = &a.room {
+        join_room(&mut conns, room).await?;
+    }
     let publisher = conns.swap_remove(0);
     let t_base = Instant::now();
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..WINDOW).map(|_| AtomicU64::new(0)).collect());
@@ -112,6 +115,10 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     // (with SSE the publisher receives nothing: it is not a subscriber)
     readers.push(spawn_reader(pub_stream));
     let kind = if sse { "sse" } else { "broadcast" };
+    let room = a
+        .room
+        .as_deref()
+        .map(|r| serde_json::to_string(r).unwrap_or_default());
 
     let mut id: u64 = 0;
     let mut sent = 0u64;
@@ -130,10 +137,14 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
         let slot = (id as usize) % WINDOW;
         counts[slot].store(0, Ordering::Release);
         sent_at[slot].store(t_base.elapsed().as_nanos() as u64, Ordering::Release);
+        let text = match &room {
+            Some(r) => {
+                format!(r#"{{"type":"publish","payload":{{"channel":{r},"payload":{id}}}}}"#)
+            }
+            None => format!(r#"{{"type":"{kind}","payload":{id}}}"#),
+        };
         pub_sink
-            .send(Message::text(format!(
-                r#"{{"type":"{kind}","payload":{id}}}"#
-            )))
+            .send(Message::text(text))
             .await
             .map_err(|e| e.to_string())?;
         sent += 1;
@@ -147,6 +158,9 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
         t.abort();
     }
     r.put("subscribers", n);
+    if let Some(room) = &a.room {
+        r.put("room", room.as_str());
+    }
     r.put("nodes", urls.len());
     r.put("broadcasts_sent", sent);
     r.put("broadcasts_per_s", round(c as f64 / elapsed, 1));
@@ -154,4 +168,34 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     r.put("completion_p50_us", h.value_at_quantile(0.5));
     r.put("completion_p99_us", h.value_at_quantile(0.99));
     Ok(d)
+}
+
+/// Join every connection to `room` (the rooms client protocol) and wait for each
+/// `room:joined`, so that the first publication reaches them all.
+async fn join_room(conns: &mut [Ws], room: &str) -> Result<(), String> {
+    let join =
+        serde_json::json!({ "type": "room:join", "payload": { "channel": room } }).to_string();
+    for ws in conns.iter_mut() {
+        ws.send(Message::text(join.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for ws in conns.iter_mut() {
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(30), ws.next())
+                .await
+                .map_err(|_| "no room:joined within 30 s")?;
+            let Some(Ok(m)) = m else {
+                return Err("closed while joining".into());
+            };
+            let text = m.as_text().unwrap_or_default();
+            if text.contains("\"room:error\"") {
+                return Err(format!("join refused: {text}"));
+            }
+            if text.contains("\"room:joined\"") {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
