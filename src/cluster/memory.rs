@@ -111,10 +111,13 @@ impl Broker for MemoryBroker {
     fn start(&self, node: Arc<str>, hooks: NodeHooks) -> BoxFuture<'_, Result<(), BrokerError>> {
         let received = self.counters.received.clone();
         let deliver = hooks.deliver;
+        let me = node.clone();
         lock(&self.bus.nodes).insert(
             node.clone(),
-            Arc::new(move |m| {
-                received.fetch_add(1, Ordering::Relaxed);
+            Arc::new(move |m: ClusterMessage| {
+                if m.origin != me {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
                 deliver(m);
             }),
         );

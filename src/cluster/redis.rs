@@ -269,6 +269,13 @@ fn publish_script() -> &'static redis::Script {
     &SCRIPT
 }
 
+/// A history's TTL in milliseconds, at least 1 (what `PEXPIRE` takes).
+fn ttl_ms(history: HistoryOptions) -> u64 {
+    u64::try_from(history.ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
@@ -519,6 +526,14 @@ impl Shared {
         }
     }
 
+    /// A publication Redis did not take: lost for every node, counted; Redis is in
+    /// trouble, so presence may be too (a resync is due).
+    fn publish_failed(&self, e: &redis::RedisError) {
+        self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+        self.needs_resync.store(true, Ordering::Relaxed);
+        tracing::debug!(error = %e, "redis publish failed");
+    }
+
     /// Count a command that never reached the writer; lost presence makes a resync due.
     fn lost(&self, cmd: &Cmd) {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -643,12 +658,7 @@ async fn writer(
                     .await;
                 shared.out_bytes.fetch_sub(b.len(), Ordering::AcqRel);
                 if let Err(e) = r {
-                    shared
-                        .counters
-                        .publish_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    shared.needs_resync.store(true, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "redis publish failed");
+                    shared.publish_failed(&e);
                 }
             }
             Cmd::Positioned {
@@ -665,11 +675,7 @@ async fn writer(
                     .key(&log)
                     .arg(new_epoch())
                     .arg(history.size.max(1))
-                    .arg(
-                        u64::try_from(history.ttl.as_millis())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    )
+                    .arg(ttl_ms(history))
                     .arg(at_ms)
                     .arg(&bus)
                     .arg(&head[..])
@@ -680,12 +686,7 @@ async fn writer(
                     .out_bytes
                     .fetch_sub(head.len() + envelope.len(), Ordering::AcqRel);
                 if let Err(e) = r {
-                    shared
-                        .counters
-                        .publish_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    shared.needs_resync.store(true, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "redis positioned publish failed");
+                    shared.publish_failed(&e);
                 }
             }
             Cmd::Presence {
@@ -818,7 +819,9 @@ async fn reader(shared: Arc<Shared>, mut rx: mpsc::Receiver<(PushInfo, usize)>, 
                 // our own: delivered locally already, unless the broker positioned it
                 Ok(m) if m.origin == node && m.position.is_none() => {}
                 Ok(m) => {
-                    shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                    if m.origin != node {
+                        shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                    }
                     (hooks.deliver)(m);
                 }
                 Err(e) => {
@@ -946,11 +949,7 @@ impl Broker for RedisBroker {
                 .arg(&meta)
                 .arg(&log)
                 .arg(new_epoch())
-                .arg(
-                    u64::try_from(history.ttl.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1),
-                )
+                .arg(ttl_ms(history))
                 .arg(&from)
                 .arg(&client_epoch)
                 .arg(history.size.max(1))
