@@ -52,6 +52,7 @@ use tower::Service;
 use crate::container::Container;
 use crate::controller::Controller;
 use crate::net::per_ip::{IpSlot, PerIp};
+use crate::net::takeover::{self, FirstRequest};
 use crate::net::{body::DeadlineBody, proxy_protocol, HttpCounters, HttpStats, TrustedProxies};
 use crate::sse::SseRegistry;
 use crate::ws::WebSocketServer;
@@ -461,12 +462,18 @@ pub struct Server {
 
 /// What every connection task of a server shares.
 struct ConnContext {
+    /// Every connection's task (and every taken-over event stream's), for shutdown.
+    tasks: tokio_util::task::TaskTracker,
     router: Router,
     per_ip: Arc<PerIp>,
     counters: Arc<HttpCounters>,
     trusted: TrustedProxies,
     proxy_protocol: bool,
     header_timeout: Duration,
+    /// A request head's bounds (hyper's, and the first head's that street reads itself:
+    /// see [`takeover`]).
+    max_head: usize,
+    max_headers: usize,
     body_timeout: Duration,
     max_body: usize,
     /// Connections being answered 429 at once (each for at most a second).
@@ -529,13 +536,20 @@ impl Server {
             opts,
             ..
         } = self;
+        // hyper-util's GracefulShutdown does not accept connections with upgrades, so do
+        // what it does: a signal to every connection, and a tracker to wait for them.
+        let stop_http = tokio_util::sync::CancellationToken::new();
+        let http_tasks = tokio_util::task::TaskTracker::new();
         let ctx = Arc::new(ConnContext {
+            tasks: http_tasks.clone(),
             router,
             per_ip: PerIp::new(opts.max_connections_per_ip, 0),
             counters: http,
             trusted: opts.trusted_proxies.clone(),
             proxy_protocol: opts.proxy_protocol,
             header_timeout: opts.header_read_timeout,
+            max_head: opts.max_header_bytes.max(8192),
+            max_headers: opts.max_headers,
             body_timeout: opts.body_read_timeout,
             max_body: opts.max_body_bytes,
             refusals: Arc::new(Semaphore::new(MAX_REFUSING)),
@@ -545,10 +559,6 @@ impl Server {
         let permits = Arc::new(Semaphore::new(
             opts.max_connections.min(Semaphore::MAX_PERMITS),
         ));
-        // hyper-util's GracefulShutdown does not accept connections with upgrades, so do
-        // what it does: a signal to every connection, and a tracker to wait for them.
-        let stop_http = tokio_util::sync::CancellationToken::new();
-        let http_tasks = tokio_util::task::TaskTracker::new();
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -618,7 +628,7 @@ async fn serve_connection(
     permit: OwnedSemaphorePermit,
 ) {
     let peer = if ctx.proxy_protocol {
-        match proxy_protocol::read_header(&mut stream, ctx.header_timeout).await {
+        match Box::pin(proxy_protocol::read_header(&mut stream, ctx.header_timeout)).await {
             Ok(named) => named.unwrap_or(tcp_peer),
             Err(e) => {
                 ctx.counters.proxy_header_invalid.inc();
@@ -631,7 +641,7 @@ async fn serve_connection(
     };
     // A trusted proxy carries many clients: they are counted per request, by the
     // address it names (SSE, WebSocket), not here.
-    let _slot = if ctx.trusted.is_trusted(peer.ip()) {
+    let slot = if ctx.trusted.is_trusted(peer.ip()) {
         IpSlot::none()
     } else {
         match ctx.per_ip.admit(peer.ip(), std::time::Instant::now()) {
@@ -650,7 +660,8 @@ async fn serve_connection(
                     return;
                 }
                 if let Ok(_refusing) = ctx.refusals.clone().try_acquire_owned() {
-                    refuse_connection(stream).await;
+                    // boxed: its drain buffer would otherwise be in every connection's task
+                    Box::pin(refuse_connection(stream)).await;
                 }
                 return;
             }
@@ -660,16 +671,59 @@ async fn serve_connection(
     if let Some(tls) = &ctx.tls {
         // Bounded like a request head: a client that stalls its handshake holds its
         // slot for `header_read_timeout` at most.
-        let Some(stream) = tls.accept(stream, ctx.header_timeout, peer).await else {
+        let Some(stream) = Box::pin(tls.accept(stream, ctx.header_timeout, peer)).await else {
             return;
         };
-        return serve_http(ctx, builder, stream, peer, stop, permit).await;
+        return Box::pin(serve_http(ctx, builder, stream, peer, stop, (permit, slot))).await;
     }
-    serve_http(ctx, builder, stream, peer, stop, permit).await;
+    serve_http(ctx, builder, stream, peer, stop, (permit, slot)).await;
 }
 
 /// HTTP/1 over `io` (plain TCP, or TLS), until the client is done or the server stops.
 async fn serve_http<IO>(
+    ctx: Arc<ConnContext>,
+    builder: http1::Builder,
+    io: IO,
+    peer: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    held: (OwnedSemaphorePermit, IpSlot),
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // An event stream as the first request is served without hyper (see `takeover`).
+    // What only runs once (reading the head, routing, hyper's whole connection) is
+    // boxed: a task's size is that of its largest state, and a taken-over stream's task
+    // lives as long as the stream.
+    let first = Box::pin(takeover::first_request(
+        io,
+        ctx.header_timeout,
+        ctx.max_head,
+        ctx.max_headers,
+    ))
+    .await;
+    match first {
+        FirstRequest::EventStream { io, request } => {
+            let request = request.map(|()| axum::body::Body::empty());
+            let response = Box::pin(route(&ctx, peer, request)).await;
+            if let Some(stream) = Box::pin(takeover::respond(io, response, ctx.max_body)).await {
+                // The stream goes on in a task of its own, sized for that alone (this
+                // one's size is its largest state's), holding the connection's slots.
+                ctx.tasks.spawn(async move {
+                    stream.run().await;
+                    drop(held);
+                });
+            }
+        }
+        FirstRequest::Other(io) => {
+            let (permit, _slot) = held;
+            Box::pin(serve_hyper(ctx, builder, io, peer, stop, permit)).await;
+        }
+        FirstRequest::Gone => {}
+    }
+}
+
+/// HTTP/1 by hyper over `io`, until the client is done or the server stops.
+async fn serve_hyper<IO>(
     ctx: Arc<ConnContext>,
     builder: http1::Builder,
     io: IO,
@@ -683,19 +737,12 @@ async fn serve_http<IO>(
     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let ctx = svc_ctx.clone();
         async move {
-            let client = if ctx.trusted.is_empty() {
-                peer
-            } else {
-                ctx.trusted.client_addr(peer, req.headers())
-            };
-            let mut req = req.map(|body| {
+            let req = req.map(|body| {
                 let timed =
                     DeadlineBody::new(body, ctx.body_timeout, ctx.max_body, ctx.counters.clone());
                 axum::body::Body::new(http_body_util::Limited::new(timed, ctx.max_body))
             });
-            req.extensions_mut().insert(ConnectInfo(client));
-            let mut r = ctx.router.clone();
-            Ok::<_, Infallible>(r.call(req).await.unwrap_or_else(|e| match e {}))
+            Ok::<_, Infallible>(route(&ctx, peer, req).await)
         }
     });
     let conn = builder
@@ -713,6 +760,23 @@ async fn serve_http<IO>(
         tracing::debug!(error = %e, %peer, "http connection ended with error");
     }
     drop(permit);
+}
+
+/// Run the app's router on a request from `peer` (the client a trusted proxy names, when
+/// it is one).
+async fn route(
+    ctx: &ConnContext,
+    peer: SocketAddr,
+    mut req: http::Request<axum::body::Body>,
+) -> http::Response<axum::body::Body> {
+    let client = if ctx.trusted.is_empty() {
+        peer
+    } else {
+        ctx.trusted.client_addr(peer, req.headers())
+    };
+    req.extensions_mut().insert(ConnectInfo(client));
+    let mut r = ctx.router.clone();
+    r.call(req).await.unwrap_or_else(|e| match e {})
 }
 
 /// Most connections answered with a 429 at the same time (see [`refuse_connection`]).

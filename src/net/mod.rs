@@ -36,6 +36,7 @@ pub(crate) mod body;
 mod layer;
 pub(crate) mod per_ip;
 pub(crate) mod proxy_protocol;
+pub(crate) mod takeover;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

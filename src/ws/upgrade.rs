@@ -28,6 +28,7 @@ use super::server::{AuthRejection, CapacityPolicy, WebSocketServer};
 use super::socket::{Socket, SocketId};
 use super::transport::{linger, write_all, Io, Transport};
 use crate::net::per_ip::{IpRefusal, IpSlot};
+use crate::net::takeover::Rewind;
 
 /// The upgrade request as the auth hook and the connection handler see it: method, URI,
 /// headers, the peer's address, the route's path parameters (`/ws/{room}`) and the
@@ -445,18 +446,34 @@ async fn take_stream(mut start: Box<Start>) -> Option<Taken> {
             return None;
         }
     };
-    Some(match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let stream = parts.io.into_inner();
-            if let Some(n) = start.wss.shared.opts.send_buffer_bytes {
-                if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
-                    tracing::debug!(error = %e, "cannot set SO_SNDBUF");
-                }
+    // A TCP stream as it came (`axum::serve`), or behind what street's own server read
+    // of its first request (see `net::takeover`): either way the TCP fast path.
+    let (stream, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => match upgraded.downcast::<TokioIo<Rewind<TcpStream>>>() {
+            Ok(parts) => {
+                let (rest, stream) = parts.io.into_inner().into_parts();
+                // hyper's unread bytes come first, then any it had not read yet
+                let read_buf = if rest.is_empty() {
+                    parts.read_buf
+                } else {
+                    [parts.read_buf, rest].concat().into()
+                };
+                (stream, read_buf)
             }
-            Taken::Tcp((*start).accepted(stream, parts.read_buf))
+            Err(upgraded) => {
+                return Some(Taken::Other(
+                    (*start).accepted(Io(TokioIo::new(upgraded)), Bytes::new()),
+                ))
+            }
+        },
+    };
+    if let Some(n) = start.wss.shared.opts.send_buffer_bytes {
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(n) {
+            tracing::debug!(error = %e, "cannot set SO_SNDBUF");
         }
-        Err(upgraded) => Taken::Other((*start).accepted(Io(TokioIo::new(upgraded)), Bytes::new())),
-    })
+    }
+    Some(Taken::Tcp((*start).accepted(stream, read_buf)))
 }
 
 /// What a connection holds of the server's limits: its per-address slot and, when it

@@ -75,7 +75,10 @@ pub async fn get_with(
     path: &str,
     last_id: Option<&str>,
 ) -> reqwest::Response {
-    let mut r = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    // as EventSource asks: the first request of a connection, taken out of hyper
+    let mut r = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .header("Accept", "text/event-stream");
     if let Some(id) = last_id {
         r = r.header("Last-Event-ID", id);
     }
@@ -85,9 +88,7 @@ pub async fn get_with(
 /// Serve one SSE route and open it with reqwest: the server, the response, the handle.
 async fn open(opts: SseOptions) -> (street::app::ServerHandle, reqwest::Response, Sse) {
     let (srv, mut rx) = serve_sse(opts).await;
-    let resp = reqwest::get(format!("http://{}/events", srv.local_addr()))
-        .await
-        .expect("get");
+    let resp = get_with(srv.local_addr(), "/events", None).await;
     let sse = within("stream", rx.recv()).await.expect("sse");
     (srv, resp, sse)
 }
@@ -758,5 +759,67 @@ async fn replay_is_bounded_by_age_too() {
     assert_eq!(ev.next().await.as_deref(), Some("id: 3\ndata: fresh"));
     assert_eq!(hub.stats().replayed, 1);
     assert_eq!(hub.stats().replay_gaps, 1);
+    srv.shutdown().await;
+}
+
+/// The first request of a connection, when it asks for an event stream, is served
+/// without hyper (its state would live as long as the stream); the same stream asked on
+/// a connection that served a request before stays with hyper. Both give the same bytes.
+#[tokio::test]
+async fn an_event_stream_is_the_same_taken_out_of_hyper_or_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (srv, mut rx) = serve_sse_app(SseOptions::default(), app_opts()).await;
+    let srv_addr = srv.local_addr();
+    let app =
+        serve_app(street::app(app_opts()).route("/ok", axum::routing::get(|| async { "ok" })))
+            .await;
+    let _ = app;
+    async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, needle: &str) {
+        within("bytes from the server", async {
+            while !String::from_utf8_lossy(buf).contains(needle) {
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).await.expect("read");
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(buf));
+                buf.extend_from_slice(&b[..n]);
+            }
+        })
+        .await;
+    }
+    let ask = b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    // first request: taken over
+    let mut first = tokio::net::TcpStream::connect(srv_addr).await.expect("tcp");
+    first.write_all(ask).await.expect("write");
+    let a = within("stream", rx.recv()).await.expect("sse");
+    // second request of a keep-alive connection: hyper
+    let mut second = tokio::net::TcpStream::connect(srv_addr).await.expect("tcp");
+    second
+        .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf2 = Vec::new();
+    read_until(&mut second, &mut buf2, "\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&buf2).starts_with("HTTP/1.1 404"));
+    buf2.clear();
+    second.write_all(ask).await.expect("write");
+    let b = within("stream", rx.recv()).await.expect("sse");
+    for (sse, s) in [(&a, &mut first), (&b, &mut second)] {
+        sse.send_event(SseEvent {
+            id: None,
+            event: Some("e".into()),
+            data: "x".into(),
+            retry: None,
+        })
+        .expect("send");
+        let mut buf = Vec::new();
+        read_until(s, &mut buf, "data: x\n\n").await;
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+        assert!(text.contains("content-type: text/event-stream"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        assert!(text.contains("event: e\ndata: x\n\n"), "{text}");
+        // and the end of the stream ends the chunked body
+        sse.close();
+        read_until(s, &mut buf, "0\r\n\r\n").await;
+    }
     srv.shutdown().await;
 }
