@@ -705,11 +705,13 @@ async fn serve_http<IO>(
         FirstRequest::EventStream { io, request } => {
             let request = request.map(|()| axum::body::Body::empty());
             let response = Box::pin(route(&ctx, peer, request)).await;
-            if let Some(stream) = Box::pin(takeover::respond(io, response, ctx.max_body)).await {
-                // The stream goes on in a task of its own, sized for that alone (this
-                // one's size is its largest state's), holding the connection's slots.
+            let body = Box::pin(takeover::respond(io, response, ctx.body_timeout)).await;
+            if let Some(body) = body {
+                // The body (an event stream) goes on in a task of its own, sized for that
+                // alone (this one's size is its largest state's), holding the
+                // connection's slots.
                 ctx.tasks.spawn(async move {
-                    stream.run().await;
+                    body.run().await;
                     drop(held);
                 });
             }

@@ -42,11 +42,13 @@ where
     IO: AsyncRead + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
+    let mut scanned = 0;
     let head_end = tokio::time::timeout(timeout, async {
         loop {
-            if let Some(end) = find_head_end(&buf) {
+            if let Some(end) = find_head_end(&buf, scanned) {
                 return Ok(Some(end));
             }
+            scanned = buf.len();
             if buf.len() >= max_head {
                 return Ok(None); // hyper decides what an oversized head gets
             }
@@ -64,7 +66,8 @@ where
         Ok(Err(_)) | Err(_) => return FirstRequest::Gone,
     };
     let request = end
-        .filter(|e| *e == buf.len()) // nothing pipelined behind it
+        // nothing pipelined behind it, and within hyper's bound
+        .filter(|e| *e == buf.len() && *e <= max_head)
         .and_then(|_| event_stream_request(&buf, max_headers));
     match request {
         Some(request) => FirstRequest::EventStream { io, request },
@@ -75,9 +78,13 @@ where
     }
 }
 
-/// Where the head ends (after its blank line).
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// Where the head ends (after its blank line), looking from about `from` on.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let from = from.saturating_sub(3);
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4)
 }
 
 /// `head` as a request, when it is a `GET` that accepts `text/event-stream`.
@@ -88,6 +95,15 @@ fn event_stream_request(head: &[u8], max_headers: usize) -> Option<Request<()>> 
     let mut headers = vec![httparse::EMPTY_HEADER; max_headers.clamp(1, 256)];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) || req.version != Some(1) {
+        return None;
+    }
+    // what hyper must frame or answer itself stays with hyper
+    let framed = req.headers.iter().any(|h| {
+        ["upgrade", "content-length", "transfer-encoding", "expect"]
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n))
+    });
+    if framed {
         return None;
     }
     let wants_events = req.headers.iter().any(|h| {
@@ -109,90 +125,112 @@ fn event_stream_request(head: &[u8], max_headers: usize) -> Option<Request<()>> 
     builder.body(()).ok()
 }
 
-/// Write `response` on `io` ourselves: anything but an event stream whole (up to
-/// `max_body` bytes), and the connection ends; an event stream's head, and then the
-/// [`EventStream`] that writes its events, to run for as long as it lasts.
+/// Write `response`'s head on `io` ourselves; its body (an event stream, or whatever the
+/// app answered) is the returned [`Body`]'s to write, in a task of its own. `None` when
+/// there is nothing more to write (no body, or the client is gone).
 pub(crate) async fn respond<IO>(
-    io: IO,
+    mut io: IO,
     response: Response<axum::body::Body>,
-    max_body: usize,
-) -> Option<EventStream<IO>>
+    write_timeout: Duration,
+) -> Option<Body<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut parts, body) = response.into_parts();
-    let events = parts.status == StatusCode::OK
-        && parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    parts.headers.remove(http::header::TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    let mut io = io;
-    if !events {
-        let collected = http_body_util::Limited::new(body, max_body)
-            .collect()
-            .await
-            .ok()?;
-        let data = collected.to_bytes();
-        parts.headers.insert(
-            http::header::CONTENT_LENGTH,
-            HeaderValue::from(data.len() as u64),
+    let status = parts.status;
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let h = &mut parts.headers;
+    h.remove(http::header::CONTENT_LENGTH);
+    h.remove(http::header::TRANSFER_ENCODING);
+    h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    let exact = http_body::Body::size_hint(&body).exact();
+    let chunked = !bodiless && exact.is_none();
+    if chunked {
+        h.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
         );
-        let _ = io.write_all(&encode_head(&parts)).await;
-        let _ = io.write_all(&data).await;
-        let _ = io.shutdown().await;
+    } else if let Some(n) = exact.filter(|_| !bodiless) {
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    let head = encode_head(&parts);
+    drop(parts);
+    let written = tokio::time::timeout(write_timeout, async {
+        io.write_all(&head).await?;
+        io.flush().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) || bodiless || exact == Some(0) {
+        let _ = tokio::time::timeout(write_timeout, io.shutdown()).await;
         return None;
     }
-    parts.headers.insert(
-        http::header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
-    );
-    io.write_all(&encode_head(&parts)).await.ok()?;
-    Some(EventStream { io, body })
+    Some(Body {
+        io,
+        body,
+        chunked,
+        write_timeout,
+    })
 }
 
-/// A taken-over event stream: its connection and its body, nothing else.
-pub(crate) struct EventStream<IO> {
+/// A taken-over response's body, being written: its connection and the body, nothing
+/// else (it lives as long as an event stream does).
+pub(crate) struct Body<IO> {
     io: IO,
     body: axum::body::Body,
+    /// Framed as chunks (no length known: an event stream); else raw bytes.
+    chunked: bool,
+    /// Most time one write may wait for the client to read.
+    write_timeout: Duration,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> EventStream<IO> {
-    /// Write the body's events as chunks until it ends (then end the chunked body) or the
-    /// reader leaves.
+impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
+    /// Write the body until it ends (then end it and the connection), the client leaves or
+    /// sends anything (a request without a body has nothing more to say), or a write waits
+    /// longer than the write timeout (a client that stopped reading).
     pub(crate) async fn run(self) {
         let (mut rd, mut wr) = tokio::io::split(self.io);
         let mut body = self.body;
-        let mut probe = [0u8; 16];
+        let mut probe = [0u8; 1];
         loop {
             tokio::select! {
                 frame = body.frame() => match frame {
                     Some(Ok(frame)) => {
                         let Ok(data) = frame.into_data() else { continue };
-                        if !data.is_empty() && wr.write_all(&chunk(&data)).await.is_err() {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        let bytes = if self.chunked { chunk(&data) } else { data };
+                        if !write(&mut wr, &bytes, self.write_timeout).await {
                             return;
                         }
                     }
-                    // the stream ended (closed, or the server shuts down): end the body
-                    _ => {
-                        let _ = wr.write_all(b"0\r\n\r\n").await;
-                        let _ = wr.shutdown().await;
+                    // the body ended (an event stream closed, or the server shuts down)
+                    None => {
+                        if self.chunked && !write(&mut wr, b"0\r\n\r\n", self.write_timeout).await {
+                            return;
+                        }
+                        let _ = tokio::time::timeout(self.write_timeout, wr.shutdown()).await;
                         return;
                     }
+                    // a body that failed: end the connection without pretending it is whole
+                    Some(Err(_)) => return,
                 },
-                // a reader sends nothing more: end of file or an error means it left
-                r = rd.read(&mut probe) => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        return;
-                    }
-                }
+                _ = rd.read(&mut probe) => return,
             }
         }
     }
+}
+
+/// Write and flush `bytes` within `limit`; false when that failed.
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], limit: Duration) -> bool {
+    let done = tokio::time::timeout(limit, async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    })
+    .await;
+    matches!(done, Ok(Ok(())))
 }
 
 /// The status line and headers.
@@ -252,6 +290,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // let the buffer go: hyper may keep this connection for long
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -295,6 +337,8 @@ mod tests {
     #[test]
     fn only_a_get_that_accepts_event_streams_is_taken_over() {
         let sse = b"GET /sse?x=1 HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\nLast-Event-ID: e:3\r\n\r\n";
+        assert_eq!(find_head_end(sse, 0), Some(sse.len()));
+        assert_eq!(find_head_end(sse, sse.len() - 2), Some(sse.len()));
         let r = event_stream_request(sse, 64).expect("an event-stream request");
         assert_eq!(r.uri().path(), "/sse");
         assert_eq!(r.headers()["last-event-id"], "e:3");
@@ -304,6 +348,9 @@ mod tests {
             b"GET /sse HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
             b"GET /sse HTTP/1.1\r\nAccept: text/html\r\n\r\n",
             b"GET \xff HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nAccept: text/event-stream\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 5\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nAccept: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(event_stream_request(other, 64).is_none());
         }

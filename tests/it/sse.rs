@@ -823,3 +823,26 @@ async fn an_event_stream_is_the_same_taken_out_of_hyper_or_not() {
     }
     srv.shutdown().await;
 }
+
+/// Whatever a route answers an event-stream request taken out of hyper is written
+/// through, not buffered: a large answer arrives whole with its length, an empty one too.
+#[tokio::test]
+async fn other_answers_to_an_event_stream_request_are_written_through() {
+    let big = "x".repeat(300_000);
+    let b2 = big.clone();
+    let app = street::app(app_opts())
+        .route("/big", axum::routing::get(move || async move { b2 }))
+        .route(
+            "/none",
+            axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        );
+    let srv = serve_app(app).await;
+    let r = get_with(srv.local_addr(), "/big", None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(300_000));
+    assert_eq!(within("body", r.text()).await.expect("text"), big);
+    let r = get_with(srv.local_addr(), "/none", None).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(within("body", r.text()).await.expect("text"), "");
+    srv.shutdown().await;
+}
