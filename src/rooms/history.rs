@@ -13,7 +13,7 @@ use axum::response::Response;
 use super::cursor::{self, Admit, Cursor, Out};
 use super::registry::SubKey;
 use super::sink::{parse_sse_id, sse_id, Frame, Sink};
-use super::{lock, RoomError, Rooms};
+use super::{encode, lock, RoomError, Rooms};
 use crate::cluster::{ClusterMessage, History, HistoryOptions, Position, Target};
 use crate::sse::encode::{encode_event, SseEvent};
 use crate::sse::stream::open;
@@ -125,8 +125,7 @@ impl Rooms {
         payload: &P,
         history: HistoryOptions,
     ) -> Result<usize, RoomError> {
-        let bytes =
-            envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))?;
+        let bytes = encode(event, payload)?;
         self.inner.counters.published.inc();
         self.inner.counters.positioned.inc();
         self.inner.broker.publish_with_history(

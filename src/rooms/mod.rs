@@ -131,6 +131,11 @@ impl std::fmt::Debug for Rooms {
     }
 }
 
+/// `{"type","payload","ts"}`, encoded once for every recipient.
+fn encode<P: Serialize + ?Sized>(event: &str, payload: &P) -> Result<bytes::Bytes, RoomError> {
+    envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -410,8 +415,7 @@ impl Rooms {
         payload: &P,
         opts: PublishOptions,
     ) -> Result<usize, RoomError> {
-        let bytes =
-            envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))?;
+        let bytes = encode(event, payload)?;
         self.inner.counters.published.inc();
         let target = Target::Room {
             room: room.to_owned(),
@@ -430,8 +434,7 @@ impl Rooms {
         event: &str,
         payload: &P,
     ) -> Result<usize, RoomError> {
-        let bytes =
-            envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))?;
+        let bytes = encode(event, payload)?;
         Ok(self.send(Target::All, bytes))
     }
 
@@ -446,8 +449,7 @@ impl Rooms {
         event: &str,
         payload: &P,
     ) -> Result<bool, RoomError> {
-        let bytes =
-            envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))?;
+        let bytes = encode(event, payload)?;
         Ok(self.send(Target::Socket(id), bytes) > 0)
     }
 
@@ -462,8 +464,7 @@ impl Rooms {
         event: &str,
         payload: &P,
     ) -> Result<usize, RoomError> {
-        let bytes =
-            envelope::encode(event, payload).map_err(|e| RoomError::Serialize(e.to_string()))?;
+        let bytes = encode(event, payload)?;
         Ok(self.send(Target::Member(member.to_owned()), bytes))
     }
 
