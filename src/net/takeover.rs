@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -194,39 +195,76 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
         let mut body = self.body;
         let mut probe = [0u8; 1];
         loop {
-            tokio::select! {
-                frame = body.frame() => match frame {
+            let first = tokio::select! {
+                frame = body.frame() => frame,
+                _ = rd.read(&mut probe) => return,
+            };
+            // what else the body has ready now goes in the same write: a burst of events
+            // costs one system call, not one each (as hyper's write buffer did)
+            // (a local buffer: an idle stream keeps no write buffer)
+            let (mut next, mut end) = (Some(first), false);
+            let (mut frames, mut len) = (Vec::new(), 0);
+            while let Some(frame) = next.take() {
+                match frame {
                     Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else { continue };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        let bytes = if self.chunked { chunk(&data) } else { data };
-                        if !write(&mut wr, &bytes, self.write_timeout).await {
-                            return;
+                        if let Ok(data) = frame.into_data() {
+                            len += data.len();
+                            frames.push(data);
                         }
                     }
                     // the body ended (an event stream closed, or the server shuts down)
-                    None => {
-                        if self.chunked && !write(&mut wr, b"0\r\n\r\n", self.write_timeout).await {
-                            return;
-                        }
-                        let _ = tokio::time::timeout(self.write_timeout, wr.shutdown()).await;
-                        return;
-                    }
+                    None => end = true,
                     // a body that failed: end the connection without pretending it is whole
                     Some(Err(_)) => return,
-                },
-                _ = rd.read(&mut probe) => return,
+                }
+                if !end && len < BATCH_BYTES {
+                    next = body.frame().now_or_never();
+                }
+            }
+            if len > 0 {
+                let bytes = if self.chunked {
+                    chunk(&frames, len)
+                } else if frames.len() == 1 {
+                    frames.swap_remove(0)
+                } else {
+                    frames.concat().into()
+                };
+                drop(frames);
+                if !write(&mut wr, &bytes, self.write_timeout).await {
+                    return;
+                }
+            }
+            if end {
+                if self.chunked && !write(&mut wr, b"0\r\n\r\n", self.write_timeout).await {
+                    return;
+                }
+                let _ = tokio::time::timeout(self.write_timeout, wr.shutdown()).await;
+                return;
             }
         }
     }
 }
 
-/// Write and flush `bytes` within `limit`; false when that failed.
+/// Most bytes of body gathered for one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Write and flush `bytes` within `limit`; false when that failed. What the socket takes
+/// at once is written without arming a timer (the common case: a reader keeping up).
 async fn write<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], limit: Duration) -> bool {
+    let mut off = 0;
+    while off < bytes.len() {
+        // `write` is cancel-safe: a pending one wrote nothing
+        match w.write(&bytes[off..]).now_or_never() {
+            Some(Ok(0) | Err(_)) => return false,
+            Some(Ok(n)) => off += n,
+            None => break,
+        }
+    }
+    if off == bytes.len() && matches!(w.flush().now_or_never(), Some(Ok(()))) {
+        return true;
+    }
     let done = tokio::time::timeout(limit, async {
-        w.write_all(bytes).await?;
+        w.write_all(&bytes[off..]).await?;
         w.flush().await
     })
     .await;
@@ -257,12 +295,14 @@ fn encode_head(parts: &http::response::Parts) -> Bytes {
     b.freeze()
 }
 
-/// One HTTP/1.1 chunk.
-fn chunk(data: &Bytes) -> Bytes {
-    let size = format!("{:x}\r\n", data.len());
-    let mut b = BytesMut::with_capacity(size.len() + data.len() + 2);
+/// One HTTP/1.1 chunk of `parts` (`len` bytes in all).
+fn chunk(parts: &[Bytes], len: usize) -> Bytes {
+    let size = format!("{len:x}\r\n");
+    let mut b = BytesMut::with_capacity(size.len() + len + 2);
     b.put_slice(size.as_bytes());
-    b.put_slice(data);
+    for p in parts {
+        b.put_slice(p);
+    }
     b.put_slice(b"\r\n");
     b.freeze()
 }
@@ -367,7 +407,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\n"
         );
         assert_eq!(
-            &chunk(&Bytes::from_static(b"data: x\n\n"))[..],
+            &chunk(
+                &[Bytes::from_static(b"data: "), Bytes::from_static(b"x\n\n")],
+                9
+            )[..],
             b"9\r\ndata: x\n\n\r\n"
         );
     }
