@@ -466,8 +466,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Where `channel`'s stream stands, and, when `since` is given, the publications
     /// after it if the history still holds every one of them (within `history`'s size
-    /// and age) and `since` is of the stream's epoch (or at offset 0: a client that had
-    /// nothing continues any epoch). Makes the channel's epoch when it has none, so the
+    /// and age) and `since` is of the stream's epoch (another epoch's position continues
+    /// nothing, not even offset 0: the old epoch may have had publications after it that
+    /// are lost). Makes the channel's epoch when it has none, so the
     /// answer is a position later publications continue.
     ///
     /// # Errors

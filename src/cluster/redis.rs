@@ -244,7 +244,7 @@ return off
 /// Where a channel's stream stands, and the entries from an offset on. KEYS as
 /// [`PUBLISH_POSITIONED`]; ARGV: a new epoch (taken when the stream has none), TTL (ms),
 /// the first offset wanted (or empty), the client's epoch (entries are read only for
-/// that epoch, or from offset 1), most entries to read. Returns `{epoch, offset,
+/// that epoch), most entries to read. Returns `{epoch, offset,
 /// entries}`.
 const READ_HISTORY: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -256,7 +256,7 @@ if not epoch then
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 local entries = {}
-if ARGV[3] ~= '' and (ARGV[4] == epoch or ARGV[3] == '1') then
+if ARGV[3] ~= '' and ARGV[4] == epoch then
   entries = redis.call('XRANGE', KEYS[2], ARGV[3], '+', 'COUNT', ARGV[5])
 end
 return {epoch, top, entries}
@@ -337,7 +337,7 @@ fn parse_history(
     let ttl_ms = i64::try_from(history.ttl.as_millis()).unwrap_or(i64::MAX);
     let since = since.and_then(|p| {
         let k = p.offset;
-        if k > top || (k > 0 && *p.epoch != *epoch) {
+        if k > top || *p.epoch != *epoch {
             return None;
         }
         if k == top {

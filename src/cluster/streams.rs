@@ -9,8 +9,8 @@
 //! that never had a publication (oldest first, at no search: joins to ever new names
 //! cannot push out the history of rooms that have one), else the expired ones, else the
 //! one idle longest (its subscribers' positions stop being recoverable, which they learn
-//! from the new epoch); each is counted in `evicted`. A client at offset 0 continues any
-//! epoch: it missed nothing if the history starts at 1.
+//! from the new epoch); each is counted in `evicted`. A position of another epoch
+//! continues nothing, not even offset 0: what the old epoch had after it is unknown.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -160,7 +160,7 @@ impl Streams {
     }
 
     /// Where `channel` stands, and what came after `since` when all of it is still kept
-    /// (and `since` is of this epoch, or at offset 0).
+    /// (and `since` is of this epoch).
     pub(crate) fn read(
         &mut self,
         channel: &str,
@@ -172,7 +172,7 @@ impl Streams {
         s.trim(opts, now);
         let since = since.and_then(|p| {
             let k = p.offset;
-            if k > s.top || (k > 0 && p.epoch != s.epoch) {
+            if k > s.top || p.epoch != s.epoch {
                 return None;
             }
             let first = s.kept.front().map_or(s.top + 1, |(o, _, _)| *o);
@@ -222,7 +222,7 @@ mod tests {
             assert_eq!((p.offset, &p.epoch), (k, &first.epoch));
             assert!(b.ends_with(format!(",\"offset\":{k}}}").as_bytes()));
         }
-        // a client at 0 (it had nothing) gets the whole history
+        // a client at 0 of this epoch gets the whole history
         assert_eq!(
             s.read("c", Some(&at(&s, 0)), o, t0).since.map(|v| v.len()),
             Some(4)

@@ -138,10 +138,9 @@ pub(super) fn recover(
         last: history.offset,
     };
     let replay = since.and_then(|p| {
-        // a client at offset 0 had nothing: any epoch's whole history continues it
-        let entries = history
-            .since
-            .filter(|_| p.epoch == history.epoch || p.offset == 0)?;
+        // only its own epoch continues a position (even at offset 0: what the old epoch
+        // had after it is unknown)
+        let entries = history.since.filter(|_| p.epoch == history.epoch)?;
         let size: usize = entries.iter().map(|(_, b)| b.len()).sum();
         (size <= max_replay_bytes).then_some((p.offset, entries))
     });
