@@ -7,15 +7,17 @@
 //! - logs nothing per message; SIGTERM closes every client with 1001 and exits 0.
 //!
 //! Beyond the contract (for street's SSE measurements): `GET /sse` subscribes to the
-//! topic `bench` of an [`SseHub`](street::sse::SseHub) (no replay), and a client of
+//! room `bench` ([`Rooms::sse`](street::rooms::Rooms::sse), no history), and a client of
 //! `/sse/publish` sending `{"type":"sse","payload":P}` publishes P there (a separate
 //! endpoint, so `/ws` connections carry only the contract's two listeners); `--max-sse-streams` caps the streams
 //! (default 100 000; more get 503).
 
 use std::process::ExitCode;
 
+use axum::response::IntoResponse;
 use serde_json::value::RawValue;
-use street::sse::{HubOptions, SseHub, SseRequest};
+use street::rooms::{PublishOptions, Rooms, RoomsOptions};
+use street::sse::{SseOptions, SseRequest};
 use street::ws::{ConnectRequest, Socket, WebSocketServer};
 
 mod support {
@@ -31,13 +33,19 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
     let app = street::app(app);
     let (ws, echo) = contract::endpoints(&flags);
 
-    let sse = SseHub::new(HubOptions::default().with_replay_events(0));
     let publisher = WebSocketServer::new(contract::ws_options(&flags).with_path("/sse/publish"));
-    let sse_pub = sse.clone();
+    let rooms = match Rooms::new(&publisher, RoomsOptions::default()).await {
+        Ok(rooms) => rooms,
+        Err(e) => {
+            eprintln!("rooms: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let on_publish = rooms.clone();
     publisher.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let sp = sse_pub.clone();
+        let rooms = on_publish.clone();
         socket.on("sse", move |p: Box<RawValue>| {
-            let _ = sp.publish("bench", &p, Some("bench"));
+            let _ = rooms.publish("bench", "bench", &p, PublishOptions::default());
         })
     });
     contract::echo_and_broadcast(&ws);
@@ -46,8 +54,13 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
         .route(
             "/sse",
             axum::routing::get(move |req: SseRequest| {
-                let sse = sse.clone();
-                async move { sse.subscribe(req, "bench").map(|(_, resp)| resp) }
+                let rooms = rooms.clone();
+                async move {
+                    match rooms.sse(req, "bench", SseOptions::default()).await {
+                        Ok((_, response)) => response,
+                        Err(e) => e.into_response(),
+                    }
+                }
             }),
         )
         .websocket(&ws)

@@ -41,7 +41,7 @@ impl Kind {
 
 /// One Prometheus series a snapshot field is exposed as: its family (name, help, type)
 /// and, for families split by reason or kind, the one label that tells it apart (the
-/// source's own label — `server`, `hub`, `rooms` — is added by the writer).
+/// source's own label — `server`, `rooms` — is added by the writer).
 #[cfg(feature = "metrics")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Series {

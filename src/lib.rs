@@ -9,11 +9,11 @@
 //!   auth gates before the upgrade, broadcast that serializes once;
 //! - [`ws::Socket`]: `emit`, `on` with serde-typed payloads, `off`, `*`, close handlers,
 //!   typed per-socket data;
-//! - [`rooms`]: rooms, presence and typing; [`cluster`]: fan-out across nodes (in memory,
-//!   or Redis);
+//! - [`rooms`]: rooms, presence and typing, with history; the one hub, whose subscribers
+//!   are sockets and SSE streams; [`cluster`]: fan-out across nodes (in memory, or Redis);
 //! - [`Controller`]: routes grouped under a prefix, with state and the container;
-//! - [`sse`]: Server-Sent Events with heartbeat, `Last-Event-ID` resume, a fan-out hub,
-//!   a stream cap and shutdown;
+//! - [`sse`]: Server-Sent Events with heartbeat, `Last-Event-ID` resume, a stream cap and
+//!   shutdown (fan-out to many streams: [`rooms::Rooms::sse`]);
 //! - [`Container`] and [`jwt::JwtService`].
 //!
 //! ```no_run

@@ -13,7 +13,7 @@ use crate::app::AppOptions;
 use crate::cluster::Broker;
 use crate::net::TrustedProxies;
 use crate::rooms::{ClientPolicy, PublishOptions, RoomsOptions};
-use crate::sse::{HubOptions, SseOptions};
+use crate::sse::SseOptions;
 use crate::ws::{CapacityPolicy, Frames, SocketId, WsOptions};
 
 /// An `impl` block of chainable setters for an option struct. For each
@@ -243,29 +243,6 @@ options! {
         #[cfg(feature = "tls")]
         #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
         with_tls_ca_pem => tls_ca_pem: Option<Vec<u8>>,
-    }
-}
-
-options! {
-    /// Chainable setters: the struct is `#[non_exhaustive]`, so outside this crate it is
-    /// built from its default. The fields stay public, to read or to set in place
-    /// (`let mut o = HubOptions::default(); o.replay_events = 0;`).
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use street::sse::{HubOptions, SseOptions};
-    ///
-    /// let opts = HubOptions::default()
-    ///     .with_replay_events(1_000)
-    ///     .with_stream(SseOptions::default().with_heartbeat(Duration::from_secs(5)));
-    /// assert_eq!(opts.replay_events, 1_000);
-    /// assert_eq!(opts.stream.heartbeat, Duration::from_secs(5));
-    /// ```
-    HubOptions {
-        with_stream => stream: SseOptions,
-        with_replay_events => replay_events: usize,
-        with_replay_age => replay_age: Duration,
-        with_max_topics => max_topics: usize,
     }
 }
 

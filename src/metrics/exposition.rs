@@ -9,7 +9,7 @@ use axum::routing::MethodRouter;
 use super::{process_rss_bytes, HistogramSnapshot};
 use crate::counters::Series;
 use crate::rooms::Rooms;
-use crate::sse::{SseHub, SseRegistry};
+use crate::sse::SseRegistry;
 use crate::ws::WebSocketServer;
 
 /// Most distinct app counter and gauge names; more are folded into `other`.
@@ -18,7 +18,6 @@ pub const MAX_APP_SERIES: usize = 256;
 enum Source {
     Ws(String, WebSocketServer),
     Sse(SseRegistry),
-    Hub(String, SseHub),
     Http(crate::app::HttpStatsHandle),
     Rooms(String, Rooms),
 }
@@ -110,11 +109,6 @@ impl Metrics {
         lock(&self.inner.sources).push(Source::Http(stats.clone()));
     }
 
-    /// Report an SSE hub under `name`.
-    pub fn sse_hub(&self, name: &str, hub: &SseHub) {
-        lock(&self.inner.sources).push(Source::Hub(name.to_owned(), hub.clone()));
-    }
-
     /// Report rooms (and their cluster broker) under `name`.
     pub fn rooms(&self, name: &str, rooms: &Rooms) {
         lock(&self.inner.sources).push(Source::Rooms(name.to_owned(), rooms.clone()));
@@ -174,7 +168,6 @@ impl Metrics {
                 Source::Ws(name, wss) => w.websocket(name, wss),
                 Source::Sse(reg) => w.sse(reg),
                 Source::Http(h) => w.http(h),
-                Source::Hub(name, hub) => w.hub(name, hub),
                 Source::Rooms(name, rooms) => w.rooms(name, rooms),
             }
         }
@@ -212,7 +205,7 @@ impl Metrics {
 
 /// Collects samples by metric family and writes each family once, `# HELP` and `# TYPE`
 /// first and all its samples together, in the order families were first seen (the text
-/// format allows a family in one group only, so samples of two servers, hubs or rooms
+/// format allows a family in one group only, so samples of two servers or rooms
 /// must not interleave with other families).
 #[derive(Default)]
 struct Writer {
@@ -329,18 +322,6 @@ impl Writer {
         h.get().visit(&mut |s, v| self.series(None, s, v));
     }
 
-    fn hub(&mut self, name: &str, hub: &SseHub) {
-        let l = Some(("hub", name));
-        hub.stats().visit(&mut |s, v| self.series(l, s, v));
-        self.metric(
-            "street_sse_hub_topics",
-            "gauge",
-            "Topics held.",
-            &[("hub", name)],
-            hub.topic_count() as f64,
-        );
-    }
-
     fn rooms(&mut self, name: &str, rooms: &Rooms) {
         let l = Some(("rooms", name));
         let s = rooms.stats();
@@ -357,8 +338,6 @@ mod tests {
     /// Fields of the snapshot types that are deliberately not written to `/metrics`.
     const UNEXPOSED: &[&str] = &[
         "SseStats.ended_by_shutdown",
-        "HubStats.slow_readers",
-        "HubStats.rejected_topics",
         "RoomsStats.broker", // its own fields are, through BrokerStats
     ];
 
@@ -385,11 +364,6 @@ mod tests {
                 collect(|f| crate::net::HttpStats::default().visit(f)),
             ),
             (
-                "HubStats",
-                Some("hub"),
-                collect(|f| crate::sse::HubStats::default().visit(f)),
-            ),
-            (
                 "RoomsStats",
                 Some("rooms"),
                 collect(|f| crate::rooms::RoomsStats::default().visit(f)),
@@ -408,7 +382,6 @@ mod tests {
             ("StatsSnapshot", crate::ws::StatsSnapshot::FIELDS),
             ("SseStats", crate::sse::SseStats::FIELDS),
             ("HttpStats", crate::net::HttpStats::FIELDS),
-            ("HubStats", crate::sse::HubStats::FIELDS),
             ("RoomsStats", crate::rooms::RoomsStats::FIELDS),
             ("BrokerStats", crate::cluster::BrokerStats::FIELDS),
         ];
@@ -448,7 +421,6 @@ mod tests {
                 .expect("rooms");
             m.websocket(name, &wss);
             m.rooms(name, &rooms);
-            m.sse_hub(name, &SseHub::new(crate::sse::HubOptions::default()));
         }
         m.sse(app.sse_registry());
         m.http(&app.http_stats());

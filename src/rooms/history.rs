@@ -294,8 +294,22 @@ impl Rooms {
     /// a request that resumes (`Last-Event-ID` from this stream) recovers what it missed
     /// when the history still holds it, or is told `recovered: false`, never left with a
     /// silent gap. Every publication carries its position as its SSE id: `event:` is the
-    /// envelope's type, `data:` its payload. Streams are not members: they are not in
-    /// presence. Returns the stream's handle and the response to return. The
+    /// envelope's type, `data:` its payload as JSON (a string payload arrives quoted).
+    /// Streams are not members: they are not in presence. Returns the stream's handle
+    /// (to send it events of its own, or close it) and the response to return.
+    ///
+    /// A room is street's one hub: its subscribers are sockets and streams alike, a
+    /// publication is encoded once per kind and shared, and it reaches every node. A
+    /// resume replays at most half the stream's queue
+    /// ([`SseOptions::max_queue_bytes`]` / 2`, the other half is room for what is
+    /// published meanwhile); a longer backlog, an aged or trimmed history, another
+    /// epoch, an id that is not a position or a room without history are all
+    /// `recovered: false` with nothing replayed, and the stream goes on live from the
+    /// position in the event's id (so a browser that reconnects does not ask for the
+    /// same backlog again). A reader that falls further behind is ended as a slow
+    /// reader ([`SseStats::slow_readers`](crate::sse::SseStats)); the others go on.
+    ///
+    /// The
     /// [`Rooms::authorize`] hooks are about sockets: decide in your handler who may read
     /// which room (the request's cookies, token or path) before calling this.
     ///
@@ -309,14 +323,23 @@ impl Rooms {
     ///     axum::routing::get(move |Path(room): Path<String>, req: SseRequest| {
     ///         let rooms = rooms.clone();
     ///         async move {
+    ///             // a refusal is its own answer: 400, 503 with Retry-After, …
     ///             match rooms.sse(req, &room, SseOptions::default()).await {
     ///                 Ok((_stream, response)) => response,
-    ///                 Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    ///                     .into_response(),
+    ///                 Err(e) => e.into_response(),
     ///             }
     ///         }
     ///     })
     /// }
+    /// # async fn publish(rooms: Rooms) {
+    /// // elsewhere: every subscriber of "prices", socket or stream, on every node
+    /// let _ = rooms.publish(
+    ///     "prices",
+    ///     "price",
+    ///     &serde_json::json!({"EURUSD": 1.08}),
+    ///     Default::default(),
+    /// );
+    /// # }
     /// # let _: fn(Rooms) -> axum::routing::MethodRouter = route;
     /// # let _: Option<Response> = None;
     /// ```
@@ -343,11 +366,11 @@ impl Rooms {
             self.inner.opts.max_rooms,
         )?;
         let key = SubKey::Stream(id);
-        // out of the room when the stream ends, however it ends (a guard, not a sweep: a
-        // dead stream must not hold a room in the node's table)
-        let (weak, done, name) = (Arc::downgrade(&self.inner), sse.clone(), room.to_owned());
-        tokio::spawn(async move {
-            done.gone().await;
+        // out of the room when the stream's body goes, however it goes (a hook on its
+        // drop, not a sweep: a dead stream must not hold a room in the node's table; and
+        // not a task waiting for it, which would cost an idle stream ~400 bytes)
+        let (weak, name) = (Arc::downgrade(&self.inner), room.to_owned());
+        sse.shared().on_gone(move || {
             if let Some(inner) = weak.upgrade() {
                 lock(&inner.state).remove_stream(&name, id);
             }

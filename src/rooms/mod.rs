@@ -483,6 +483,11 @@ impl Rooms {
         lock(&self.inner.state).connection_count(room)
     }
 
+    /// SSE streams subscribed to `room` on this node ([`Rooms::sse`]).
+    pub fn local_stream_count(&self, room: &str) -> usize {
+        lock(&self.inner.state).stream_count_in(room)
+    }
+
     /// Members present in `room` on every live node (sorted by id).
     ///
     /// # Errors
@@ -540,7 +545,10 @@ impl Rooms {
     pub fn stats(&self) -> RoomsStats {
         let i = &self.inner;
         let mut s = i.counters.snapshot();
-        s.rooms = lock(&i.state).room_count() as u64;
+        let st = lock(&i.state);
+        s.rooms = st.room_count() as u64;
+        s.streams = st.stream_count() as u64;
+        drop(st);
         s.broker = i.broker.stats();
         s
     }

@@ -63,6 +63,45 @@ pub enum RoomError {
     Serialize(String),
 }
 
+/// The answer to an HTTP request that a room refused (as [`Rooms::sse`] can): `400` for
+/// a name that is not valid, `429` for a per-socket or per-address limit, `503` with
+/// `Retry-After: 5` for the node's room limit or a history that could not be had, `404`
+/// when not in the room, `409` for a closed socket, `500` for a payload that does not
+/// serialize. The body is the error's text.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use street::rooms::RoomError;
+/// let r = RoomError::HistoryUnavailable.into_response();
+/// assert_eq!(r.status(), 503);
+/// assert_eq!(r.headers()["retry-after"], "5");
+/// ```
+impl axum::response::IntoResponse for RoomError {
+    fn into_response(self) -> axum::response::Response {
+        use http::StatusCode;
+        let status = match &self {
+            Self::Empty { .. } | Self::TooLong { .. } | Self::ControlCharacter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::TooManyRoomsForSocket { .. } | Self::TooManyRoomsForAddress { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::TooManyRooms { .. } | Self::HistoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SocketClosed => StatusCode::CONFLICT,
+            Self::NotInRoom { .. } => StatusCode::NOT_FOUND,
+            Self::Serialize(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut r = (status, self.to_string()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("5"),
+            );
+        }
+        r
+    }
+}
+
 /// What [`Rooms::join`] changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinOutcome {

@@ -40,6 +40,9 @@ struct StreamSub {
     id: u64,
     stream: Arc<Shared>,
     cursor: Cursor,
+    /// A clone of [`Registry::streams`]: the count of subscriptions is its strong count,
+    /// right however a subscription goes (removed, pruned, or its room dropped).
+    _counted: Arc<()>,
 }
 
 /// A subscriber of a room, to find it again.
@@ -70,6 +73,8 @@ pub(super) struct Registry {
     per_ip: HashMap<std::net::IpAddr, usize>,
     /// The last token given to a pending join.
     tokens: u64,
+    /// One strong reference per stream subscription, plus this one.
+    streams: Arc<()>,
 }
 
 /// What a positioned publication does for one subscriber of the room.
@@ -309,6 +314,19 @@ impl Registry {
         self.rooms.get(room).map_or(0, |r| r.conns.len())
     }
 
+    /// Open SSE streams in `room`.
+    pub(super) fn stream_count_in(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| {
+            r.streams.iter().filter(|s| !s.stream.is_done()).count()
+        })
+    }
+
+    /// SSE stream subscriptions in every room (an ended stream counts until it is
+    /// pruned, which its guard does at once).
+    pub(super) fn stream_count(&self) -> usize {
+        Arc::strong_count(&self.streams) - 1
+    }
+
     /// How many rooms there are.
     pub(super) fn room_count(&self) -> usize {
         self.rooms.len()
@@ -384,7 +402,12 @@ impl Registry {
         let id = self.tokens;
         let r = self.rooms.entry(Arc::from(room)).or_default();
         r.streams.retain(|s| !s.stream.is_done());
-        r.streams.push(StreamSub { id, stream, cursor });
+        r.streams.push(StreamSub {
+            id,
+            stream,
+            cursor,
+            _counted: self.streams.clone(),
+        });
         Ok(id)
     }
 

@@ -16,16 +16,19 @@ stats! {
     pub struct RoomsStats counted in RoomsCounters {
         /// Rooms on this node now.
         set rooms => gauge("street_rooms", "Rooms on this node."),
+        /// SSE streams subscribed to rooms on this node now ([`Rooms::sse`]).
+        set streams => gauge("street_rooms_streams", "SSE streams subscribed to rooms on this node."),
         /// Joins since start.
         count joins => counter("street_rooms_joins_total", "Room joins."),
         /// Leaves since start (including by close).
         count leaves => counter("street_rooms_leaves_total", "Room leaves."),
         /// Room messages published from this node.
         count published => counter("street_rooms_published_total", "Room messages published here."),
-        /// Messages queued to local sockets (from this node or others).
+        /// Messages queued to local subscribers, sockets and SSE streams (from this node
+        /// or others).
         count delivered => counter(
             "street_rooms_delivered_total",
-            "Messages queued to local sockets.",
+            "Messages queued to local subscribers (sockets and SSE streams).",
         ),
         /// Client joins refused by the authorization hook (or for want of one).
         count denied => counter(

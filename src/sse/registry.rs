@@ -253,12 +253,6 @@ pub enum SseRejection {
     /// The client's address already holds its share of streams (answered with 429).
     #[error("too many event streams from this address")]
     TooManyFromAddress,
-    /// An [`SseHub`](super::SseHub) already holds `max_topics` topics.
-    #[error("too many topics (limit {limit})")]
-    TooManyTopics {
-        /// The cap.
-        limit: usize,
-    },
 }
 
 impl IntoResponse for SseRejection {

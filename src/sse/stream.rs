@@ -94,6 +94,17 @@ struct State {
     /// The response body was dropped (client gone or server shutdown).
     gone: bool,
     next_id: u64,
+    /// Runs once when the body is dropped (see [`Shared::on_gone`]).
+    on_gone: Option<OnGone>,
+}
+
+/// A hook run when a stream's body is dropped.
+struct OnGone(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for OnGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnGone")
+    }
 }
 
 #[derive(Debug)]
@@ -120,6 +131,20 @@ impl Shared {
     pub(crate) fn is_done(&self) -> bool {
         let st = self.lock();
         st.closed || st.gone
+    }
+
+    /// Run `hook` once the stream's body is dropped (the client went away, or the stream
+    /// ended and was written out), or now if it already was: the release of what the
+    /// stream holds elsewhere, without a task waiting for it. One hook per stream; a
+    /// second replaces the first.
+    pub(crate) fn on_gone(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut st = self.lock();
+        if st.gone {
+            drop(st);
+            hook();
+        } else {
+            st.on_gone = Some(OnGone(Box::new(hook)));
+        }
     }
 
     /// End the stream after what is queued (shutdown, `close()`).
@@ -362,7 +387,14 @@ impl futures_util::Stream for BodyStream {
 impl Drop for BodyStream {
     fn drop(&mut self) {
         // hyper drops the body when the client goes away (or at shutdown)
-        self.shared.lock().gone = true;
+        let hook = {
+            let mut st = self.shared.lock();
+            st.gone = true;
+            st.on_gone.take()
+        };
         self.shared.gone.notify_waiters();
+        if let Some(OnGone(hook)) = hook {
+            hook();
+        }
     }
 }

@@ -106,8 +106,8 @@ async fn metrics_count_connections_messages_rejections_and_fanout() {
 
 /// The exposition is valid for a real parser (Python's `prometheus_client`, installed by
 /// scripts/test into a venv named by `STREET_TEST_PYTHON`) with everything registered
-/// twice: each family comes once, in one group, whatever the number of servers, hubs and
-/// rooms reporting it.
+/// twice: each family comes once, in one group, whatever the number of servers and rooms
+/// reporting it.
 #[tokio::test]
 async fn the_exposition_parses_with_two_of_everything() {
     let (w1, w2) = (
@@ -120,12 +120,6 @@ async fn the_exposition_parses_with_two_of_everything() {
     metrics.websocket("two", &w2);
     metrics.sse(app.sse_registry());
     metrics.http(&app.http_stats());
-    let (h1, h2) = (
-        street::sse::SseHub::new(Default::default()),
-        street::sse::SseHub::new(Default::default()),
-    );
-    metrics.sse_hub("a", &h1);
-    metrics.sse_hub("b", &h2);
     let r1 = street::rooms::Rooms::new(&w1, Default::default())
         .await
         .expect("rooms");

@@ -1,13 +1,15 @@
 //! Server-Sent Events over real HTTP: exact bytes, heartbeats, disconnect detection,
-//! close, slow readers, the stream cap, shutdown, `Last-Event-ID`, the hub's fan-out and
-//! replay, controllers, a 10 000-stream storm, and a browser (headless Chromium).
+//! close, slow readers, the stream cap, shutdown, `Last-Event-ID`, a room's fan-out to
+//! streams and their resume, controllers, a 10 000-stream storm, and a browser (headless Chromium).
 
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::json;
-use street::sse::{HubOptions, Sse, SseError, SseEvent, SseHub, SseOptions, SseRequest};
+use street::cluster::HistoryOptions;
+use street::rooms::{PublishOptions, Rooms, RoomsOptions};
+use street::sse::{Sse, SseError, SseEvent, SseOptions, SseRequest};
 use tokio::sync::mpsc;
 
 async fn serve_sse(opts: SseOptions) -> (street::app::ServerHandle, mpsc::UnboundedReceiver<Sse>) {
@@ -293,140 +295,204 @@ async fn last_event_id_reaches_the_handler_and_ids_continue_after_it() {
     srv.shutdown().await;
 }
 
-async fn serve_hub(opts: HubOptions) -> (street::app::ServerHandle, SseHub) {
-    let hub = SseHub::new(opts);
-    let h = hub.clone();
-    let app = street::app(app_opts()).route(
+/// An app whose `GET /topics/{topic}` subscribes to the room `topic` of `rooms`
+/// ([`Rooms::sse`](street::rooms::Rooms::sse), street's one hub for sockets and streams).
+async fn serve_channels(
+    rooms_opts: RoomsOptions,
+    stream: SseOptions,
+) -> (street::app::ServerHandle, Rooms, street::sse::SseRegistry) {
+    let wss = street::ws::WebSocketServer::new(street::ws::WsOptions::default());
+    let rooms = Rooms::new(&wss, rooms_opts).await.expect("rooms");
+    let r = rooms.clone();
+    let app = street::app(app_opts());
+    let registry = app.sse_registry().clone();
+    let app = app.route(
         "/topics/{topic}",
         axum::routing::get(
             move |axum::extract::Path(topic): axum::extract::Path<String>, req: SseRequest| {
-                let h = h.clone();
-                async move { h.subscribe(req, &topic).map(|(_, resp)| resp) }
+                let (r, stream) = (r.clone(), stream.clone());
+                async move {
+                    match r.sse(req, &topic, stream).await {
+                        Ok((_, response)) => response,
+                        Err(e) => axum::response::IntoResponse::into_response(e),
+                    }
+                }
             },
         ),
     );
-    (serve_app(app).await, hub)
+    (serve_app(app).await, rooms, registry)
+}
+
+fn with_history(size: usize, ttl: Duration) -> RoomsOptions {
+    RoomsOptions::default().with_history("*", HistoryOptions::new(size, ttl))
+}
+
+fn publish(rooms: &Rooms, room: &str, payload: &serde_json::Value) {
+    rooms
+        .publish(room, "m", payload, PublishOptions::default())
+        .expect("publish");
+}
+
+/// A `street:joined` event: its id, and its data.
+fn joined(block: Option<String>) -> (String, serde_json::Value) {
+    let block = block.expect("an event");
+    let mut lines = block.lines();
+    let id = lines.next().and_then(|l| l.strip_prefix("id: "));
+    let event = lines.next();
+    let data = lines.next().and_then(|l| l.strip_prefix("data: "));
+    assert_eq!(event, Some("event: street:joined"), "{block}");
+    let (Some(id), Some(data)) = (id, data) else {
+        panic!("not a joined event: {block}");
+    };
+    (id.to_owned(), serde_json::from_str(data).expect("json"))
 }
 
 #[tokio::test]
-async fn the_hub_sends_every_subscriber_the_same_bytes_in_order() {
-    let (srv, hub) = serve_hub(HubOptions::default()).await;
+async fn a_room_sends_every_stream_the_same_bytes_in_order() {
+    let (srv, rooms, _) = serve_channels(RoomsOptions::default(), SseOptions::default()).await;
     let addr = srv.local_addr();
     let mut subs = Vec::new();
     for _ in 0..50 {
         subs.push(Events::new(get_with(addr, "/topics/news", None).await));
     }
     let mut other = Events::new(get_with(addr, "/topics/sport", None).await);
-    eventually("50 subscribers", || hub.subscriber_count("news") == 50).await;
+    eventually("50 streams", || rooms.local_stream_count("news") == 50).await;
     for i in 0..20 {
-        assert_eq!(hub.publish("news", &json!({"i": i}), Some("item")), Ok(50));
+        let sent = rooms.publish("news", "item", &json!({"i": i}), PublishOptions::default());
+        assert_eq!(sent, Ok(50));
     }
-    assert_eq!(hub.publish("sport", "goal\nscored", None), Ok(1));
+    let sent = rooms.publish("sport", "goal", "one\nnil", PublishOptions::default());
+    assert_eq!(sent, Ok(1));
     for s in &mut subs {
         for i in 0..20 {
-            let want = format!("id: {}\nevent: item\ndata: {{\"i\":{i}}}", i + 1);
+            let want = format!("event: item\ndata: {{\"i\":{i}}}");
             assert_eq!(s.next().await, Some(want));
         }
     }
+    // data is the payload's JSON: a string arrives quoted, its newline escaped
     assert_eq!(
         other.next().await.as_deref(),
-        Some("id: 1\ndata: goal\ndata: scored")
+        Some("event: goal\ndata: \"one\\nnil\"")
     );
-    let st = hub.stats();
-    assert_eq!((st.published, st.delivered), (21, 1001));
+    let st = rooms.stats();
+    assert_eq!((st.published, st.delivered, st.streams), (21, 1001, 51));
     // nobody listening: nothing delivered, and not an error
-    assert_eq!(hub.publish("empty", "x", None), Ok(0));
+    let sent = rooms.publish("empty", "x", "x", PublishOptions::default());
+    assert_eq!(sent, Ok(0));
+    drop(subs);
+    eventually("streams gone", || rooms.stats().streams == 1).await;
     srv.shutdown().await;
 }
 
 #[tokio::test]
-async fn the_hub_replays_what_a_reconnecting_client_missed_then_continues_live() {
-    let (srv, hub) = serve_hub(HubOptions::default().with_replay_events(3)).await;
-    let addr = srv.local_addr();
-    let mut first = Events::new(get_with(addr, "/topics/t", None).await);
-    eventually("subscribed", || hub.subscriber_count("t") == 1).await;
-    for i in 1..=2 {
-        hub.publish("t", &i, None).expect("publish");
-    }
-    assert_eq!(first.next().await.as_deref(), Some("id: 1\ndata: 1"));
-    assert_eq!(first.next().await.as_deref(), Some("id: 2\ndata: 2"));
-    drop(first); // the connection drops
-    eventually("unsubscribed", || hub.subscriber_count("t") == 0).await;
-    for i in 3..=4 {
-        hub.publish("t", &i, None).expect("publish");
-    }
-    // EventSource reconnects with the last id it saw
-    let mut again = Events::new(get_with(addr, "/topics/t", Some("2")).await);
-    assert_eq!(again.next().await.as_deref(), Some("id: 3\ndata: 3"));
-    assert_eq!(again.next().await.as_deref(), Some("id: 4\ndata: 4"));
-    hub.publish("t", &5, None).expect("publish");
-    assert_eq!(again.next().await.as_deref(), Some("id: 5\ndata: 5"));
-    assert_eq!(hub.stats().replay_gaps, 0);
-    assert_eq!(hub.stats().replayed, 2);
-    // too far behind: the buffer holds ids 3..=5 only; a gap event for id 2, then what is
-    // there, and a counted gap
-    let mut late = Events::new(get_with(addr, "/topics/t", Some("1")).await);
-    assert_eq!(
-        late.next().await.as_deref(),
-        Some("id: 2\nevent: street:gap\ndata: {\"from\":2,\"to\":2}")
-    );
-    for i in 3..=5 {
-        assert_eq!(late.next().await, Some(format!("id: {i}\ndata: {i}")));
-    }
-    assert_eq!(hub.stats().replay_gaps, 1);
-    srv.shutdown().await;
-}
-
-/// A backlog after `Last-Event-ID` bigger than the stream's queue: the newest events that
-/// fit in half the queue are replayed after a `street:gap` event naming the ids lost, the
-/// stream stays open for live events, and reconnecting with the last id seen does not
-/// ask for the backlog again (before, the stream was closed empty and `EventSource`
-/// retried the same id forever).
-#[tokio::test]
-async fn a_resume_with_more_backlog_than_the_queue_gets_a_gap_event_then_live_events() {
-    let (srv, hub) = serve_hub(
-        HubOptions::default().with_stream(SseOptions::default().with_max_queue_bytes(4096)),
+async fn a_stream_resumes_from_its_last_event_id_or_is_told_it_cannot() {
+    let (srv, rooms, _) = serve_channels(
+        with_history(3, Duration::from_secs(60)),
+        SseOptions::default(),
     )
     .await;
     let addr = srv.local_addr();
+    let mut first = Events::new(get_with(addr, "/topics/t", None).await);
+    let (id, j) = joined(first.next().await);
+    let epoch = j["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(id, format!("{epoch}:0"));
+    assert_eq!(j, json!({"channel": "t", "epoch": epoch, "offset": 0}));
+    for i in 1..=2 {
+        publish(&rooms, "t", &json!(i));
+    }
+    for i in 1..=2 {
+        let want = format!("id: {epoch}:{i}\nevent: m\ndata: {i}");
+        assert_eq!(first.next().await, Some(want));
+    }
+    drop(first); // the connection drops
+    eventually("unsubscribed", || rooms.local_stream_count("t") == 0).await;
+    for i in 3..=4 {
+        publish(&rooms, "t", &json!(i));
+    }
+    // EventSource reconnects with the last id it saw: where the stream stands, then what
+    // it missed, then live
+    let mut again = Events::new(get_with(addr, "/topics/t", Some(&format!("{epoch}:2"))).await);
+    let (id, j) = joined(again.next().await);
+    assert_eq!((id, &j["recovered"]), (format!("{epoch}:4"), &json!(true)));
+    for i in 3..=4 {
+        let want = format!("id: {epoch}:{i}\nevent: m\ndata: {i}");
+        assert_eq!(again.next().await, Some(want));
+    }
+    publish(&rooms, "t", &json!(5));
+    assert_eq!(
+        again.next().await,
+        Some(format!("id: {epoch}:5\nevent: m\ndata: 5"))
+    );
+    assert_eq!(
+        (rooms.stats().recovered, rooms.stats().not_recovered),
+        (1, 0)
+    );
+    // too far behind (the history holds 3..=5): told so, nothing replayed, then live
+    let mut late = Events::new(get_with(addr, "/topics/t", Some(&format!("{epoch}:1"))).await);
+    let (id, j) = joined(late.next().await);
+    assert_eq!((id, &j["recovered"]), (format!("{epoch}:5"), &json!(false)));
+    publish(&rooms, "t", &json!(6));
+    assert_eq!(
+        late.next().await,
+        Some(format!("id: {epoch}:6\nevent: m\ndata: 6"))
+    );
+    assert_eq!(
+        (rooms.stats().recovered, rooms.stats().not_recovered),
+        (1, 1)
+    );
+    srv.shutdown().await;
+}
+
+/// A backlog after `Last-Event-ID` bigger than half the stream's queue: not recovered,
+/// nothing replayed, the stream stays open for live events, and reconnecting with the
+/// last id seen does not ask for the backlog again (no resume loop).
+#[tokio::test]
+async fn a_resume_with_more_backlog_than_the_queue_is_not_recovered_and_goes_on_live() {
+    let (srv, rooms, sse) = serve_channels(
+        with_history(256, Duration::from_secs(60)),
+        SseOptions::default().with_max_queue_bytes(4096),
+    )
+    .await;
+    let addr = srv.local_addr();
+    let mut first = Events::new(get_with(addr, "/topics/t", None).await);
+    let (_, j) = joined(first.next().await);
+    let epoch = j["epoch"].as_str().expect("epoch").to_owned();
+    drop(first);
+    eventually("unsubscribed", || rooms.local_stream_count("t") == 0).await;
     let big = "x".repeat(500);
     for i in 1..=40 {
-        hub.publish("t", &format!("{i} {big}"), None)
-            .expect("publish");
+        publish(&rooms, "t", &json!(format!("{i} {big}")));
     }
-    // ~520 bytes an event, 2048 bytes of replay: the newest 3 fit (38, 39, 40)
-    let mut s = Events::new(get_with(addr, "/topics/t", Some("0")).await);
+    // ~520 bytes an event, 2048 bytes of replay at most
+    let mut s = Events::new(get_with(addr, "/topics/t", Some(&format!("{epoch}:0"))).await);
+    let (id, j) = joined(s.next().await);
     assert_eq!(
-        s.next().await.as_deref(),
-        Some("id: 37\nevent: street:gap\ndata: {\"from\":1,\"to\":37}")
+        (id, &j["recovered"]),
+        (format!("{epoch}:40"), &json!(false))
     );
-    for i in 38..=40 {
-        assert_eq!(s.next().await, Some(format!("id: {i}\ndata: {i} {big}")));
-    }
-    eventually("subscribed", || hub.subscriber_count("t") == 1).await;
-    hub.publish("t", "live", None).expect("publish");
-    assert_eq!(s.next().await.as_deref(), Some("id: 41\ndata: live"));
-    assert_eq!((hub.stats().replay_gaps, hub.stats().replayed), (1, 3));
+    publish(&rooms, "t", &json!("live"));
+    assert_eq!(
+        s.next().await,
+        Some(format!("id: {epoch}:41\nevent: m\ndata: \"live\""))
+    );
     drop(s);
-    // EventSource reconnects with the last id it saw: no gap, no replay, live events
-    let mut again = Events::new(get_with(addr, "/topics/t", Some("41")).await);
-    eventually("resubscribed", || hub.subscriber_count("t") == 1).await;
-    hub.publish("t", "next", None).expect("publish");
-    assert_eq!(again.next().await.as_deref(), Some("id: 42\ndata: next"));
-    // a client that dropped right after the gap event resumes past the gap
-    let mut after_gap = Events::new(get_with(addr, "/topics/t", Some("37")).await);
-    let first = after_gap.next().await.expect("an event");
-    assert!(
-        first.starts_with("id: 38\n") || first.contains("event: street:gap\ndata: {\"from\":38,"),
-        "{first}"
+    // EventSource reconnects with the last id it saw: nothing to replay, then live
+    let mut again = Events::new(get_with(addr, "/topics/t", Some(&format!("{epoch}:41"))).await);
+    let (_, j) = joined(again.next().await);
+    assert_eq!(j["recovered"], true);
+    publish(&rooms, "t", &json!("next"));
+    assert_eq!(
+        again.next().await,
+        Some(format!("id: {epoch}:42\nevent: m\ndata: \"next\""))
     );
-    assert_eq!(hub.stats().slow_readers, 0);
+    assert_eq!(sse.stats().slow_readers, 0);
     srv.shutdown().await;
 }
 
 /// `Last-Event-ID: u64::MAX` used to overflow `last + 1` (a panic in debug builds, which
-/// these tests are): a plain stream's ids start again at 1, and a hub subscriber (an id
-/// from the future, e.g. before a restart) gets no replay and then live events.
+/// these tests are): a plain stream's ids start again at 1; a room's stream (an id that
+/// is not a position, or a position from the future) is told it did not recover, then
+/// gets live events.
 #[tokio::test]
 async fn a_last_event_id_of_u64_max_does_not_overflow() {
     const MAX: &str = "18446744073709551615";
@@ -439,56 +505,72 @@ async fn a_last_event_id_of_u64_max_does_not_overflow() {
     assert_eq!(plain.next().await.as_deref(), Some("id: 2\ndata: b"));
     srv.shutdown().await;
 
-    let (srv, hub) = serve_hub(HubOptions::default()).await;
+    let (srv, rooms, _) = serve_channels(
+        with_history(16, Duration::from_secs(60)),
+        SseOptions::default(),
+    )
+    .await;
+    let addr = srv.local_addr();
     for i in 1..=3 {
-        hub.publish("t", &i, None).expect("publish");
+        publish(&rooms, "t", &json!(i));
     }
-    let mut sub = Events::new(get_with(srv.local_addr(), "/topics/t", Some(MAX)).await);
-    eventually("subscribed", || hub.subscriber_count("t") == 1).await;
-    hub.publish("t", "live", None).expect("publish");
-    assert_eq!(sub.next().await.as_deref(), Some("id: 4\ndata: live"));
-    let st = hub.stats();
-    assert_eq!((st.replayed, st.replay_gaps), (0, 0));
+    let mut probe = Events::new(get_with(addr, "/topics/t", None).await);
+    let (_, j) = joined(probe.next().await);
+    let epoch = j["epoch"].as_str().expect("epoch").to_owned();
+    for last in [MAX.to_owned(), format!("{epoch}:{MAX}")] {
+        let mut sub = Events::new(get_with(addr, "/topics/t", Some(&last)).await);
+        let (id, j) = joined(sub.next().await);
+        assert_eq!((id, &j["recovered"]), (format!("{epoch}:3"), &json!(false)));
+        drop(sub);
+    }
+    publish(&rooms, "t", &json!("live"));
+    let live = probe.next().await;
+    assert_eq!(
+        live,
+        Some(format!("id: {epoch}:4\nevent: m\ndata: \"live\""))
+    );
+    assert_eq!(rooms.stats().not_recovered, 2);
     srv.shutdown().await;
 }
 
 #[tokio::test]
-async fn the_hub_ends_a_slow_subscriber_and_keeps_serving_the_others() {
-    let (srv, hub) = serve_hub(
-        HubOptions::default()
-            .with_stream(
-                SseOptions::default()
-                    .with_max_queue_bytes(32 * 1024)
-                    .with_heartbeat(Duration::ZERO),
-            )
-            .with_replay_events(0),
+async fn a_room_ends_a_slow_stream_and_keeps_serving_the_others() {
+    let (srv, rooms, sse) = serve_channels(
+        RoomsOptions::default(),
+        SseOptions::default()
+            .with_max_queue_bytes(32 * 1024)
+            .with_heartbeat(Duration::ZERO),
     )
     .await;
     let addr = srv.local_addr();
     // a subscriber that never reads its response
     let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"GET /topics/t HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stuck,
+        b"GET /topics/t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let mut good = Events::new(get_with(addr, "/topics/t", None).await);
-    eventually("2 subscribers", || hub.subscriber_count("t") == 2).await;
+    eventually("2 streams", || rooms.local_stream_count("t") == 2).await;
     let chunk = "y".repeat(4096);
     let mut n = 0;
     within("the slow one dropped", async {
-        while hub.stats().slow_readers == 0 {
+        while sse.stats().slow_readers == 0 {
             n += 1;
-            hub.publish("t", &chunk, None).expect("publish");
+            publish(&rooms, "t", &json!({"n": n, "pad": chunk}));
             // the good reader keeps up
             let ev = good.next().await.expect("event");
-            assert!(ev.starts_with(&format!("id: {n}\n")), "{}", &ev[..20]);
+            let want = format!("event: m\ndata: {{\"n\":{n},");
+            assert!(ev.starts_with(&want), "{}", &ev[..30]);
         }
     })
     .await;
-    assert_eq!(hub.subscriber_count("t"), 1);
-    hub.publish("t", "after", None).expect("publish");
+    assert_eq!(rooms.local_stream_count("t"), 1);
+    publish(&rooms, "t", &json!("after"));
     assert_eq!(
-        good.next().await,
-        Some(format!("id: {}\ndata: after", n + 1))
+        good.next().await.as_deref(),
+        Some("event: m\ndata: \"after\"")
     );
     drop(stuck);
     srv.shutdown().await;
@@ -742,23 +824,29 @@ async fn ten_thousand_streams_opening_at_once_are_all_served_and_the_next_gets_5
 }
 
 #[tokio::test]
-async fn replay_is_bounded_by_age_too() {
+async fn a_resume_is_bounded_by_the_history_s_age_and_epochs() {
     let age = Duration::from_millis(100);
-    let (srv, hub) = serve_hub(HubOptions::default().with_replay_age(age)).await;
+    let (srv, rooms, _) = serve_channels(with_history(256, age), SseOptions::default()).await;
     let addr = srv.local_addr();
-    hub.publish("t", "old-1", None).expect("publish");
-    hub.publish("t", "old-2", None).expect("publish");
-    // the buffer's age limit is the condition under test: let it pass
+    let mut probe = Events::new(get_with(addr, "/topics/t", None).await);
+    let (_, j) = joined(probe.next().await);
+    let epoch = j["epoch"].as_str().expect("epoch").to_owned();
+    drop(probe);
+    eventually("unsubscribed", || rooms.local_stream_count("t") == 0).await;
+    publish(&rooms, "t", &json!("old-1"));
+    publish(&rooms, "t", &json!("old-2"));
+    // the history's age limit is the condition under test: let it pass
     tokio::time::sleep(age * 2).await;
-    hub.publish("t", "fresh", None).expect("publish");
-    let mut ev = Events::new(get_with(addr, "/topics/t", Some("0")).await);
-    assert_eq!(
-        ev.next().await.as_deref(),
-        Some("id: 2\nevent: street:gap\ndata: {\"from\":1,\"to\":2}")
-    );
-    assert_eq!(ev.next().await.as_deref(), Some("id: 3\ndata: fresh"));
-    assert_eq!(hub.stats().replayed, 1);
-    assert_eq!(hub.stats().replay_gaps, 1);
+    publish(&rooms, "t", &json!("fresh"));
+    let mut ev = Events::new(get_with(addr, "/topics/t", Some(&format!("{epoch}:0"))).await);
+    let (id, j) = joined(ev.next().await);
+    // the whole history aged out: another epoch, whose history ("fresh", offset 1)
+    // does not continue a position of the old one, not even offset 0 (old-1 and old-2
+    // are lost: before, a client at offset 0 was told it recovered)
+    assert_eq!(j["recovered"], false, "{j}");
+    assert_ne!(j["epoch"], json!(epoch), "{j}");
+    assert_eq!(id, format!("{}:1", j["epoch"].as_str().expect("epoch")));
+    assert_eq!(rooms.stats().not_recovered, 1);
     srv.shutdown().await;
 }
 

@@ -1,29 +1,46 @@
-//! The dashboard's feed: once a second, the server's numbers as one SSE event to every
-//! open dashboard (an `SseHub` topic, encoded once).
+//! The dashboard's feed: once a second, this node's numbers as one SSE event to every
+//! dashboard open on it: a channel of the rooms (`metrics:<node>`, no history: a sample
+//! is about now), encoded once for every stream.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use street::sse::{SseHub, SseRegistry, SseRequest};
+use street::rooms::{PublishOptions, Rooms};
+use street::sse::{SseOptions, SseRegistry, SseRequest};
 
 use super::chat::{AUTH_REJECTED, HISTORY_SENT};
 use super::Demo;
 
-pub(crate) fn routes(feed: SseHub) -> Router {
+/// The channel of this node's samples.
+fn channel(rooms: &Rooms) -> String {
+    format!("metrics:{}", rooms.node_id())
+}
+
+pub(crate) fn routes(rooms: Rooms) -> Router {
     Router::new().route(
         "/api/metrics/stream",
         get(move |req: SseRequest| {
-            let feed = feed.clone();
-            async move { feed.subscribe(req, "metrics").map(|(_, resp)| resp) }
+            let rooms = rooms.clone();
+            async move {
+                match rooms
+                    .sse(req, &channel(&rooms), SseOptions::default())
+                    .await
+                {
+                    Ok((_, response)) => response,
+                    Err(e) => e.into_response(),
+                }
+            }
         }),
     )
 }
 
 /// Publish a sample every second until aborted.
-pub(crate) async fn sample(demo: Demo, sse: SseRegistry, feed: SseHub) {
+pub(crate) async fn sample(demo: Demo, sse: SseRegistry) {
+    let feed = channel(&demo.rooms);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev = demo.wss.stats();
@@ -70,7 +87,9 @@ pub(crate) async fn sample(demo: Demo, sse: SseRegistry, feed: SseHub) {
             "historySent": HISTORY_SENT.load(Ordering::Relaxed),
             "cluster": rooms.broker,
         });
-        let _ = feed.publish("metrics", &sample, Some("metrics"));
+        let _ = demo
+            .rooms
+            .publish(&feed, "metrics", &sample, PublishOptions::default());
         prev = s;
         prev_h = h;
     }

@@ -41,7 +41,6 @@ use street::cluster::HistoryOptions;
 use street::jwt::{JwtOptions, JwtService};
 use street::metrics::Metrics;
 use street::rooms::{Rooms, RoomsOptions};
-use street::sse::{HubOptions, SseHub};
 use street::ws::{WebSocketServer, WsOptions};
 
 /// The demo's settings, from the environment.
@@ -125,16 +124,16 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         .as_ref()
         .map(|url| Arc::new(RedisBroker::new(RedisOptions::url(url.clone()))) as Arc<dyn Broker>);
     let clustered = broker.is_some();
-    let rooms = Rooms::new(
-        &wss,
-        RoomsOptions::default()
-            .with_broker(broker)
-            .with_client_protocol(true)
-            // a reconnecting page (after a blip, a deploy, on another node with Redis)
-            // gets what it missed instead of reloading the room's history
-            .with_history("*", HistoryOptions::new(200, Duration::from_secs(600))),
-    )
-    .await?;
+    let mut rooms_options = RoomsOptions::default()
+        .with_broker(broker)
+        .with_client_protocol(true);
+    for room in chat::OPEN_ROOMS {
+        // a reconnecting page (after a blip, a deploy, on another node with Redis) gets
+        // what it missed instead of reloading the room's history
+        rooms_options =
+            rooms_options.with_history(room, HistoryOptions::new(200, Duration::from_secs(600)));
+    }
+    let rooms = Rooms::new(&wss, rooms_options).await?;
     rooms.authorize(|_socket, room, _member| chat::OPEN_ROOMS.contains(&room));
 
     let mut app_options = cfg.app;
@@ -151,8 +150,6 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
     metrics.rooms("chat", &rooms);
     metrics.sse(app.sse_registry());
     metrics.http(&app.http_stats());
-    let feed = SseHub::new(HubOptions::default().with_replay_events(0));
-    metrics.sse_hub("dashboard", &feed);
 
     let demo = Demo {
         wss: wss.clone(),
@@ -162,11 +159,7 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         metrics: metrics.clone(),
     };
     chat::wire(&demo);
-    let sampler = tokio::spawn(dashboard::sample(
-        demo.clone(),
-        app.sse_registry().clone(),
-        feed.clone(),
-    ));
+    let sampler = tokio::spawn(dashboard::sample(demo.clone(), app.sse_registry().clone()));
 
     let mut site = Router::new()
         .route(
@@ -200,7 +193,7 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         )
         .route("/health", get(|| async { "ok" }))
         .merge(chat::routes(demo.clone()))
-        .merge(dashboard::routes(feed));
+        .merge(dashboard::routes(rooms.clone()));
     match cfg.metrics_token {
         Some(token) => {
             let m = metrics.clone();
