@@ -202,9 +202,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
             // what else the body has ready now goes in the same write: a burst of events
             // costs one system call, not one each (as hyper's write buffer did)
             // (a local buffer: an idle stream keeps no write buffer)
-            let (mut next, mut end) = (Some(first), false);
-            let (mut frames, mut len) = (Vec::new(), 0);
+            let (mut next, mut end, mut failed) = (Some(first), false, false);
+            let (mut frames, mut len, mut polled) = (Vec::new(), 0, 0);
             while let Some(frame) = next.take() {
+                polled += 1;
                 match frame {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
@@ -214,10 +215,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
                     }
                     // the body ended (an event stream closed, or the server shuts down)
                     None => end = true,
-                    // a body that failed: end the connection without pretending it is whole
-                    Some(Err(_)) => return,
+                    // a body that failed: what came before goes out, then the connection
+                    // ends without pretending the body is whole
+                    Some(Err(_)) => failed = true,
                 }
-                if !end && len < BATCH_BYTES {
+                if !end && !failed && len < BATCH_BYTES && polled < BATCH_FRAMES {
                     next = body.frame().now_or_never();
                 }
             }
@@ -234,6 +236,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
                     return;
                 }
             }
+            if failed {
+                return;
+            }
             if end {
                 if self.chunked && !write(&mut wr, b"0\r\n\r\n", self.write_timeout).await {
                     return;
@@ -245,8 +250,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Body<IO> {
     }
 }
 
-/// Most bytes of body gathered for one write.
-const BATCH_BYTES: usize = 64 * 1024;
+/// Most bytes of body gathered for one write: the copy a stalled reader holds while its
+/// write waits (up to the write timeout), so kept small.
+const BATCH_BYTES: usize = 16 * 1024;
+/// Most frames taken for one write (a body with many empty frames ready still yields).
+const BATCH_FRAMES: usize = 256;
 
 /// Write and flush `bytes` within `limit`; false when that failed. What the socket takes
 /// at once is written without arming a timer (the common case: a reader keeping up).

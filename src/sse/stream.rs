@@ -143,6 +143,7 @@ impl Shared {
             drop(st);
             hook();
         } else {
+            debug_assert!(st.on_gone.is_none(), "one on_gone hook per stream");
             st.on_gone = Some(OnGone(Box::new(hook)));
         }
     }
