@@ -105,6 +105,7 @@ options! {
         with_first_message_timeout => first_message_timeout: Option<Duration>,
         with_send_buffer_bytes => send_buffer_bytes: Option<usize>,
         with_reconnect_hint => reconnect_hint: Option<Duration>,
+        with_compression => compression: Option<crate::ws::Compression>,
     }
 }
 

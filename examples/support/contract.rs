@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 use street::ws::{
-    ConnectRequest, Frames, RawMessage, Socket, SocketError, WebSocketServer, WsOptions,
+    Compression, CompressionMode, ConnectRequest, Frames, RawMessage, Socket, SocketError,
+    WebSocketServer, WsOptions,
 };
 
 /// The contract's flags (plus the extras of street's examples).
@@ -36,6 +37,9 @@ pub(crate) struct Flags {
     /// TLS: PEM certificate chain and key (both or neither).
     pub(crate) tls_cert: Option<String>,
     pub(crate) tls_key: Option<String>,
+    /// permessage-deflate: off, shared (`--deflate`) or per connection
+    /// (`--deflate-takeover`).
+    pub(crate) deflate: Option<CompressionMode>,
 }
 
 pub(crate) const USAGE: &str =
@@ -43,7 +47,7 @@ pub(crate) const USAGE: &str =
 [--max-payload-bytes N] [--allowed-origin ORIGIN]... [--threads N] [--max-sse-streams N] \
 [--cluster-heartbeat-ms MS] [--history-size N] [--history-ttl-ms MS] [--reconnect-hint-ms MS] [--max-connections-per-ip N] \
 [--max-handshakes-per-ip-per-sec N] [--trusted-proxy CIDR]... [--proxy-protocol] \
-[--tls-cert PATH --tls-key PATH]";
+[--tls-cert PATH --tls-key PATH] [--deflate | --deflate-takeover]";
 
 pub(crate) fn parse() -> Result<Flags, String> {
     let port = std::env::var("PORT").unwrap_or_else(|_| "9001".into());
@@ -65,6 +69,7 @@ pub(crate) fn parse() -> Result<Flags, String> {
         proxy_protocol: false,
         tls_cert: None,
         tls_key: None,
+        deflate: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -104,6 +109,8 @@ pub(crate) fn parse() -> Result<Flags, String> {
             "--proxy-protocol" => f.proxy_protocol = true,
             "--tls-cert" => f.tls_cert = Some(val()?),
             "--tls-key" => f.tls_key = Some(val()?),
+            "--deflate" => f.deflate = Some(CompressionMode::Shared),
+            "--deflate-takeover" => f.deflate = Some(CompressionMode::ContextTakeover),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -270,4 +277,9 @@ pub(crate) fn ws_options(flags: &Flags) -> WsOptions {
         .with_max_messages_per_sec(0)
         .with_max_bytes_per_sec(0)
         .with_reconnect_hint(flags.reconnect_hint_ms.map(Duration::from_millis))
+        .with_compression(
+            flags
+                .deflate
+                .map(|mode| Compression::default().with_mode(mode)),
+        )
 }

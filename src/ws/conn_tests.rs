@@ -57,6 +57,7 @@ fn start(
         request: ConnectRequest::for_test("/ws"),
         stream: Io(server),
         pre: Bytes::new(),
+        deflate: None,
     };
     let done = tokio::spawn(run(Box::new(acc)));
     Harness {

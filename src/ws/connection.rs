@@ -33,6 +33,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::close::{CloseCode, CloseInfo};
+use super::deflate::PerMessage;
 use super::dispatch;
 use super::handler::BoxFuture;
 use super::limits::Bucket;
@@ -78,6 +79,7 @@ impl<'a, T: Transport> Conn<'a, T> {
         socket: &'a Socket,
         mode: Mode,
         opts: &super::WsOptions,
+        deflate: Option<Box<PerMessage>>,
     ) -> Self {
         let now = std::time::Instant::now();
         let (msg_rate, byte_rate) = (opts.max_messages_per_sec, opts.max_bytes_per_sec);
@@ -90,6 +92,7 @@ impl<'a, T: Transport> Conn<'a, T> {
             msgs: Bucket::full(msg_rate as f32, now),
             bytes: Bucket::full(byte_burst(byte_rate, opts.max_payload), now),
             decoder: Decoder::new(opts.max_payload),
+            deflate,
             rbuf: BytesMut::from(pre),
             dispatching: None,
             out: Vec::new(),
@@ -143,6 +146,8 @@ pub(crate) struct Conn<'a, T> {
     msgs: Bucket,
     bytes: Bucket,
     decoder: Decoder,
+    /// permessage-deflate's state, when agreed (boxed: one pointer otherwise).
+    deflate: Option<Box<PerMessage>>,
     /// Bytes of frames that have not fully arrived (empty, unallocated, when idle).
     rbuf: BytesMut,
     /// The handlers of the current message, when they did not finish in one poll.
@@ -227,6 +232,18 @@ impl<T: Transport> Conn<'_, T> {
     /// Take the next batch from the outbox into `self.out`; false when there is none.
     fn take_batch(&mut self) -> bool {
         self.batch_end = self.socket.inner.outbox.next_batch(&mut self.out, BATCH);
+        if let Some(d) = self.deflate.as_deref_mut().map(|d| &mut d.deflater) {
+            let stats = &self.socket.inner.stats;
+            for f in &mut self.out {
+                if let Some(fresh) = f.compress(d) {
+                    stats.compressed_out.inc();
+                    stats.compressed_bytes_out.add(f.payload.len() as u64);
+                    if fresh {
+                        stats.compressions.inc();
+                    }
+                }
+            }
+        }
         !self.out.is_empty()
     }
 
@@ -332,7 +349,8 @@ impl<T: Transport> Conn<'_, T> {
                     }
                 }
             }
-            let event = match self.decoder.decode(&mut self.rbuf) {
+            let inflate = self.deflate.as_deref_mut().map(|d| &mut d.inflater);
+            let event = match self.decoder.decode(&mut self.rbuf, inflate) {
                 Ok(Some(ev)) => ev,
                 Ok(None) => {
                     if self.rbuf.is_empty() {

@@ -11,6 +11,7 @@ mod close;
 #[cfg(test)]
 mod conn_tests;
 mod connection;
+mod deflate;
 mod dispatch;
 pub mod envelope;
 mod handler;
@@ -28,6 +29,7 @@ mod transport;
 mod upgrade;
 
 pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};
+pub use deflate::{Compression, CompressionMode};
 pub use envelope::{Envelope, EnvelopeError};
 pub use handler::{Awaited, Handler, Handler2, Inline, Outcome};
 pub use origin::Origin;
@@ -49,18 +51,47 @@ pub mod __fuzz {
         for max in [125usize, 70_000] {
             let mut d = super::proto::Decoder::new(max);
             let mut src = BytesMut::from(data);
-            while let Ok(Some(_)) = d.decode(&mut src) {}
+            while let Ok(Some(_)) = d.decode(&mut src, None) {}
             let mut d = super::proto::Decoder::new(max);
             let mut src = BytesMut::new();
             'outer: for chunk in data.chunks(7) {
                 src.extend_from_slice(chunk);
                 loop {
-                    match d.decode(&mut src) {
+                    match d.decode(&mut src, None) {
                         Ok(Some(_)) => {}
                         Ok(None) => break,
                         Err(_) => break 'outer,
                     }
                 }
+            }
+        }
+    }
+
+    /// permessage-deflate on arbitrary bytes: inflated (bounded, as a client's message
+    /// is), decoded as frames of a connection that agreed on compression, and compressed
+    /// then inflated back (which must give `data` again). Must never panic.
+    pub fn deflate(data: &[u8]) {
+        use super::deflate::{Agreed, Deflater, Inflater, Out};
+        const MAX: usize = 64 * 1024;
+        if let Ok(out) = Inflater::Fresh.inflate(data, MAX) {
+            assert!(out.len() <= MAX, "inflated past the limit");
+        }
+        for takeover in [false, true] {
+            let agreed = Agreed {
+                out: if takeover { Out::Takeover } else { Out::Shared },
+                client_takeover: takeover,
+                level: 1,
+                min_bytes: 0,
+            };
+            let mut d = super::proto::Decoder::new(MAX);
+            let mut inflater = Inflater::new(&agreed);
+            let mut src = BytesMut::from(data);
+            while let Ok(Some(_)) = d.decode(&mut src, Some(&mut inflater)) {}
+            let (mut z, mut i) = (Deflater::new(&agreed), Inflater::new(&agreed));
+            let payload = bytes::Bytes::copy_from_slice(data);
+            if let (Some(c), _) = z.compress(&payload) {
+                let back = i.inflate(&c, data.len().max(1));
+                assert_eq!(back.as_deref(), Ok(data), "round trip");
             }
         }
     }

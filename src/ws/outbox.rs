@@ -116,6 +116,25 @@ impl Frame {
             counted,
         }
     }
+    /// Compress a data frame with `d` (RSV1 set); `None` when it goes as it is (a
+    /// control frame, too small, or no smaller), else whether the compressor ran for it
+    /// (not when a broadcast's compressed form was shared). `counted` stays the queued
+    /// size.
+    pub(crate) fn compress(&mut self, d: &mut super::deflate::Deflater) -> Option<bool> {
+        let opcode = self.header[0] & 0x0f;
+        if opcode != proto::OP_TEXT && opcode != proto::OP_BINARY {
+            return None;
+        }
+        let (z, fresh) = d.compress(&self.payload);
+        let z = z?;
+        let (mut header, n) = proto::header(opcode, z.len());
+        header[0] |= 0x40;
+        self.header = header;
+        self.header_len = n as u8;
+        self.payload = z;
+        Some(fresh)
+    }
+
     /// Header and payload bytes.
     pub(crate) fn len(&self) -> usize {
         usize::from(self.header_len) + self.payload.len()

@@ -9,7 +9,8 @@
 //! `connection.rs`).
 //!
 //! What the decoder enforces (each violation is an error with its close code):
-//! - client frames must be masked; RSV bits must be 0 (no extensions are negotiated);
+//! - client frames must be masked; RSV bits must be 0, except RSV1 on the first frame of
+//!   a data message when permessage-deflate was agreed (the message is compressed);
 //!   opcodes 3–7 and 11–15 are reserved → 1002;
 //! - control frames must not be fragmented and carry at most 125 bytes → 1002;
 //! - a continuation needs a message in progress, a new data frame must not interrupt one
@@ -17,10 +18,13 @@
 //! - a message over `max_payload` → 1009, decided from the frame header, before its
 //!   payload is buffered;
 //! - text must be UTF-8; fragmented text is checked as it arrives (fail fast) → 1007;
-//! - a close frame's payload is empty or a valid code plus a UTF-8 reason → 1002/1007.
+//! - a close frame's payload is empty or a valid code plus a UTF-8 reason → 1002/1007;
+//! - a compressed message inflates to at most `max_payload` bytes (checked as it
+//!   inflates: a deflate bomb costs no memory) → 1009, and must inflate → 1007.
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::deflate::Inflater;
 use super::text::Text;
 
 pub(crate) const OP_CONTINUATION: u8 = 0x0;
@@ -59,6 +63,8 @@ pub(crate) enum ProtoError {
     InvalidUtf8,
     #[error("max length: {0}")]
     TooBig(usize),
+    #[error("invalid compressed data")]
+    InvalidCompressed,
 }
 
 impl ProtoError {
@@ -66,7 +72,7 @@ impl ProtoError {
     pub(crate) fn close_code(&self) -> u16 {
         match self {
             Self::Protocol(_) => 1002,
-            Self::InvalidUtf8 => 1007,
+            Self::InvalidUtf8 | Self::InvalidCompressed => 1007,
             Self::TooBig(_) => 1009,
         }
     }
@@ -75,6 +81,8 @@ impl ProtoError {
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// Compressed (RSV1 on its first frame): inflated, and checked, once whole.
+    compressed: bool,
     buf: BytesMut,
     /// Bytes of `buf` known to be valid UTF-8 (a sequence may be split across frames).
     checked: usize,
@@ -102,7 +110,7 @@ fn text(bytes: Bytes) -> Result<Event, ProtoError> {
 }
 
 fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), ProtoError> {
-    if !p.text {
+    if !p.text || p.compressed {
         return Ok(());
     }
     match std::str::from_utf8(&p.buf[p.checked..]) {
@@ -144,20 +152,49 @@ impl Decoder {
         }
     }
 
+    /// A complete data message: inflated first when it came compressed.
+    fn message(
+        &self,
+        inflate: Option<&mut Inflater>,
+        text: bool,
+        compressed: bool,
+        bytes: Bytes,
+    ) -> Result<Event, ProtoError> {
+        let bytes = match (compressed, inflate) {
+            (true, Some(inf)) => inf.inflate(&bytes, self.max_payload as usize)?,
+            _ => bytes,
+        };
+        if text {
+            self::text(bytes)
+        } else {
+            Ok(Event::Binary(bytes))
+        }
+    }
+
     pub(crate) fn max_payload(&self) -> usize {
         self.max_payload as usize
     }
 
     /// Bytes the decoder still needs before `src` holds a whole frame (a hint for how
     /// much to reserve), or 0 when unknown.
-    pub(crate) fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Event>, ProtoError> {
+    ///
+    /// `inflate`: the connection agreed on permessage-deflate (RSV1 on a data message's
+    /// first frame marks it compressed, and it inflates with this).
+    pub(crate) fn decode(
+        &mut self,
+        src: &mut BytesMut,
+        inflate: Option<&mut Inflater>,
+    ) -> Result<Option<Event>, ProtoError> {
         if src.len() < 2 {
             return Ok(None);
         }
         let (b0, b1) = (src[0], src[1]);
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0f;
-        if b0 & 0x70 != 0 {
+        // RSV1: a compressed message, on its first frame only, when deflate was agreed
+        let compressed =
+            b0 & 0x40 != 0 && inflate.is_some() && (opcode == OP_TEXT || opcode == OP_BINARY);
+        if b0 & 0x70 != 0 && !(compressed && b0 & 0x30 == 0) {
             return Err(ProtoError::Protocol("reserved bits set"));
         }
         if b1 & 0x80 == 0 {
@@ -231,11 +268,13 @@ impl Decoder {
             OP_PING => Ok(Some(Event::Ping(payload.freeze()))),
             OP_PONG => Ok(Some(Event::Pong(payload.freeze()))),
             OP_CLOSE => close_event(&payload).map(Some),
-            OP_TEXT if fin => text(payload.freeze()).map(Some),
-            OP_BINARY if fin => Ok(Some(Event::Binary(payload.freeze()))),
+            OP_TEXT | OP_BINARY if fin => self
+                .message(inflate, opcode == OP_TEXT, compressed, payload.freeze())
+                .map(Some),
             OP_TEXT | OP_BINARY => {
                 let mut p = Box::new(Partial {
                     text: opcode == OP_TEXT,
+                    compressed,
                     buf: payload,
                     checked: 0,
                 });
@@ -252,14 +291,11 @@ impl Decoder {
                 check_utf8(&mut p, fin)?;
                 if fin {
                     let p = *p;
-                    let bytes = p.buf.freeze();
-                    return if p.text {
-                        // checked as it arrived (to fail fast), and once more whole: a
-                        // `Text` is only made by checking, and this crate has no `unsafe`
-                        text(bytes).map(Some)
-                    } else {
-                        Ok(Some(Event::Binary(bytes)))
-                    };
+                    // text is checked as it arrived (to fail fast), and once more whole:
+                    // a `Text` is only made by checking, and this crate has no `unsafe`
+                    return self
+                        .message(inflate, p.text, p.compressed, p.buf.freeze())
+                        .map(Some);
                 }
                 self.partial = Some(p);
                 Ok(Some(Event::Fragment))
@@ -341,7 +377,7 @@ mod tests {
         let mut src = BytesMut::from(bytes);
         let mut out = Vec::new();
         loop {
-            match d.decode(&mut src) {
+            match d.decode(&mut src, None) {
                 Ok(Some(Event::Fragment)) => {}
                 Ok(Some(e)) => out.push(Ok(e)),
                 Ok(None) => return out,
@@ -397,11 +433,11 @@ mod tests {
             let mut d = Decoder::new(1 << 20);
             let mut src = BytesMut::from(&whole[..cut]);
             let mut got = Vec::new();
-            while let Ok(Some(e)) = d.decode(&mut src) {
+            while let Ok(Some(e)) = d.decode(&mut src, None) {
                 got.push(e);
             }
             src.extend_from_slice(&whole[cut..]);
-            while let Ok(Some(e)) = d.decode(&mut src) {
+            while let Ok(Some(e)) = d.decode(&mut src, None) {
                 got.push(e);
             }
             got.retain(|e| *e != Event::Fragment);
@@ -477,7 +513,7 @@ mod properties {
             let mut d = Decoder::new(max);
             let mut src = BytesMut::from(&bytes[..]);
             for _ in 0..64 {
-                match d.decode(&mut src) {
+                match d.decode(&mut src, None) {
                     Ok(Some(_)) => continue,
                     Ok(None) => break,
                     Err(e) => { prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009)); break; }
@@ -521,7 +557,7 @@ mod properties {
             let mut got = Vec::new();
             for piece in wire.chunks(chunk) {
                 src.extend_from_slice(piece);
-                while let Some(ev) = d.decode(&mut src).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                while let Some(ev) = d.decode(&mut src, None).map_err(|e| TestCaseError::fail(e.to_string()))? {
                     if !matches!(ev, Event::Ping(_) | Event::Fragment) {
                         got.push(ev);
                     }

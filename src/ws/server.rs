@@ -188,6 +188,12 @@ pub struct WsOptions {
     /// `street.js` honours (waiting that long plus jitter). Default `None`: the reasons are
     /// exactly StreetJS's.
     pub reconnect_hint: Option<Duration>,
+    /// permessage-deflate (RFC 7692), agreed with clients that offer it (every browser
+    /// does). `None`, the default, leaves every message uncompressed. See [`Compression`]
+    /// for the modes and what each costs, and the README for when to turn it on.
+    ///
+    /// [`Compression`]: super::Compression
+    pub compression: Option<super::Compression>,
 }
 
 impl WsOptions {
@@ -221,6 +227,7 @@ impl Default for WsOptions {
             first_message_timeout: None,
             send_buffer_bytes: None,
             reconnect_hint: None,
+            compression: None,
         }
     }
 }

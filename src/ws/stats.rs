@@ -80,6 +80,27 @@ stats! {
         count protocol_errors => DISCONNECTS.with("reason", "protocol_error"),
         /// Broadcasts sent.
         count broadcasts => counter("street_ws_broadcasts_total", "Broadcasts sent."),
+        /// Connections that agreed on permessage-deflate.
+        count compressed_connections => counter(
+            "street_ws_compressed_connections_total",
+            "Connections that agreed on permessage-deflate.",
+        ),
+        /// Messages written compressed.
+        count compressed_out => counter(
+            "street_ws_compressed_messages_out_total",
+            "Messages written compressed (permessage-deflate).",
+        ),
+        /// Times the compressor ran for them: in the shared mode a broadcast is
+        /// compressed once per worker thread, and its other recipients share the result.
+        count compressions => counter(
+            "street_ws_compressions_total",
+            "Times a message was compressed (shared mode: once per broadcast and thread).",
+        ),
+        /// Bytes those messages took on the wire (compare with their `bytes_out` share).
+        count compressed_bytes_out => counter(
+            "street_ws_compressed_bytes_out_total",
+            "Compressed payload bytes written (permessage-deflate).",
+        ),
         /// Highest number of simultaneously registered connections seen.
         set peak_connections => gauge(
             "street_ws_connections_peak",

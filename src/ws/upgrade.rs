@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::close::{CloseCode, CloseInfo};
 use super::connection::{self, Conn, Mode};
+use super::deflate::{self, PerMessage};
 use super::handler::run_dispatch;
 use super::origin::{self, OriginVerdict};
 use super::proto;
@@ -388,6 +389,16 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
+    // permessage-deflate: the first acceptable offer, when compression is on
+    let deflate = shared.opts.compression.as_ref().and_then(|cfg| {
+        let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+        deflate::negotiate(offers.iter(), cfg)
+    });
+    let deflate = deflate.map(|(agreed, answer)| {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+        shared.stats.compressed_connections.inc();
+        PerMessage::new(&agreed)
+    });
 
     let task_wss = wss.clone();
     // Everything the connection logs — street's events and the app's handlers, which run
@@ -415,6 +426,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
             permit,
         },
         request,
+        deflate,
     });
     let task = serve_upgraded(start);
     if span.is_disabled() {
@@ -534,6 +546,7 @@ struct Start {
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     admission: Admission,
     request: ConnectRequest,
+    deflate: Option<Box<PerMessage>>,
 }
 
 impl<T> Accepted<T> {
@@ -541,9 +554,25 @@ impl<T> Accepted<T> {
     #[allow(clippy::boxed_local)]
     fn into_parts(
         self: Box<Self>,
-    ) -> (WebSocketServer, Socket, Admission, ConnectRequest, T, Bytes) {
+    ) -> (
+        WebSocketServer,
+        Socket,
+        Admission,
+        ConnectRequest,
+        T,
+        Bytes,
+        Option<Box<PerMessage>>,
+    ) {
         let a = *self;
-        (a.wss, a.socket, a.admission, a.request, a.stream, a.pre)
+        (
+            a.wss,
+            a.socket,
+            a.admission,
+            a.request,
+            a.stream,
+            a.pre,
+            a.deflate,
+        )
     }
 }
 
@@ -556,6 +585,8 @@ pub(crate) struct Accepted<T> {
     pub(crate) stream: T,
     /// Bytes that arrived with the handshake.
     pub(crate) pre: Bytes,
+    /// permessage-deflate's state, when agreed.
+    pub(crate) deflate: Option<Box<PerMessage>>,
 }
 
 /// The connection's task: take the stream from hyper, then run the connection.
@@ -626,6 +657,7 @@ impl Start {
             socket,
             admission,
             request,
+            deflate,
             ..
         } = self;
         Box::new(Accepted {
@@ -635,6 +667,7 @@ impl Start {
             request,
             stream,
             pre,
+            deflate,
         })
     }
 }
@@ -644,7 +677,7 @@ impl Start {
 pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
     // Unboxed in a plain function, so the box is freed now rather than kept (moved-from)
     // for the connection's whole life.
-    let (wss, socket, admission, request, mut stream, pre) = acc.into_parts();
+    let (wss, socket, admission, request, mut stream, pre, deflate) = acc.into_parts();
     let shared = &wss.shared;
     let opts = &shared.opts;
     if !admission.has_capacity() {
@@ -697,7 +730,7 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
         }
     }
     socket.compact();
-    let mut conn = Conn::new(stream, pre, socket, mode, opts);
+    let mut conn = Conn::new(stream, pre, socket, mode, opts, deflate);
     let end = (&mut conn).await;
     let Conn { mut stream, .. } = conn;
     let info = Box::pin(connection::conclude(
@@ -755,6 +788,7 @@ mod size_tests {
             on_upgrade: Some(hyper::upgrade::on(http::Request::new(()))),
             admission: super::Admission::none(),
             request: super::ConnectRequest::for_test("/"),
+            deflate: None,
         }))
         .instrument(tracing::info_span!("ws", conn = %id));
         let n = std::mem::size_of_val(&f);

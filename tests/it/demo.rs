@@ -586,6 +586,14 @@ async fn demo_in_a_browser_two_people_chat_and_survive_a_restart() {
         "{v}"
     );
     assert_eq!(v["dashboardResumed"], true, "{v}");
+    // Chromium's permessage-deflate offer was taken (the chat ran compressed)
+    for who in ["Ana", "Bo"] {
+        assert_eq!(
+            v["wsExtensions"][who],
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            "{v}"
+        );
+    }
     assert!(shots.join("chat.png").exists() && shots.join("dashboard.png").exists());
 }
 

@@ -9,6 +9,7 @@ mod backpressure;
 mod broadcast;
 mod capacity;
 mod chaos;
+mod deflate;
 mod demo;
 mod embed;
 mod examples;

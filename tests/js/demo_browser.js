@@ -42,6 +42,15 @@ async function login(browser, name) {
   const page = await ctx.newPage();
   page.on('pageerror', (e) => fail(`page error (${name}): ${e}`));
   watchCsp(page, name);
+  // the extensions the server answered in each WebSocket handshake (Chromium offers
+  // permessage-deflate; the demo turns compression on)
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send('Network.enable');
+  cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
+    const h = e.response.headers || {};
+    const ext = h['Sec-WebSocket-Extensions'] || h['sec-websocket-extensions'] || '';
+    (results.wsExtensions = results.wsExtensions || {})[name] = ext;
+  });
   await page.goto(base + '/');
   await page.fill('#name', name);
   await page.click('#login-button');

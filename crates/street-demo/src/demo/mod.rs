@@ -41,7 +41,7 @@ use street::cluster::HistoryOptions;
 use street::jwt::{JwtOptions, JwtService};
 use street::metrics::Metrics;
 use street::rooms::{Rooms, RoomsOptions};
-use street::ws::{WebSocketServer, WsOptions};
+use street::ws::{Compression, WebSocketServer, WsOptions};
 
 /// The demo's settings, from the environment.
 pub(crate) struct Config {
@@ -117,7 +117,10 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         WsOptions::default()
             .with_path("/ws")
             // clients wait this long (plus jitter) after a restart or a full server
-            .with_reconnect_hint(Some(Duration::from_millis(1000))),
+            .with_reconnect_hint(Some(Duration::from_millis(1000)))
+            // browsers offer permessage-deflate: chat and history JSON shrink several
+            // times, compressed once per message for every recipient
+            .with_compression(Some(Compression::default())),
     );
     let broker: Option<Arc<dyn Broker>> = cfg
         .redis_url
