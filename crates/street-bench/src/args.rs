@@ -24,12 +24,19 @@ pub(crate) struct Args {
     /// and the publisher sends `publish {channel, payload}` (examples/cluster.rs) instead
     /// of `broadcast`: the room fan-out path, with or without history.
     pub(crate) room: Option<String>,
+    /// `fanout --deflate`: the subscribers offer permessage-deflate and inflate what comes
+    /// compressed (the publisher does not offer it); wire bytes are reported.
+    pub(crate) deflate: bool,
+    /// `fanout --chat-bytes N`: each broadcast's payload is a chat-like JSON object of
+    /// about N bytes (`{"id":…,"from":…,"room":…,"text":…}`) instead of the bare id.
+    pub(crate) chat_bytes: usize,
 }
 
 pub(crate) const USAGE: &str = "usage: street-bench <echo|fanout|idle|connect-storm|restart|sse-fanout> --url ws://HOST:PORT/ws
   [--connections N] [--duration SECS] [--warmup SECS] [--concurrency N] [--outstanding N]
   [--payload-bytes N] [--server-pid PID] [--threads N] [--label NAME] [--json]
-  [--reconnect-window-ms MS] [--timeout SECS] [--ca PEM (for wss:// URLs)] [--room NAME]";
+  [--reconnect-window-ms MS] [--timeout SECS] [--ca PEM (for wss:// URLs)] [--room NAME]
+  [--deflate] [--chat-bytes N]";
 
 pub(crate) fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -57,6 +64,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         threads: cores,
         json: false,
         room: None,
+        deflate: false,
+        chat_bytes: 0,
         label: String::new(),
         reconnect_window: Duration::from_secs(2),
         timeout: Duration::from_secs(60),
@@ -83,6 +92,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--ca" => crate::conn::trust_ca(&val()?)?,
             "--json" => a.json = true,
             "--room" => a.room = Some(val()?),
+            "--deflate" => a.deflate = true,
+            "--chat-bytes" => a.chat_bytes = num(val()?)? as usize,
             "--reconnect-window-ms" => {
                 a.reconnect_window = Duration::from_millis(num(val()?)? as u64);
             }

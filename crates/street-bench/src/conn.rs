@@ -131,10 +131,15 @@ pub(crate) async fn open_spread(
     (ok, failed, start.elapsed())
 }
 
-/// The integer payload of `{"type":"broadcast","payload":N,"ts":…}` without a JSON parse.
+/// The integer payload of `{"type":"broadcast","payload":N,"ts":…}`, or the `id` of a
+/// chat-like payload `{"type":…,"payload":{"id":N,…}}`, without a JSON parse.
 pub(crate) fn payload_id(text: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"payload\":";
-    let at = text.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    const ID: &[u8] = b"{\"id\":";
+    let mut at = text.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    if text[at..].starts_with(ID) {
+        at += ID.len();
+    }
     let mut n: u64 = 0;
     let mut any = false;
     for &b in &text[at..] {
@@ -160,5 +165,9 @@ mod tests {
         );
         assert_eq!(payload_id(br#"{"type":"broadcast","payload":"x"}"#), None);
         assert_eq!(payload_id(b"nothing"), None);
+        assert_eq!(
+            payload_id(br#"{"type":"broadcast","payload":{"id":77,"text":"x"},"ts":5}"#),
+            Some(77)
+        );
     }
 }

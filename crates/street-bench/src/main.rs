@@ -21,6 +21,7 @@
 
 mod args;
 mod conn;
+mod deflate;
 mod measure;
 mod report;
 mod scenarios;

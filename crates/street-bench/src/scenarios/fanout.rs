@@ -31,8 +31,10 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     } else {
         urls.clone()
     };
-    let (mut conns, failed, _) =
-        open_spread(&pub_urls, if sse { 1 } else { n }, a.concurrency).await;
+    // with --deflate only the publisher is a WebSocket client of ours; the subscribers
+    // are raw readers that offer permessage-deflate
+    let ws_clients = if sse || a.deflate { 1 } else { n };
+    let (mut conns, failed, _) = open_spread(&pub_urls, ws_clients, a.concurrency).await;
     if failed > 0 {
         return Err(format!("{failed} connections failed"));
     }
@@ -41,6 +43,15 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     } else {
         Vec::new()
     };
+    let mut deflate_readers = Vec::new();
+    if a.deflate && !sse {
+        // n - 1: the publisher receives its own broadcasts too
+        for i in 0..n.saturating_sub(1) {
+            deflate_readers.push(crate::deflate::open(&urls[i % urls.len()]).await?);
+        }
+    }
+    // bytes read by the compressed subscribers, and messages they got
+    let (wire, wire_msgs) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     if conns.is_empty() {
         return Err("no connections".into());
     }
@@ -108,6 +119,15 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
         std::mem::forget(_sink);
         readers.push(spawn_reader(stream));
     }
+    for tcp in deflate_readers {
+        let (on_id, wire, msgs) = (on_id.clone(), wire.clone(), wire_msgs.clone());
+        readers.push(tokio::spawn(crate::deflate::read(tcp, wire, move |m| {
+            msgs.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = payload_id(m) {
+                on_id(id);
+            }
+        })));
+    }
     for tcp in sse_readers {
         let on_id = on_id.clone();
         readers.push(tokio::spawn(read_sse_ids(tcp, move |id| on_id(id))));
@@ -141,6 +161,10 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
             Some(r) => {
                 format!(r#"{{"type":"publish","payload":{{"channel":{r},"payload":{id}}}}}"#)
             }
+            None if a.chat_bytes > 0 => format!(
+                r#"{{"type":"{kind}","payload":{{"id":{id},"from":"ana","room":"general","text":"{}"}}}}"#,
+                chat_text(a.chat_bytes)
+            ),
             None => format!(r#"{{"type":"{kind}","payload":{id}}}"#),
         };
         pub_sink
@@ -167,6 +191,12 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     r.put("deliveries_per_s", round(d as f64 / elapsed, 0));
     r.put("completion_p50_us", h.value_at_quantile(0.5));
     r.put("completion_p99_us", h.value_at_quantile(0.99));
+    if a.deflate {
+        // bytes the compressed subscribers read per message, whole run (the publisher's
+        // own copy is uncompressed and not counted)
+        let (b, m) = (wire.load(Ordering::Relaxed), wire_msgs.load(Ordering::Relaxed));
+        r.put("wire_bytes_per_message", round(b as f64 / m.max(1) as f64, 1));
+    }
     Ok(d)
 }
 
@@ -198,4 +228,20 @@ async fn join_room(conns: &mut [Ws], room: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Chat-like text of about `bytes` bytes (words, so it compresses as chat does).
+fn chat_text(bytes: usize) -> String {
+    const WORDS: [&str; 12] = [
+        "hello", "street", "room", "message", "the", "a", "deploy", "today", "see", "you",
+        "lunch", "ok",
+    ];
+    let mut s = String::with_capacity(bytes + 16);
+    let mut i = 7usize;
+    while s.len() + 70 < bytes {
+        i = i.wrapping_mul(31).wrapping_add(17);
+        s.push_str(WORDS[i % WORDS.len()]);
+        s.push(' ');
+    }
+    s
 }
