@@ -396,3 +396,22 @@ pub fn spawn_lines(
     });
     (child, rx)
 }
+
+/// A server whose clients' `echo` comes back to the sender and `broadcast` goes to every
+/// client.
+pub fn echo_server(opts: WsOptions) -> WebSocketServer {
+    let wss = WebSocketServer::new(opts);
+    let hub = wss.clone();
+    wss.on_connection(
+        move |socket: street::ws::Socket, _: street::ws::ConnectRequest| {
+            let s = socket.clone();
+            socket.on("echo", move |p: serde_json::Value| s.emit("echo", &p))?;
+            let h = hub.clone();
+            socket.on("broadcast", move |p: serde_json::Value| {
+                h.broadcast("broadcast", &p)
+            })?;
+            Ok::<_, street::ws::SocketError>(())
+        },
+    );
+    wss
+}

@@ -6,25 +6,7 @@
 use std::process::Command;
 
 use crate::common::*;
-use street::ws::{
-    Compression, CompressionMode, ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions,
-};
-
-/// `echo` back to the sender, `broadcast` to every client.
-fn echo_server(opts: WsOptions) -> WebSocketServer {
-    let wss = WebSocketServer::new(opts);
-    let hub = wss.clone();
-    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let s = socket.clone();
-        socket.on("echo", move |p: serde_json::Value| s.emit("echo", &p))?;
-        let h = hub.clone();
-        socket.on("broadcast", move |p: serde_json::Value| {
-            h.broadcast("broadcast", &p)
-        })?;
-        Ok::<_, SocketError>(())
-    });
-    wss
-}
+use street::ws::{Compression, CompressionMode, WsOptions};
 
 fn compressed(mode: CompressionMode) -> WsOptions {
     opts().with_compression(Some(Compression::default().with_mode(mode)))

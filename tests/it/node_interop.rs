@@ -3,22 +3,11 @@
 use std::process::Command;
 
 use crate::common::*;
-use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer};
 
 #[tokio::test]
 async fn node_ws_client_emits_receives_broadcasts_and_sees_1013() {
     let js = js_dir();
-    let wss = WebSocketServer::new(opts().with_max_connections(2));
-    let hub = wss.clone();
-    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
-        let s = socket.clone();
-        socket.on("echo", move |p: serde_json::Value| s.emit("echo", &p))?;
-        let h = hub.clone();
-        socket.on("broadcast", move |p: serde_json::Value| {
-            h.broadcast("broadcast", &p)
-        })?;
-        Ok::<_, SocketError>(())
-    });
+    let wss = echo_server(opts().with_max_connections(2));
     let srv = serve(&wss).await;
     let port = srv.local_addr().port().to_string();
     let output = within(

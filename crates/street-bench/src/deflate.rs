@@ -6,37 +6,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use flate2::{Decompress, FlushDecompress};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Open a WebSocket at `url` offering permessage-deflate; the answer must take it.
 pub(crate) async fn open(url: &str) -> Result<TcpStream, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
-    let host = uri.authority().ok_or("url has no host")?.as_str().to_owned();
+    let host = uri
+        .authority()
+        .ok_or("url has no host")?
+        .as_str()
+        .to_owned();
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let mut tcp = TcpStream::connect(&host).await.map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    tcp.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        if tcp.read(&mut b).await.map_err(|e| e.to_string())? == 0 {
-            return Err("eof in response head".into());
-        }
-        head.push(b[0]);
-        if head.len() > 8192 {
-            return Err("response head too long".into());
-        }
-    }
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    );
+    let (tcp, head) = crate::sse::request_head(&host, &request).await?;
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     if !head.starts_with("http/1.1 101") {
         return Err(head.lines().next().unwrap_or_default().to_owned());
@@ -94,14 +81,26 @@ fn header(b: &[u8]) -> Option<(bool, u8, usize, usize)> {
     }
     let (rsv1, opcode) = (b[0] & 0x40 != 0, b[0] & 0x0f);
     match b[1] & 0x7f {
-        126 => (b.len() >= 4).then(|| (rsv1, opcode, 4, usize::from(u16::from_be_bytes([b[2], b[3]])))),
+        126 => (b.len() >= 4).then(|| {
+            (
+                rsv1,
+                opcode,
+                4,
+                usize::from(u16::from_be_bytes([b[2], b[3]])),
+            )
+        }),
         127 => {
             if b.len() < 10 {
                 return None;
             }
             let mut l = [0u8; 8];
             l.copy_from_slice(&b[2..10]);
-            Some((rsv1, opcode, 10, usize::try_from(u64::from_be_bytes(l)).ok()?))
+            Some((
+                rsv1,
+                opcode,
+                10,
+                usize::try_from(u64::from_be_bytes(l)).ok()?,
+            ))
         }
         n => Some((rsv1, opcode, 2, usize::from(n))),
     }
@@ -115,7 +114,9 @@ fn inflate(d: &mut Decompress, input: &[u8], out: &mut Vec<u8>) -> bool {
                 out.reserve(out.capacity().max(4096));
             }
             let before = d.total_in();
-            if d.decompress_vec(&part[pos..], out, FlushDecompress::Sync).is_err() {
+            if d.decompress_vec(&part[pos..], out, FlushDecompress::Sync)
+                .is_err()
+            {
                 return false;
             }
             pos += (d.total_in() - before) as usize;

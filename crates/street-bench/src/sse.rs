@@ -8,22 +8,32 @@ use tokio::sync::Semaphore;
 /// Open an SSE stream at `GET /sse` on the host of the WebSocket `url`; after the
 /// response head, the socket carries the (chunked) event stream.
 pub(crate) async fn open_sse(url: &str) -> Result<TcpStream, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
     let host = uri
         .authority()
         .ok_or("url has no host")?
         .as_str()
         .to_owned();
-    let mut tcp = TcpStream::connect(&host).await.map_err(|e| e.to_string())?;
+    let request = format!("GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    let (tcp, head) = request_head(&host, &request).await?;
+    if !head.starts_with(b"HTTP/1.1 200") {
+        return Err(String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned());
+    }
+    Ok(tcp)
+}
+
+/// Connect to `host`, send `request`, and read the response head byte by byte (nothing
+/// after it is consumed): the connection and the head.
+pub(crate) async fn request_head(
+    host: &str,
+    request: &str,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(host).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    tcp.write_all(
-        format!("GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    // read the head byte by byte: nothing of the body is consumed
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
@@ -35,10 +45,7 @@ pub(crate) async fn open_sse(url: &str) -> Result<TcpStream, String> {
             return Err("response head too long".into());
         }
     }
-    if !head.starts_with(b"HTTP/1.1 200") {
-        return Err(String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned());
-    }
-    Ok(tcp)
+    Ok((tcp, head))
 }
 
 /// Read an SSE stream and call `on_id` with each `data: N` line's number.

@@ -194,8 +194,14 @@ pub(crate) async fn fanout(a: &Args, r: &mut Report, meter: &Arc<Meter>) -> Resu
     if a.deflate {
         // bytes the compressed subscribers read per message, whole run (the publisher's
         // own copy is uncompressed and not counted)
-        let (b, m) = (wire.load(Ordering::Relaxed), wire_msgs.load(Ordering::Relaxed));
-        r.put("wire_bytes_per_message", round(b as f64 / m.max(1) as f64, 1));
+        let (b, m) = (
+            wire.load(Ordering::Relaxed),
+            wire_msgs.load(Ordering::Relaxed),
+        );
+        r.put(
+            "wire_bytes_per_message",
+            round(b as f64 / m.max(1) as f64, 1),
+        );
     }
     Ok(d)
 }
@@ -233,8 +239,8 @@ async fn join_room(conns: &mut [Ws], room: &str) -> Result<(), String> {
 /// Chat-like text of about `bytes` bytes (words, so it compresses as chat does).
 fn chat_text(bytes: usize) -> String {
     const WORDS: [&str; 12] = [
-        "hello", "street", "room", "message", "the", "a", "deploy", "today", "see", "you",
-        "lunch", "ok",
+        "hello", "street", "room", "message", "the", "a", "deploy", "today", "see", "you", "lunch",
+        "ok",
     ];
     let mut s = String::with_capacity(bytes + 16);
     let mut i = 7usize;
