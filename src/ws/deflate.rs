@@ -298,7 +298,7 @@ pub(crate) fn inflate_with(
     max: usize,
 ) -> Result<Bytes, ProtoError> {
     let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(3).clamp(64, max.max(64)));
-    for part in [input, &TAIL[..]] {
+    for (tail, part) in [(false, input), (true, &TAIL[..])] {
         let mut pos = 0;
         loop {
             if out.len() == out.capacity() {
@@ -323,11 +323,14 @@ pub(crate) fn inflate_with(
                 break;
             }
             if status == Status::StreamEnd {
-                // a final block: nothing more may follow in this message
-                if pos < part.len() {
+                // a final block (BFINAL): nothing of the client's may follow it in this
+                // message (our tail does not count), and the stream is over (the next
+                // message starts a new one, context or not)
+                if pos < part.len() && !tail {
                     return Err(ProtoError::InvalidCompressed);
                 }
-                break;
+                d.reset(false);
+                return Ok(Bytes::from(out));
             }
             if used == 0 && out.len() == out0 && !full {
                 return Err(ProtoError::InvalidCompressed);
@@ -577,6 +580,24 @@ mod tests {
         );
         assert_eq!(i.inflate(&a, 1 << 20).expect("a"), msg);
         assert_eq!(i.inflate(&b, 1 << 20).expect("b"), msg);
+    }
+
+    #[test]
+    fn a_message_ending_with_a_final_block_inflates() {
+        // what a compressor's finish (not a sync flush) makes: BFINAL set, no tail
+        let mut w = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+        std::io::Write::write_all(&mut w, b"final block, final answer").expect("w");
+        let z = w.finish().expect("finish");
+        let mut i = Inflater::Takeover(Box::new(Decompress::new(false)));
+        for _ in 0..2 {
+            let back = i.inflate(&z, 1024).expect("inflates");
+            assert_eq!(&back[..], b"final block, final answer");
+        }
+        assert_eq!(
+            Inflater::Fresh.inflate(&[&z[..], b"x"].concat(), 1024),
+            Err(ProtoError::InvalidCompressed),
+            "nothing after the final block"
+        );
     }
 
     #[test]
