@@ -639,6 +639,9 @@ async fn subscribe(
     .await
 }
 
+/// Most publishes sent in one pipeline.
+const MAX_PIPELINE: usize = 256;
+
 /// The single writer: commands in order.
 async fn writer(
     shared: Arc<Shared>,
@@ -648,17 +651,44 @@ async fn writer(
 ) {
     let bus = shared.bus();
     let node = shared.node.get().cloned().unwrap_or_else(|| Arc::from(""));
-    while let Some(cmd) = rx.recv().await {
+    // a command taken from the queue while gathering publishes, to run next (in order)
+    let mut next: Option<Cmd> = None;
+    loop {
+        let cmd = match next.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv().await {
+                Some(cmd) => cmd,
+                None => return,
+            },
+        };
         match cmd {
             Cmd::Publish(b) => {
-                let r: redis::RedisResult<()> = redis::cmd("PUBLISH")
-                    .arg(&bus)
-                    .arg(&b[..])
-                    .query_async(&mut conn)
-                    .await;
-                shared.out_bytes.fetch_sub(b.len(), Ordering::AcqRel);
+                // the publishes already queued behind it go in the same pipeline: one
+                // round trip for a burst, in order (Redis runs a pipeline's commands in
+                // the order sent)
+                let mut batch = vec![b];
+                while batch.len() < MAX_PIPELINE {
+                    match rx.try_recv() {
+                        Ok(Cmd::Publish(b)) => batch.push(b),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut pipe = redis::pipe();
+                for b in &batch {
+                    pipe.cmd("PUBLISH").arg(&bus).arg(&b[..]).ignore();
+                }
+                let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                shared.out_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 if let Err(e) = r {
-                    shared.publish_failed(&e);
+                    // the whole pipeline counts as failed (some may have gone out)
+                    for _ in &batch {
+                        shared.publish_failed(&e);
+                    }
                 }
             }
             Cmd::Positioned {
