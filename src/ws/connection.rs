@@ -396,7 +396,10 @@ impl<T: Transport> Conn<'_, T> {
                     return Poll::Ready(Some(End::PeerClosed(info)));
                 }
                 Event::Text(text) => {
-                    if !self.admit_message(text.len()) {
+                    // a compressed message costs its wire size or its inflated size,
+                    // whichever is more
+                    let len = text.len().max(self.decoder.compressed_len());
+                    if !self.admit_message(len) {
                         return Poll::Ready(None);
                     }
                     // Boxed: the dispatch state exists only while a message is handled.
@@ -408,7 +411,8 @@ impl<T: Transport> Conn<'_, T> {
                     });
                 }
                 Event::Binary(b) => {
-                    if !self.admit_message(b.len()) {
+                    let len = b.len().max(self.decoder.compressed_len());
+                    if !self.admit_message(len) {
                         return Poll::Ready(None);
                     }
                     self.dispatching = Some(Box::pin(dispatch::raw(

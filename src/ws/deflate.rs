@@ -297,7 +297,13 @@ pub(crate) fn inflate_with(
     input: &[u8],
     max: usize,
 ) -> Result<Bytes, ProtoError> {
-    let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(3).clamp(64, max.max(64)));
+    // start small (64 KiB at most) and grow by doubling: a message that inflates to
+    // little holds little
+    let start = input
+        .len()
+        .saturating_mul(2)
+        .clamp(64, max.clamp(64, 64 * 1024));
+    let mut out: Vec<u8> = Vec::with_capacity(start);
     for (tail, part) in [(false, input), (true, &TAIL[..])] {
         let mut pos = 0;
         loop {
@@ -306,7 +312,10 @@ pub(crate) fn inflate_with(
                     return Err(ProtoError::TooBig(max));
                 }
                 // grow by steps, one byte past `max` at most (to see that it is exceeded)
-                let room = (max + 1 - out.len()).min(out.len().max(4096));
+                let room = max
+                    .saturating_add(1)
+                    .saturating_sub(out.len())
+                    .min(out.len().max(4096));
                 out.reserve_exact(room);
             }
             let (in0, out0) = (d.total_in(), out.len());
@@ -330,14 +339,22 @@ pub(crate) fn inflate_with(
                     return Err(ProtoError::InvalidCompressed);
                 }
                 d.reset(false);
-                return Ok(Bytes::from(out));
+                return Ok(fit(out));
             }
             if used == 0 && out.len() == out0 && !full {
                 return Err(ProtoError::InvalidCompressed);
             }
         }
     }
-    Ok(Bytes::from(out))
+    Ok(fit(out))
+}
+
+/// `out` as `Bytes`, without holding much unused capacity (the message may be kept).
+fn fit(mut out: Vec<u8>) -> Bytes {
+    if out.capacity() - out.len() > 4096 {
+        out.shrink_to_fit();
+    }
+    Bytes::from(out)
 }
 
 // ---- outbound ----
@@ -408,8 +425,16 @@ impl Deflater {
                     return (None, false);
                 }
                 // with context: once compressed it must be sent compressed (the client's
-                // window holds it from now on)
-                (deflate_with(compress, payload).ok(), true)
+                // window holds it from now on). Should compressing fail, the message goes
+                // uncompressed and the compressor starts over: an empty window refers to
+                // nothing the client lacks
+                match deflate_with(compress, payload) {
+                    Ok(z) => (Some(z), true),
+                    Err(_) => {
+                        compress.reset();
+                        (None, false)
+                    }
+                }
             }
         }
     }

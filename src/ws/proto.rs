@@ -93,6 +93,9 @@ struct Partial {
 pub(crate) struct Decoder {
     /// `u32` keeps the decoder (in every idle connection) small; larger limits are clamped.
     max_payload: u32,
+    /// The size on the wire of the last message returned when it came compressed, else 0
+    /// (in the padding beside `max_payload`: free).
+    compressed_len: u32,
     /// A fragmented message in progress (boxed: rare, and idle decoders stay small).
     partial: Option<Box<Partial>>,
 }
@@ -148,20 +151,33 @@ impl Decoder {
     pub(crate) fn new(max_payload: usize) -> Self {
         Self {
             max_payload: u32::try_from(max_payload).unwrap_or(u32::MAX),
+            compressed_len: 0,
             partial: None,
         }
     }
 
+    /// The size on the wire of the last message [`decode`](Self::decode) returned, when it
+    /// came compressed (0 otherwise): what the byte rate limit charges besides its
+    /// inflated size, so that compressed data that inflates to little is not free.
+    pub(crate) fn compressed_len(&self) -> usize {
+        self.compressed_len as usize
+    }
+
     /// A complete data message: inflated first when it came compressed.
     fn message(
-        &self,
+        &mut self,
         inflate: Option<&mut Inflater>,
         text: bool,
         compressed: bool,
         bytes: Bytes,
     ) -> Result<Event, ProtoError> {
+        self.compressed_len = 0;
         let bytes = match (compressed, inflate) {
-            (true, Some(inf)) => inf.inflate(&bytes, self.max_payload as usize)?,
+            (true, Some(inf)) => {
+                // within max_payload (checked per frame), so it fits
+                self.compressed_len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                inf.inflate(&bytes, self.max_payload as usize)?
+            }
             _ => bytes,
         };
         if text {

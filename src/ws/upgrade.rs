@@ -389,8 +389,14 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
-    // permessage-deflate: the first acceptable offer, when compression is on
-    let deflate = shared.opts.compression.as_ref().and_then(|cfg| {
+    // permessage-deflate: the first acceptable offer, when compression is on (not for a
+    // connection over capacity: it is closed with 1013 at once and needs no compressor)
+    let compression = shared
+        .opts
+        .compression
+        .as_ref()
+        .filter(|_| permit.is_some());
+    let deflate = compression.and_then(|cfg| {
         let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
         deflate::negotiate(offers.iter(), cfg)
     });

@@ -194,3 +194,27 @@ async fn a_deflate_bomb_gets_1009_garbage_1007_and_a_misplaced_rsv1_1002() {
     assert!(wss.stats().protocol_errors >= 5);
     srv.shutdown().await;
 }
+
+/// Compressed data that inflates to nothing is charged its size on the wire: a client
+/// cannot make the server inflate megabytes a second past `max_bytes_per_sec` by sending
+/// empty deflate blocks.
+#[tokio::test]
+async fn the_byte_rate_limit_charges_compressed_messages_their_wire_size() {
+    let wss = echo_server(
+        compressed(CompressionMode::Shared)
+            .with_max_payload(64 * 1024)
+            .with_max_bytes_per_sec(64 * 1024),
+    );
+    let srv = serve(&wss).await;
+    let (mut raw, head) = raw_connect(srv.local_addr(), "/ws", OFFER).await;
+    assert!(head.to_ascii_lowercase().contains(SHARED_ANSWER), "{head}");
+    // 12 000 empty stored blocks (5 bytes each): 60 000 bytes that inflate to ""
+    let empty_blocks = [0u8, 0, 0, 0xff, 0xff].repeat(12_000);
+    let frame = rsv1(true, 1, &empty_blocks);
+    for _ in 0..4 {
+        raw.send(&frame).await;
+    }
+    assert_eq!(raw.close_code().await, Some(1008));
+    assert_eq!(wss.stats().rate_limited, 1);
+    srv.shutdown().await;
+}
