@@ -11,13 +11,7 @@ use tokio::net::TcpStream;
 
 /// Open a WebSocket at `url` offering permessage-deflate; the answer must take it.
 pub(crate) async fn open(url: &str) -> Result<TcpStream, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
-    let host = uri
-        .authority()
-        .ok_or("url has no host")?
-        .as_str()
-        .to_owned();
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let (host, path) = crate::sse::host_and_path(url)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\

@@ -8,18 +8,25 @@ use tokio::sync::Semaphore;
 /// Open an SSE stream at `GET /sse` on the host of the WebSocket `url`; after the
 /// response head, the socket carries the (chunked) event stream.
 pub(crate) async fn open_sse(url: &str) -> Result<TcpStream, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
-    let host = uri
-        .authority()
-        .ok_or("url has no host")?
-        .as_str()
-        .to_owned();
+    let (host, _) = host_and_path(url)?;
     let request = format!("GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
     let (tcp, head) = request_head(&host, &request).await?;
     if !head.starts_with(b"HTTP/1.1 200") {
         return Err(String::from_utf8_lossy(&head[..head.len().min(40)]).into_owned());
     }
     Ok(tcp)
+}
+
+/// The `host:port` and the path (with its query) of `url`.
+pub(crate) fn host_and_path(url: &str) -> Result<(String, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad url: {e}"))?;
+    let host = uri
+        .authority()
+        .ok_or("url has no host")?
+        .as_str()
+        .to_owned();
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    Ok((host, path))
 }
 
 /// Connect to `host`, send `request`, and read the response head byte by byte (nothing
