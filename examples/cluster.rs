@@ -1,5 +1,6 @@
 //! A cluster node: the bench contract of `shared/bench/contract.md` (same endpoints, same
-//! flags) joined to the other nodes through Redis when `REDIS_URL` is set, plus rooms.
+//! flags) joined to the other nodes through Redis when `REDIS_URL` is set, or through NATS
+//! when `NATS_URL` is (with JetStream, `nats-server -js`, for history), plus rooms.
 //!
 //! - `/ws`: `echo` → the sender; `broadcast` → every client **of every node**; and the
 //!   rooms client protocol (`room:join`, `room:leave`, `room:publish`, `typing`) as the
@@ -22,13 +23,20 @@
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example cluster -- --addr 127.0.0.1:9002 &
 //! ```
 //!
-//! Without `REDIS_URL` it is a single node (in-memory broker).
+//! ```text
+//! nats-server -js -p 4222 &
+//! NATS_URL=nats://127.0.0.1:4222 cargo run --release --example cluster -- --addr 127.0.0.1:9001 &
+//! NATS_URL=nats://127.0.0.1:4222 cargo run --release --example cluster -- --addr 127.0.0.1:9002 &
+//! ```
+//!
+//! With neither it is a single node (in-memory broker); with both, Redis is used.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use street::cluster::nats::{NatsBroker, NatsOptions};
 use street::cluster::redis::{RedisBroker, RedisOptions};
 use street::cluster::{Broker, HistoryOptions};
 use street::rooms::{PublishOptions, Rooms, RoomsOptions};
@@ -56,12 +64,23 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
     let app = street::app(app);
     let (ws, echo) = contract::endpoints(&flags);
 
-    let broker: Option<Arc<dyn Broker>> = std::env::var("REDIS_URL").ok().map(|url| {
-        Arc::new(RedisBroker::new(RedisOptions::url(url).with_heartbeat(
-            Duration::from_millis(flags.cluster_heartbeat_ms),
-        ))) as Arc<dyn Broker>
-    });
-    let clustered = broker.is_some();
+    let heartbeat = Duration::from_millis(flags.cluster_heartbeat_ms);
+    let (broker, mode): (Option<Arc<dyn Broker>>, &str) =
+        match (std::env::var("REDIS_URL"), std::env::var("NATS_URL")) {
+            (Ok(url), _) => (
+                Some(Arc::new(RedisBroker::new(
+                    RedisOptions::url(url).with_heartbeat(heartbeat),
+                ))),
+                "cluster via Redis",
+            ),
+            (_, Ok(url)) => (
+                Some(Arc::new(NatsBroker::new(
+                    NatsOptions::url(url).with_heartbeat(heartbeat),
+                ))),
+                "cluster via NATS",
+            ),
+            _ => (None, "single node"),
+        };
     let mut opts = RoomsOptions::default()
         .with_broker(broker)
         .with_client_protocol(true);
@@ -77,7 +96,9 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
     let rooms = match Rooms::new(&ws, opts).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot join the cluster: {e} (is Redis running at REDIS_URL?)");
+            eprintln!(
+                "cannot join the cluster: {e} (is the server at REDIS_URL or NATS_URL running?)"
+            );
             return ExitCode::from(1);
         }
     };
@@ -113,11 +134,6 @@ async fn run(flags: Flags, app: street::AppOptions) -> ExitCode {
 
     let app = app.websocket(&ws).websocket(&echo);
     let node = rooms.node_id().to_owned();
-    let mode = if clustered {
-        "cluster via Redis"
-    } else {
-        "single node"
-    };
     let code = contract::serve(app, |addr| {
         format!("node {node} listening on {addr} ({mode})")
     })

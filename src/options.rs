@@ -247,6 +247,40 @@ options! {
     }
 }
 
+#[cfg(feature = "nats")]
+use crate::cluster::nats::{HistoryStorage, NatsOptions};
+
+#[cfg(feature = "nats")]
+options! {
+    /// Chainable setters: the struct is `#[non_exhaustive]`, so outside this crate it is
+    /// built from its default or [`NatsOptions::url`]. The fields stay public, to read or
+    /// to set in place (`let mut o = NatsOptions::default(); o.liveness = 5;`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use street::cluster::nats::{HistoryStorage, NatsOptions};
+    ///
+    /// let opts = NatsOptions::url("nats://10.0.0.5:4222")
+    ///     .with_prefix("chat")
+    ///     .with_history_storage(HistoryStorage::Memory);
+    /// assert_eq!(opts.prefix, "chat");
+    /// assert_eq!(opts.heartbeat, Duration::from_secs(1));
+    /// ```
+    NatsOptions {
+        with_url => url: into String,
+        with_prefix => prefix: into String,
+        with_heartbeat => heartbeat: Duration,
+        with_liveness => liveness: u32,
+        with_require_at_start => require_at_start: bool,
+        with_max_queue => max_queue: usize,
+        with_max_queue_bytes => max_queue_bytes: usize,
+        with_response_timeout => response_timeout: Duration,
+        with_jetstream => jetstream: bool,
+        with_history_storage => history_storage: HistoryStorage,
+        with_history_limits => history_limits: crate::cluster::HistoryOptions,
+    }
+}
+
 options! {
     /// Chainable setters: the struct is `#[non_exhaustive]`, so outside this crate it is
     /// built from its default. The fields stay public, to read or to set in place

@@ -1,6 +1,7 @@
-//! Fan-out across nodes: the [`Broker`] trait, the message that crosses it, and two
-//! brokers — [`memory::MemoryBroker`] (the default: one process, no external service) and
-//! `redis::RedisBroker` (cargo feature `redis`, on by default).
+//! Fan-out across nodes: the [`Broker`] trait, the message that crosses it, and three
+//! brokers — [`memory::MemoryBroker`] (the default: one process, no external service),
+//! `redis::RedisBroker` (cargo feature `redis`) and `nats::NatsBroker` (cargo feature
+//! `nats`; both on by default). README's "Scaling out" says when to pick which.
 //!
 //! A node is one [`Rooms`](crate::rooms::Rooms) (with its `WebSocketServer`). What it
 //! publishes — a broadcast, a room message, an emit to a socket id or a member id — is
@@ -28,6 +29,9 @@
 //! given offset, when the history still holds all of it.
 
 pub mod memory;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -308,6 +312,23 @@ impl ClusterMessage {
     }
 }
 
+/// Take `n` bytes of a queue's byte budget `max` (`used` counts what the queue holds):
+/// `false`, and nothing taken, when that would go over it, unless the queue was empty (it
+/// takes one message of any size). What the brokers' `max_queue_bytes` is made of.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) fn reserve(used: &std::sync::atomic::AtomicUsize, n: usize, max: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    if n == 0 {
+        return true;
+    }
+    let before = used.fetch_add(n, Ordering::AcqRel);
+    if before == 0 || before.saturating_add(n) <= max {
+        return true;
+    }
+    used.fetch_sub(n, Ordering::AcqRel);
+    false
+}
+
 /// One member's connections on the live nodes (see [`Broker::presence`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEntry {
@@ -559,6 +580,29 @@ mod tests {
         };
         assert_eq!((back.position, back.target), (Some(want), m.target));
         assert_eq!(back.envelope, env);
+    }
+
+    #[test]
+    fn the_byte_budget_refuses_the_newest_and_lets_one_into_an_empty_queue() {
+        let used = std::sync::atomic::AtomicUsize::new(0);
+        assert!(reserve(&used, 600, 1000));
+        assert!(!reserve(&used, 600, 1000), "over the bound: refused");
+        assert_eq!(
+            used.load(std::sync::atomic::Ordering::Relaxed),
+            600,
+            "a refusal takes nothing"
+        );
+        assert!(reserve(&used, 400, 1000), "up to the bound exactly");
+        used.store(0, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            reserve(&used, 5000, 1000),
+            "an empty queue takes one of any size"
+        );
+        assert!(!reserve(&used, 1, 1000));
+        assert!(
+            reserve(&used, 0, 1000),
+            "what holds no bytes is never refused"
+        );
     }
 
     #[test]

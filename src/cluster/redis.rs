@@ -47,7 +47,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, History, HistoryOptions,
+    reserve, BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, History, HistoryOptions,
     NodeHooks, PresenceEntry, Target,
 };
 
@@ -180,20 +180,6 @@ impl Cmd {
             _ => 0,
         }
     }
-}
-
-/// Take `n` bytes of a queue's budget `max`: `false` (nothing taken) when that would go
-/// over it, unless the queue was empty.
-fn reserve(used: &AtomicUsize, n: usize, max: usize) -> bool {
-    if n == 0 {
-        return true;
-    }
-    let before = used.fetch_add(n, Ordering::AcqRel);
-    if before == 0 || before.saturating_add(n) <= max {
-        return true;
-    }
-    used.fetch_sub(n, Ordering::AcqRel);
-    false
 }
 
 /// Remove every presence field this node's index lists, then write the given ones (and
@@ -1136,25 +1122,6 @@ mod tests {
         assert_eq!(
             with_resp3("redis://u:protocol=x@h/?db=1"),
             "redis://u:protocol=x@h/?db=1&protocol=resp3"
-        );
-    }
-
-    #[test]
-    fn the_byte_budget_refuses_the_newest_and_lets_one_into_an_empty_queue() {
-        let used = AtomicUsize::new(0);
-        assert!(reserve(&used, 600, 1000));
-        assert!(!reserve(&used, 600, 1000), "over the bound: refused");
-        assert_eq!(used.load(Ordering::Relaxed), 600, "a refusal takes nothing");
-        assert!(reserve(&used, 400, 1000), "up to the bound exactly");
-        used.store(0, Ordering::Relaxed);
-        assert!(
-            reserve(&used, 5000, 1000),
-            "an empty queue takes one of any size"
-        );
-        assert!(!reserve(&used, 1, 1000));
-        assert!(
-            reserve(&used, 0, 1000),
-            "what holds no bytes is never refused"
         );
     }
 

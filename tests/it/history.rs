@@ -7,11 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::brokers::{nats_opts, Engine, Nats};
 use crate::common::*;
 use crate::redis_cluster::{redis_opts, Redis};
 use crate::rooms::{node, Node};
 use serde_json::{json, Value};
 use street::cluster::memory::MemoryBroker;
+use street::cluster::nats::NatsBroker;
 use street::cluster::redis::RedisBroker;
 use street::cluster::{Broker, HistoryOptions};
 use street::rooms::{ClientPolicy, PublishOptions, RoomsOptions};
@@ -38,6 +40,17 @@ async fn redis_nodes(redis: &Redis, size: usize, ttl: Duration) -> Vec<Node> {
     let mut out = Vec::new();
     for id in ["a", "b"] {
         let b = RedisBroker::new(redis_opts(&redis.url(), "t"));
+        let n = node(history_opts(Arc::new(b), id, size, ttl)).await;
+        n.rooms.authorize(|_, _, _| true);
+        out.push(n);
+    }
+    out
+}
+
+async fn nats_nodes(nats: &Nats, size: usize, ttl: Duration) -> Vec<Node> {
+    let mut out = Vec::new();
+    for id in ["a", "b"] {
+        let b = NatsBroker::new(nats_opts(&nats.url(), "t"));
         let n = node(history_opts(Arc::new(b), id, size, ttl)).await;
         n.rooms.authorize(|_, _, _| true);
         out.push(n);
@@ -147,6 +160,21 @@ async fn two_nodes_on_redis_recover_on_either_node() {
     a_client_recovers_exactly_what_it_missed(&mut nodes, 0).await;
 }
 
+#[tokio::test]
+async fn two_nodes_on_nats_jetstream_recover_on_either_node() {
+    let nats = Nats::start().await;
+    let mut nodes = nats_nodes(&nats, 100, Duration::from_secs(60)).await;
+    a_client_recovers_exactly_what_it_missed(&mut nodes, 1).await;
+    let mut nodes = nats_nodes(&nats, 100, Duration::from_secs(60)).await;
+    a_client_recovers_exactly_what_it_missed(&mut nodes, 0).await;
+    let st = nodes[0].rooms.stats().broker;
+    assert_eq!(
+        (st.publish_errors, st.dropped, st.invalid),
+        (0, 0, 0),
+        "{st:?}"
+    );
+}
+
 /// Leave at offset `left_at`, let `missed` be published, come back: `room:joined`.
 async fn back_after(
     nodes: &mut [Node],
@@ -195,6 +223,10 @@ async fn history_trimmed_by_size_is_not_recovered_and_nothing_is_replayed() {
     let mut nodes = redis_nodes(&redis, 3, Duration::from_secs(60)).await;
     more_than_the_history_holds_is_not_recovered(&mut nodes).await;
     assert_eq!(nodes[0].rooms.stats().not_recovered, 1);
+    let nats = Nats::start().await;
+    let mut nodes = nats_nodes(&nats, 3, Duration::from_secs(60)).await;
+    more_than_the_history_holds_is_not_recovered(&mut nodes).await;
+    assert_eq!(nodes[0].rooms.stats().not_recovered, 1);
 }
 
 async fn aged_history_is_not_recovered(nodes: &mut [Node]) {
@@ -213,13 +245,20 @@ async fn history_older_than_its_ttl_is_not_recovered() {
     let redis = Redis::start().await;
     let mut nodes = redis_nodes(&redis, 100, Duration::from_millis(400)).await;
     aged_history_is_not_recovered(&mut nodes).await;
+    let nats = Nats::start().await;
+    let mut nodes = nats_nodes(&nats, 100, Duration::from_millis(400)).await;
+    aged_history_is_not_recovered(&mut nodes).await;
 }
 
-#[tokio::test]
-async fn redis_restarted_empty_is_another_epoch_live_and_on_rejoin() {
-    let mut redis = Redis::start().await;
-    let port = redis.port;
-    let mut nodes = redis_nodes(&redis, 100, Duration::from_secs(60)).await;
+/// The broker's storage wiped (Redis or NATS restarted empty): the stream's past is
+/// lost, which clients learn live (a new epoch before the new stream's first
+/// publication) and on rejoin (their old position is not recovered).
+async fn restarted_empty_is_another_epoch_live_and_on_rejoin(e: &mut Engine) {
+    let mut nodes = match &*e {
+        Engine::Redis(r) => redis_nodes(r, 100, Duration::from_secs(60)).await,
+        Engine::Nats(n) => nats_nodes(n, 100, Duration::from_secs(60)).await,
+        Engine::Memory(_) => unreachable!("the memory broker has no server"),
+    };
     let (mut live, _) = nodes[0].client("bo").await;
     let (mut c, _) = nodes[0].client("ana").await;
     let j = join(&mut c, None).await;
@@ -230,14 +269,13 @@ async fn redis_restarted_empty_is_another_epoch_live_and_on_rejoin() {
     assert_eq!(next_pub(&mut live).await.0, k);
     close(&mut c).await;
 
-    redis.kill();
-    // while Redis is down a join with history cannot complete: a clear refusal
+    e.kill();
+    // while the server is down a join with history cannot complete: a clear refusal
     let (mut d, _) = nodes[0].client("cy").await;
     send_env(&mut d, "room:join", json!({ "channel": ROOM })).await;
     let refused = crate::rooms::recv_type(&mut d, "room:error").await;
     assert_eq!(refused["reason"], "history unavailable", "{refused}");
-    let _redis = Redis::start_on(port).await;
-
+    e.restart().await;
     // publish until the brokers are back (a publication sent while reconnecting is lost)
     let got = within("a publication after the restart", async {
         loop {
@@ -269,6 +307,16 @@ async fn redis_restarted_empty_is_another_epoch_live_and_on_rejoin() {
     let j = join(&mut c, Some((&old, k))).await;
     assert_eq!(j["recovered"], false, "{j}");
     assert_eq!(j["epoch"], new.as_str());
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_is_another_epoch_live_and_on_rejoin() {
+    restarted_empty_is_another_epoch_live_and_on_rejoin(&mut Engine::redis().await).await;
+}
+
+#[tokio::test]
+async fn nats_restarted_empty_is_another_epoch_live_and_on_rejoin() {
+    restarted_empty_is_another_epoch_live_and_on_rejoin(&mut Engine::nats().await).await;
 }
 
 /// A publisher every 5 ms on the last node while a client leaves and comes back with
@@ -327,6 +375,9 @@ async fn the_seam_between_replay_and_live_has_no_gap_and_no_duplicate() {
     the_seam_holds_under_load(&mut nodes).await;
     let redis = Redis::start().await;
     let mut nodes = redis_nodes(&redis, 10_000, Duration::from_secs(60)).await;
+    the_seam_holds_under_load(&mut nodes).await;
+    let nats = Nats::start().await;
+    let mut nodes = nats_nodes(&nats, 10_000, Duration::from_secs(60)).await;
     the_seam_holds_under_load(&mut nodes).await;
 }
 
@@ -736,6 +787,98 @@ async fn an_ended_sse_stream_leaves_its_room() {
     }
     eventually("every ended stream to leave its room", || {
         nodes[0].rooms.room_names().is_empty()
+    })
+    .await;
+}
+
+/// Two nodes publish into one channel at once: every publication takes exactly one
+/// offset, with no hole and no duplicate, and every node sees them in offset order.
+async fn concurrent_publishers_take_every_offset_once(nodes: &mut [Node]) {
+    const N: u64 = 300;
+    let mut clients = Vec::new();
+    for n in nodes.iter_mut() {
+        let (mut c, _) = n.client("watcher").await;
+        let j = join(&mut c, None).await;
+        clients.push((c, j["offset"].as_u64().expect("offset")));
+    }
+    let top = clients[0].1;
+    let tasks: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(who, n)| {
+            let rooms = n.rooms.clone();
+            tokio::spawn(async move {
+                for i in 0..N {
+                    rooms
+                        .publish(ROOM, "m", &json!([who, i]), PublishOptions::default())
+                        .expect("publish");
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    let total = N * nodes.len() as u64;
+    for (c, _) in &mut clients {
+        let mut next = [0u64; 2];
+        for k in top + 1..=top + total {
+            let (got, p) = next_pub(c).await;
+            assert_eq!(got, k, "offsets in order, no hole, no duplicate");
+            // each publisher's own order is kept
+            let who = p[0].as_u64().expect("who") as usize;
+            assert_eq!(p[1].as_u64(), Some(next[who]), "{p}");
+            next[who] += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_publishers_on_two_nodes_take_every_offset_once() {
+    let redis = Redis::start().await;
+    let mut nodes = redis_nodes(&redis, 1000, Duration::from_secs(60)).await;
+    concurrent_publishers_take_every_offset_once(&mut nodes).await;
+    let nats = Nats::start().await;
+    let mut nodes = nats_nodes(&nats, 1000, Duration::from_secs(60)).await;
+    concurrent_publishers_take_every_offset_once(&mut nodes).await;
+    let st = nodes[0].rooms.stats().broker;
+    assert_eq!((st.publish_errors, st.dropped), (0, 0), "{st:?}");
+}
+
+/// NATS without JetStream: fan-out works, a channel with history cannot keep it. Its
+/// publications are lost and counted, and a join is refused as with history down.
+#[tokio::test]
+async fn nats_without_jetstream_counts_history_publications_lost_and_refuses_joins() {
+    let nats = Nats::start_core().await;
+    let mut nodes = nats_nodes(&nats, 100, Duration::from_secs(60)).await;
+    let (mut c, _) = nodes[0].client("ana").await;
+    send_env(&mut c, "room:join", json!({ "channel": ROOM })).await;
+    let refused = crate::rooms::recv_type(&mut c, "room:error").await;
+    assert_eq!(refused["reason"], "history unavailable", "{refused}");
+    publish(&nodes[1], 1);
+    eventually("the lost publication to be counted", || {
+        nodes[1].rooms.stats().broker.publish_errors >= 1
+    })
+    .await;
+    // plain rooms still fan out across the nodes
+    let (mut bo, bo_s) = nodes[1].client("bo").await;
+    nodes[1].rooms.join(&bo_s, "plain", "bo").expect("join");
+    within("fan-out without JetStream", async {
+        loop {
+            nodes[0]
+                .rooms
+                .publish("plain", "m", &1, PublishOptions::default())
+                .expect("publish");
+            let got = tokio::time::timeout(
+                Duration::from_millis(200),
+                crate::rooms::recv_type(&mut bo, "m"),
+            )
+            .await;
+            if got.is_ok() {
+                return;
+            }
+        }
     })
     .await;
 }

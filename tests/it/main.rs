@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod backpressure;
 mod broadcast;
+mod brokers;
 mod capacity;
 mod chaos;
 mod deflate;

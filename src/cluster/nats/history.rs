@@ -1,0 +1,584 @@
+//! Channel history over JetStream (see the [broker's docs](super)).
+//!
+//! Each publication is stored as its bus encoding ([`ClusterMessage::encode`], position
+//! and all) on the channel's subject, `{prefix}.h.{channel in base64url}`, with the
+//! header `Nats-Expected-Last-Subject-Sequence` naming the stream sequence of the
+//! channel's previous message: JetStream refuses it when another node appended first
+//! (the appender then reads the new last and tries again), and the stored header links
+//! each publication to the one before, which is how a recovery walks back from the last.
+//! A channel with no fresh publication gets its epoch from a **marker** (offset 0, no
+//! envelope) written by the first read, so that a joiner's position `(epoch, 0)` is
+//! continued by the first publication.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{Client, HeaderMap};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{lock, reserve, HistoryStorage, NatsOptions};
+use crate::cluster::{
+    BrokerError, ClusterMessage, History, HistoryOptions, NodeHooks, Position, Target,
+};
+use crate::ws::envelope;
+
+const EXPECTED: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// Channels whose last stream sequence an appender remembers (beyond, it forgets them
+/// all and reads again).
+const MAX_CACHED: usize = 10_000;
+
+/// Times a read tries again after another node wrote first.
+const ATTEMPTS: usize = 8;
+
+/// How long an append keeps trying while other nodes append to the same channel first,
+/// in `response_timeout`s: each try after a conflict waits a random while (up to 10 ms)
+/// first, so that a node appending back to back cannot starve another for long.
+const CONTENDED_TIMEOUTS: u32 = 4;
+
+/// A publication dropped before it was stored.
+pub(super) struct Lost {
+    pub(super) over_bytes: bool,
+}
+
+/// A channel's last stored message.
+#[derive(Clone)]
+struct Last {
+    seq: u64,
+    /// Its position; `None` for a message that is not a publication of ours.
+    pos: Option<Position>,
+    at_ms: i64,
+}
+
+struct Append {
+    msg: ClusterMessage,
+    history: HistoryOptions,
+}
+
+/// The stream, made (or grown) to the largest limits asked for so far.
+struct Made {
+    stream: stream::Stream,
+    size: usize,
+    ttl: Duration,
+}
+
+pub(super) struct Historian {
+    client: Client,
+    js: jetstream::Context,
+    node: Arc<str>,
+    prefix: String,
+    name: String,
+    storage: HistoryStorage,
+    base: HistoryOptions,
+    timeout: Duration,
+    made: tokio::sync::Mutex<Option<Made>>,
+    cache: Mutex<HashMap<String, Last>>,
+    tx: mpsc::Sender<Append>,
+    rx: Mutex<Option<mpsc::Receiver<Append>>>,
+    queued_bytes: AtomicUsize,
+    max_queue_bytes: usize,
+    failed: AtomicU64,
+    invalid: AtomicU64,
+    received: AtomicU64,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn new_epoch() -> Arc<str> {
+    Arc::from(format!("{:016x}", fastrand::u64(..)))
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// When the server stored it, in Unix milliseconds.
+fn unix_ms(m: &StreamMessage) -> i64 {
+    i64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+impl Historian {
+    pub(super) fn new(client: Client, opts: &NatsOptions, node: Arc<str>) -> Self {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(opts.response_timeout);
+        let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+        Self {
+            client,
+            js,
+            node,
+            prefix: opts.prefix.clone(),
+            name: format!("{}_history", opts.prefix.to_uppercase()),
+            storage: opts.history_storage,
+            base: opts.history_limits,
+            timeout: opts.response_timeout,
+            made: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            queued_bytes: AtomicUsize::new(0),
+            max_queue_bytes: opts.max_queue_bytes,
+            failed: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        }
+    }
+
+    /// Publications lost to errors (no offset taken).
+    pub(super) fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Publications of other nodes delivered, and invalid messages dropped.
+    pub(super) fn received_and_invalid(&self) -> (u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.invalid.load(Ordering::Relaxed),
+        )
+    }
+
+    fn subject(&self, channel: &str) -> String {
+        let c = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(channel);
+        format!("{}.h.{c}", self.prefix)
+    }
+
+    /// Queue a publication for the appender. Never blocks.
+    pub(super) fn append(&self, msg: ClusterMessage, history: HistoryOptions) -> Result<(), Lost> {
+        let n = msg.envelope.len();
+        if !reserve(&self.queued_bytes, n, self.max_queue_bytes) {
+            return Err(Lost { over_bytes: true });
+        }
+        if self.tx.try_send(Append { msg, history }).is_err() {
+            self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+            return Err(Lost { over_bytes: false });
+        }
+        Ok(())
+    }
+
+    /// The stream, made or grown to hold `want` (and the base limits).
+    async fn stream(&self, want: HistoryOptions) -> Result<stream::Stream, BrokerError> {
+        let mut made = self.made.lock().await;
+        let size = want.size.max(self.base.size).max(1);
+        let ttl = want.ttl.max(self.base.ttl);
+        if let Some(m) = made.as_ref() {
+            if m.size >= size && m.ttl >= ttl {
+                return Ok(m.stream.clone());
+            }
+        }
+        let (size, ttl) = match made.as_ref() {
+            Some(m) => (m.size.max(size), m.ttl.max(ttl)),
+            None => (size, ttl),
+        };
+        let config = |size: usize, ttl: Duration| stream::Config {
+            name: self.name.clone(),
+            subjects: vec![format!("{}.h.>", self.prefix)],
+            max_messages_per_subject: i64::try_from(size).unwrap_or(i64::MAX),
+            max_age: ttl,
+            storage: match self.storage {
+                HistoryStorage::File => stream::StorageType::File,
+                HistoryStorage::Memory => stream::StorageType::Memory,
+            },
+            discard: stream::DiscardPolicy::Old,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let mut s = self
+            .js
+            .get_or_create_stream(config(size, ttl))
+            .await
+            .map_err(unavailable)?;
+        // another node may have made it, smaller or larger: grow it, never shrink it
+        let have = s.info().await.map_err(unavailable)?.config.clone();
+        let have_size = usize::try_from(have.max_messages_per_subject).unwrap_or(usize::MAX);
+        let (size, ttl) = if have.max_age.is_zero() {
+            (size.max(have_size), ttl)
+        } else {
+            (size.max(have_size), ttl.max(have.max_age))
+        };
+        if have_size < size || (!have.max_age.is_zero() && have.max_age < ttl) {
+            self.js
+                .update_stream(config(size, ttl))
+                .await
+                .map_err(unavailable)?;
+        }
+        *made = Some(Made {
+            stream: s.clone(),
+            size,
+            ttl,
+        });
+        Ok(s)
+    }
+
+    /// Forget the stream (it was deleted, e.g. a server restarted without its storage).
+    async fn lost_stream(&self) {
+        *self.made.lock().await = None;
+        lock(&self.cache).clear();
+    }
+
+    /// The channel's last stored message, and the message itself.
+    async fn last(
+        &self,
+        s: &stream::Stream,
+        subject: &str,
+    ) -> Result<Option<(Last, StreamMessage)>, BrokerError> {
+        match s.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some((read_last(&m), m))),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Store one message on `subject` after the one at stream sequence `expect` (0: the
+    /// subject is empty). `Ok(None)`: another node went first.
+    async fn put(
+        &self,
+        subject: &str,
+        expect: u64,
+        payload: Bytes,
+    ) -> Result<Option<u64>, BrokerError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPECTED, expect.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(unavailable)?;
+        match ack.await {
+            Ok(a) => Ok(Some(a.sequence)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Ok(None)
+            }
+            Err(e) => {
+                if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+                    self.lost_stream().await;
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// Position and store one publication.
+    async fn store(&self, a: &Append) -> Result<(), BrokerError> {
+        let Target::Room { room, .. } = &a.msg.target else {
+            return Ok(());
+        };
+        let s = self.stream(a.history).await?;
+        let subject = self.subject(room);
+        let until = tokio::time::Instant::now() + self.timeout * CONTENDED_TIMEOUTS;
+        for attempt in 0u64.. {
+            if attempt > 0 {
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+                let jitter = fastrand::u64(0..=200 * attempt.min(50));
+                tokio::time::sleep(Duration::from_micros(jitter)).await;
+            }
+            let cached = lock(&self.cache).get(room).cloned();
+            let last = match cached {
+                Some(l) => Some(l),
+                None => self.last(&s, &subject).await?.map(|(l, _)| l),
+            };
+            let now = envelope::now_ms();
+            let fresh = |l: &Last| now.saturating_sub(l.at_ms) < ttl_ms(a.history.ttl);
+            let (expect, epoch, offset) = match &last {
+                Some(l) => match &l.pos {
+                    Some(p) if fresh(l) && p.offset < u64::MAX => {
+                        (l.seq, p.epoch.clone(), p.offset + 1)
+                    }
+                    _ => (l.seq, new_epoch(), 1),
+                },
+                None => (0, new_epoch(), 1),
+            };
+            let pos = Position { epoch, offset };
+            let payload = ClusterMessage {
+                envelope: envelope::with_offset(&a.msg.envelope, offset),
+                position: Some(pos.clone()),
+                ..a.msg.clone()
+            }
+            .encode();
+            match self.put(&subject, expect, payload).await {
+                Ok(Some(seq)) => {
+                    self.remember(room, seq, pos, now);
+                    return Ok(());
+                }
+                Ok(None) => {
+                    lock(&self.cache).remove(room);
+                }
+                Err(e) => {
+                    lock(&self.cache).remove(room);
+                    return Err(e);
+                }
+            }
+        }
+        Err(BrokerError::Unavailable(
+            "channel too contended to append".into(),
+        ))
+    }
+
+    fn remember(&self, channel: &str, seq: u64, pos: Position, at_ms: i64) {
+        let mut c = lock(&self.cache);
+        if c.len() >= MAX_CACHED && !c.contains_key(channel) {
+            c.clear();
+        }
+        let newer = c.get(channel).is_none_or(|l| l.seq < seq);
+        if newer {
+            c.insert(
+                channel.to_owned(),
+                Last {
+                    seq,
+                    pos: Some(pos),
+                    at_ms,
+                },
+            );
+        }
+    }
+
+    /// Where the channel's stream stands and, when asked, what followed `since`.
+    pub(super) async fn read(
+        &self,
+        channel: &str,
+        since: Option<&Position>,
+        history: HistoryOptions,
+    ) -> Result<History, BrokerError> {
+        let s = self.stream(history).await?;
+        let subject = self.subject(channel);
+        for _ in 0..ATTEMPTS {
+            let last = self.last(&s, &subject).await?;
+            let now = envelope::now_ms();
+            if let Some((l, m)) = &last {
+                if let Some(p) = &l.pos {
+                    if now.saturating_sub(l.at_ms) < ttl_ms(history.ttl) {
+                        let since = match since {
+                            Some(k) => self.since(&s, k, p, m, history, now).await,
+                            None => None,
+                        };
+                        return Ok(History {
+                            epoch: p.epoch.clone(),
+                            offset: p.offset,
+                            since,
+                        });
+                    }
+                }
+            }
+            // no fresh stream: make its epoch, with a marker later publications continue
+            let expect = last.as_ref().map_or(0, |(l, _)| l.seq);
+            let epoch = new_epoch();
+            let marker = ClusterMessage {
+                origin: self.node.clone(),
+                target: Target::Room {
+                    room: channel.to_owned(),
+                    except_socket: None,
+                    except_member: None,
+                },
+                envelope: Bytes::new(),
+                position: Some(Position {
+                    epoch: epoch.clone(),
+                    offset: 0,
+                }),
+            };
+            if let Some(seq) = self.put(&subject, expect, marker.encode()).await? {
+                self.remember(
+                    channel,
+                    seq,
+                    Position {
+                        epoch: epoch.clone(),
+                        offset: 0,
+                    },
+                    now,
+                );
+                return Ok(History {
+                    epoch,
+                    offset: 0,
+                    since: None,
+                });
+            }
+        }
+        Err(BrokerError::Unavailable(
+            "channel too contended to read".into(),
+        ))
+    }
+
+    /// The publications after `k` up to `top` (the last, `m`), walking back the chain of
+    /// expected sequences, when every one is still stored and young enough.
+    async fn since(
+        &self,
+        s: &stream::Stream,
+        k: &Position,
+        top: &Position,
+        m: &StreamMessage,
+        history: HistoryOptions,
+        now: i64,
+    ) -> Option<Vec<(u64, Bytes)>> {
+        if k.epoch != top.epoch || k.offset > top.offset {
+            return None;
+        }
+        let missed = top.offset - k.offset;
+        if missed > history.size as u64 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(usize::try_from(missed).unwrap_or(0));
+        let mut cur = m.clone();
+        let mut want = top.offset;
+        while want > k.offset {
+            let l = read_last(&cur);
+            let decoded = ClusterMessage::decode(cur.payload.clone()).ok()?;
+            if l.pos.as_ref()
+                != Some(&Position {
+                    epoch: top.epoch.clone(),
+                    offset: want,
+                })
+            {
+                return None;
+            }
+            if now.saturating_sub(l.at_ms) >= ttl_ms(history.ttl) {
+                return None;
+            }
+            out.push((want, decoded.envelope));
+            want -= 1;
+            if want == k.offset {
+                break;
+            }
+            let prev = prev_seq(&cur)?;
+            cur = s.get_raw_message(prev).await.ok()?;
+        }
+        out.reverse();
+        Some(out)
+    }
+
+    /// Store what is queued, in order; read the stream and deliver what every node
+    /// stored, in order. Runs until the broker stops.
+    pub(super) async fn run(self: Arc<Self>, hooks: NodeHooks) {
+        let rx = lock(&self.rx).take();
+        let appender = {
+            let me = self.clone();
+            async move {
+                let Some(mut rx) = rx else { return };
+                while let Some(a) = rx.recv().await {
+                    let n = a.msg.envelope.len();
+                    if let Err(e) = me.store(&a).await {
+                        me.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "nats history publish failed");
+                    }
+                    me.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+                }
+            }
+        };
+        tokio::join!(appender, self.consume(hooks));
+    }
+
+    /// Deliver the stream's new messages, resuming after the last one seen when the
+    /// consumer has to be made again.
+    async fn consume(&self, hooks: NodeHooks) {
+        let mut delay = Duration::from_millis(100);
+        let mut seen: Option<u64> = None;
+        let mut warned = false;
+        loop {
+            match self.messages(seen).await {
+                Ok(mut msgs) => {
+                    delay = Duration::from_millis(100);
+                    warned = false;
+                    while let Some(m) = msgs.next().await {
+                        let m = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "nats history consumer failed");
+                                break;
+                            }
+                        };
+                        if let Ok(info) = m.info() {
+                            seen = Some(info.stream_sequence);
+                        }
+                        self.deliver(&hooks, m.message.payload.clone(), seen);
+                    }
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(
+                            error = %e,
+                            "nats history unavailable (is JetStream on? nats-server -js); \
+                             retrying"
+                        );
+                        warned = true;
+                    }
+                    self.lost_stream().await;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn messages(&self, seen: Option<u64>) -> Result<consumer::push::Ordered, BrokerError> {
+        let mut s = self.stream(self.base).await?;
+        let last = s.info().await.map_err(unavailable)?.state.last_sequence;
+        let deliver_policy = match seen {
+            // the stream was made again (its sequences start over): from its start
+            Some(n) if n > last => consumer::DeliverPolicy::All,
+            Some(n) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: n + 1,
+            },
+            None => consumer::DeliverPolicy::New,
+        };
+        let c = s
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}.h.>", self.prefix),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        c.messages().await.map_err(unavailable)
+    }
+
+    fn deliver(&self, hooks: &NodeHooks, payload: Bytes, seq: Option<u64>) {
+        match ClusterMessage::decode(payload) {
+            Ok(m) => {
+                let (Some(pos), Target::Room { room, .. }) = (&m.position, &m.target) else {
+                    self.invalid.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                if let Some(seq) = seq {
+                    self.remember(room, seq, pos.clone(), envelope::now_ms());
+                }
+                // a marker carries an epoch, not a publication
+                if pos.offset == 0 {
+                    return;
+                }
+                if m.origin != self.node {
+                    self.received.fetch_add(1, Ordering::Relaxed);
+                }
+                (hooks.deliver)(m);
+            }
+            Err(e) => {
+                self.invalid.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "invalid message in the history stream");
+            }
+        }
+    }
+}
+
+/// What a stored message says of itself.
+fn read_last(m: &StreamMessage) -> Last {
+    let pos = ClusterMessage::decode(m.payload.clone())
+        .ok()
+        .and_then(|c| c.position);
+    Last {
+        seq: m.sequence,
+        pos,
+        at_ms: unix_ms(m),
+    }
+}
+
+/// The stream sequence of the message before this one in its channel.
+fn prev_seq(m: &StreamMessage) -> Option<u64> {
+    m.headers.get(EXPECTED)?.as_str().parse().ok()
+}
