@@ -278,6 +278,7 @@ options! {
         with_jetstream => jetstream: bool,
         with_history_storage => history_storage: HistoryStorage,
         with_history_limits => history_limits: crate::cluster::HistoryOptions,
+        with_history_max_bytes => history_max_bytes: u64,
     }
 }
 

@@ -37,19 +37,26 @@ pub(super) fn node_hooks(inner: &Arc<Inner>) -> NodeHooks {
 }
 
 impl Rooms {
-    /// Deliver locally, then hand to the broker (unless it is a socket found here).
+    /// Hand to the broker, then deliver locally: the other nodes deliver while this one
+    /// does (the other way round, a broadcast reached them a whole local fan-out late).
+    /// A socket is looked for here first, and only handed on when it is not here.
     pub(super) fn send(&self, target: Target, envelope: Bytes) -> usize {
-        let n = self.deliver_local(&target, &envelope);
-        if matches!(target, Target::Socket(_)) && n > 0 {
-            return n;
+        if matches!(target, Target::Socket(_)) {
+            let n = self.deliver_local(&target, &envelope);
+            if n > 0 {
+                return n;
+            }
         }
         self.inner.broker.publish(ClusterMessage {
             origin: self.inner.node.clone(),
-            target,
-            envelope,
+            target: target.clone(),
+            envelope: envelope.clone(),
             position: None,
         });
-        n
+        if matches!(target, Target::Socket(_)) {
+            return 0;
+        }
+        self.deliver_local(&target, &envelope)
     }
 
     /// Queue `bytes` for the local subscribers `target` names.

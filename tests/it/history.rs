@@ -882,3 +882,85 @@ async fn nats_without_jetstream_counts_history_publications_lost_and_refuses_joi
     })
     .await;
 }
+
+/// Away for 200 publications, interleaved with as many in another channel of the same
+/// stream: recovered whole and in order (NATS reads this many in one batch, after a
+/// binary search for the first; a few it walks back one by one).
+async fn a_long_absence_is_recovered_whole(nodes: &mut [Node]) {
+    const MISSED: u64 = 200;
+    let last = nodes.len() - 1;
+    let (mut c, _) = nodes[0].client("ana").await;
+    let (mut watcher, _) = nodes[0].client("wat").await;
+    let j = join(&mut c, None).await;
+    let _ = join(&mut watcher, None).await;
+    let epoch = j["epoch"].as_str().expect("epoch").to_owned();
+    let top = j["offset"].as_u64().expect("offset");
+    close(&mut c).await;
+    for i in 1..=MISSED {
+        publish(&nodes[last], i);
+        nodes[last]
+            .rooms
+            .publish("h:other", "m", &i, PublishOptions::default())
+            .expect("publish");
+    }
+    while next_pub(&mut watcher).await.0 < top + MISSED {}
+    let (mut c, _) = nodes[0].client("ana").await;
+    let j = join(&mut c, Some((&epoch, top))).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    for i in 1..=MISSED {
+        assert_eq!(next_pub(&mut c).await, (top + i, json!(i)));
+    }
+}
+
+#[tokio::test]
+async fn a_long_absence_is_recovered_whole_on_every_broker() {
+    let mut nodes = memory_nodes(1000, Duration::from_secs(60)).await;
+    a_long_absence_is_recovered_whole(&mut nodes).await;
+    let redis = Redis::start().await;
+    let mut nodes = redis_nodes(&redis, 1000, Duration::from_secs(60)).await;
+    a_long_absence_is_recovered_whole(&mut nodes).await;
+    let nats = Nats::start().await;
+    let mut nodes = nats_nodes(&nats, 1000, Duration::from_secs(60)).await;
+    a_long_absence_is_recovered_whole(&mut nodes).await;
+}
+
+/// JetStream on disk: NATS killed and started again on its files, the channel's past is
+/// still there: a client that was away recovers what it missed, in the same epoch.
+#[tokio::test]
+async fn history_on_nats_file_storage_survives_a_server_restart() {
+    let port = crate::examples::free_port();
+    let dir = std::env::temp_dir().join(format!("street-nats-file-{port}-{}", std::process::id()));
+    let mut nats = Nats::start_in(port, dir.clone(), true).await;
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        let b = NatsBroker::new(
+            nats_opts(&nats.url(), "t")
+                .with_history_storage(street::cluster::nats::HistoryStorage::File),
+        );
+        let n = node(history_opts(Arc::new(b), id, 100, Duration::from_secs(60))).await;
+        n.rooms.authorize(|_, _, _| true);
+        nodes.push(n);
+    }
+    let (c, j, epoch, left_at) = back_after(&mut nodes, 3, Duration::ZERO).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    drop(c);
+    nats.kill();
+    let _again = Nats::start_in(port, dir.clone(), true).await;
+    let (mut c, _) = nodes[0].client("ana").await;
+    let j = within("a join once NATS is back", async {
+        loop {
+            let j = try_join(&mut c, Some((&epoch, left_at))).await;
+            if j["type"] == "room:joined" {
+                return j["payload"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(j["epoch"], epoch.as_str());
+    for i in 1..=3 {
+        assert_eq!(next_pub(&mut c).await, (left_at + i, json!(i)));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,14 +48,53 @@ pub(super) struct Lost {
     pub(super) over_bytes: bool,
 }
 
-/// A channel's last stored message.
+/// A channel's stored message, as much as the appender and reads need of it.
 #[derive(Clone)]
 struct Last {
     seq: u64,
     /// Its position; `None` for a message that is not a publication of ours.
     pos: Option<Position>,
     at_ms: i64,
+    /// Its channel (when decoded).
+    channel: Option<String>,
+    payload: Bytes,
 }
+
+impl Last {
+    fn of(seq: u64, payload: &Bytes, at_ms: i64) -> Self {
+        let m = ClusterMessage::decode(payload.clone()).ok();
+        let channel = m.as_ref().and_then(|m| match &m.target {
+            Target::Room { room, .. } => Some(room.clone()),
+            _ => None,
+        });
+        Self {
+            seq,
+            pos: m.and_then(|m| m.position),
+            at_ms,
+            channel,
+            payload: payload.clone(),
+        }
+    }
+
+    /// The envelope it carries (with its offset).
+    fn envelope(&self) -> Option<Bytes> {
+        ClusterMessage::decode(self.payload.clone())
+            .ok()
+            .map(|m| m.envelope)
+    }
+}
+
+/// Where the delivering consumer is: the stream (by when it was made) and the last
+/// sequence delivered.
+#[derive(Clone, Copy)]
+struct Seen {
+    created: i128,
+    seq: u64,
+}
+
+/// Missed publications read one by one, walking back; more are searched for and
+/// batched.
+const WALK: u64 = 16;
 
 struct Append {
     msg: ClusterMessage,
@@ -67,10 +106,11 @@ struct Made {
     stream: stream::Stream,
     size: usize,
     ttl: Duration,
+    /// When the server made it (a stream made again starts its sequences over).
+    created: i128,
 }
 
 pub(super) struct Historian {
-    client: Client,
     js: jetstream::Context,
     node: Arc<str>,
     prefix: String,
@@ -78,6 +118,7 @@ pub(super) struct Historian {
     storage: HistoryStorage,
     base: HistoryOptions,
     timeout: Duration,
+    max_bytes: u64,
     made: tokio::sync::Mutex<Option<Made>>,
     cache: Mutex<HashMap<String, Last>>,
     tx: mpsc::Sender<Append>,
@@ -112,7 +153,6 @@ impl Historian {
         js.set_timeout(opts.response_timeout);
         let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
         Self {
-            client,
             js,
             node,
             prefix: opts.prefix.clone(),
@@ -120,6 +160,7 @@ impl Historian {
             storage: opts.history_storage,
             base: opts.history_limits,
             timeout: opts.response_timeout,
+            max_bytes: opts.history_max_bytes,
             made: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             tx,
@@ -177,11 +218,12 @@ impl Historian {
             Some(m) => (m.size.max(size), m.ttl.max(ttl)),
             None => (size, ttl),
         };
-        let config = |size: usize, ttl: Duration| stream::Config {
+        let config = stream::Config {
             name: self.name.clone(),
             subjects: vec![format!("{}.h.>", self.prefix)],
             max_messages_per_subject: i64::try_from(size).unwrap_or(i64::MAX),
             max_age: ttl,
+            max_bytes: i64::try_from(self.max_bytes).unwrap_or(i64::MAX),
             storage: match self.storage {
                 HistoryStorage::File => stream::StorageType::File,
                 HistoryStorage::Memory => stream::StorageType::Memory,
@@ -192,27 +234,35 @@ impl Historian {
         };
         let mut s = self
             .js
-            .get_or_create_stream(config(size, ttl))
+            .get_or_create_stream(config)
             .await
             .map_err(unavailable)?;
-        // another node may have made it, smaller or larger: grow it, never shrink it
-        let have = s.info().await.map_err(unavailable)?.config.clone();
+        let info = s.info().await.map_err(unavailable)?.clone();
+        // another node (or an operator) may have made it, with other limits: grow the two
+        // we need on its own configuration, never shrink them, leave the rest as it is
+        let mut have = info.config.clone();
         let have_size = usize::try_from(have.max_messages_per_subject).unwrap_or(usize::MAX);
-        let (size, ttl) = if have.max_age.is_zero() {
-            (size.max(have_size), ttl)
-        } else {
-            (size.max(have_size), ttl.max(have.max_age))
-        };
-        if have_size < size || (!have.max_age.is_zero() && have.max_age < ttl) {
-            self.js
-                .update_stream(config(size, ttl))
-                .await
-                .map_err(unavailable)?;
+        let short_size = have.max_messages_per_subject > 0 && have_size < size;
+        let short_ttl = !have.max_age.is_zero() && have.max_age < ttl;
+        if short_size || short_ttl {
+            if short_size {
+                have.max_messages_per_subject = i64::try_from(size).unwrap_or(i64::MAX);
+            }
+            if short_ttl {
+                have.max_age = ttl;
+            }
+            self.js.update_stream(have).await.map_err(unavailable)?;
+        }
+        let created = info.created.unix_timestamp_nanos();
+        if made.as_ref().is_some_and(|m| m.created != created) || made.is_none() {
+            // another stream than the one our cache knows: its positions mean nothing here
+            lock(&self.cache).clear();
         }
         *made = Some(Made {
             stream: s.clone(),
             size,
             ttl,
+            created,
         });
         Ok(s)
     }
@@ -232,7 +282,12 @@ impl Historian {
         match s.get_last_raw_message_by_subject(subject).await {
             Ok(m) => Ok(Some((read_last(&m), m))),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => {
+                // the stream may be gone (a server restarted without its storage): look
+                // again next time
+                self.lost_stream().await;
+                Err(unavailable(e))
+            }
         }
     }
 
@@ -281,7 +336,12 @@ impl Historian {
                 let jitter = fastrand::u64(0..=200 * attempt.min(50));
                 tokio::time::sleep(Duration::from_micros(jitter)).await;
             }
-            let cached = lock(&self.cache).get(room).cloned();
+            // after a lost race, ask the server: the cache may lag behind it
+            let cached = if attempt == 0 {
+                lock(&self.cache).get(room).cloned()
+            } else {
+                None
+            };
             let last = match cached {
                 Some(l) => Some(l),
                 None => self.last(&s, &subject).await?.map(|(l, _)| l),
@@ -336,6 +396,8 @@ impl Historian {
                     seq,
                     pos: Some(pos),
                     at_ms,
+                    channel: None,
+                    payload: Bytes::new(),
                 },
             );
         }
@@ -406,8 +468,10 @@ impl Historian {
         ))
     }
 
-    /// The publications after `k` up to `top` (the last, `m`), walking back the chain of
-    /// expected sequences, when every one is still stored and young enough.
+    /// The publications after `k` up to `top` (the last, `m`), when every one is still
+    /// stored and young enough: a few are read walking back the chain of expected
+    /// sequences, one request each; more are found with a binary search for the first
+    /// (one request per halving of the stream) and read in one batch.
     async fn since(
         &self,
         s: &stream::Stream,
@@ -424,32 +488,125 @@ impl Historian {
         if missed > history.size as u64 {
             return None;
         }
-        let mut out = Vec::with_capacity(usize::try_from(missed).unwrap_or(0));
-        let mut cur = m.clone();
-        let mut want = top.offset;
-        while want > k.offset {
-            let l = read_last(&cur);
-            let decoded = ClusterMessage::decode(cur.payload.clone()).ok()?;
-            if l.pos.as_ref()
-                != Some(&Position {
-                    epoch: top.epoch.clone(),
-                    offset: want,
-                })
-            {
+        let young = |l: &Last| now.saturating_sub(l.at_ms) < ttl_ms(history.ttl);
+        let is = |l: &Last, offset: u64| {
+            l.pos
+                .as_ref()
+                .is_some_and(|p| p.epoch == top.epoch && p.offset == offset)
+        };
+        if missed <= WALK {
+            let mut out = Vec::new();
+            let mut cur = m.clone();
+            for want in (k.offset + 1..=top.offset).rev() {
+                let l = read_last(&cur);
+                if !is(&l, want) || !young(&l) {
+                    return None;
+                }
+                out.push((
+                    want,
+                    ClusterMessage::decode(cur.payload.clone()).ok()?.envelope,
+                ));
+                if want > k.offset + 1 {
+                    cur = s.get_raw_message(prev_seq(&cur)?).await.ok()?;
+                }
+            }
+            out.reverse();
+            return Some(out);
+        }
+        let first = self
+            .find(s, &read_last(m), k.offset + 1, &top.epoch)
+            .await?;
+        let batch = self.batch(s, &first, missed).await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (want, cur) in (k.offset + 1..=top.offset).zip(batch) {
+            if !is(&cur, want) || !young(&cur) {
                 return None;
             }
-            if now.saturating_sub(l.at_ms) >= ttl_ms(history.ttl) {
-                return None;
+            out.push((want, cur.envelope()?));
+        }
+        (out.len() as u64 == missed).then_some(out)
+    }
+
+    /// The channel's message at `offset` of `epoch`, at or before `top`: a binary search on
+    /// stream sequences, each probe the subject's first message at or after one (within
+    /// the epoch, offsets grow with sequences, and every older epoch's messages come
+    /// before).
+    async fn find(
+        &self,
+        s: &stream::Stream,
+        top: &Last,
+        offset: u64,
+        epoch: &Arc<str>,
+    ) -> Option<Last> {
+        let subject = self.subject_of(top)?;
+        let (mut lo, mut hi) = (1u64, top.seq);
+        let mut found: Option<Last> = None;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let m = s
+                .raw_message_builder()
+                .sequence(mid)
+                .next_by_subject(subject.clone())
+                .send()
+                .await
+                .ok()?;
+            let l = read_last(&m);
+            let at_or_after = l
+                .pos
+                .as_ref()
+                .is_some_and(|p| p.epoch == *epoch && p.offset >= offset);
+            if at_or_after {
+                hi = l.seq;
+                found = Some(l);
+            } else {
+                lo = l.seq + 1;
             }
-            out.push((want, decoded.envelope));
-            want -= 1;
-            if want == k.offset {
+        }
+        let f = found?;
+        f.pos
+            .as_ref()
+            .is_some_and(|p| p.offset == offset)
+            .then_some(f)
+    }
+
+    fn subject_of(&self, l: &Last) -> Option<String> {
+        l.channel.as_deref().map(|c| self.subject(c))
+    }
+
+    /// `n` of the channel's messages from `first` on, in one batch (an ephemeral
+    /// consumer, gone after).
+    async fn batch(&self, s: &stream::Stream, first: &Last, n: u64) -> Option<Vec<Last>> {
+        let c = s
+            .create_consumer(consumer::pull::Config {
+                filter_subject: self.subject_of(first)?,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first.seq,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        let name = c.cached_info().name.clone();
+        let mut msgs = c
+            .fetch()
+            .max_messages(usize::try_from(n).ok()?)
+            .expires(self.timeout)
+            .messages()
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        while let Some(m) = msgs.next().await {
+            let m = m.ok()?;
+            let info = m.info().ok()?;
+            let at_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok()?;
+            out.push(Last::of(info.stream_sequence, &m.message.payload, at_ms));
+            if out.len() as u64 == n {
                 break;
             }
-            let prev = prev_seq(&cur)?;
-            cur = s.get_raw_message(prev).await.ok()?;
         }
-        out.reverse();
+        let _ = s.delete_consumer(&name).await;
         Some(out)
     }
 
@@ -474,69 +631,94 @@ impl Historian {
         tokio::join!(appender, self.consume(hooks));
     }
 
-    /// Deliver the stream's new messages, resuming after the last one seen when the
-    /// consumer has to be made again.
+    /// Deliver the stream's new messages, in order, for as long as the broker runs; when
+    /// the consumer fails (the server restarted, the connection was lost), make another
+    /// where this one stopped.
     async fn consume(&self, hooks: NodeHooks) {
         let mut delay = Duration::from_millis(100);
-        let mut seen: Option<u64> = None;
+        let mut seen: Option<Seen> = None;
         let mut warned = false;
         loop {
-            match self.messages(seen).await {
-                Ok(mut msgs) => {
+            match self.follow(&hooks, &mut seen).await {
+                Ok(()) => {
                     delay = Duration::from_millis(100);
                     warned = false;
-                    while let Some(m) = msgs.next().await {
-                        let m = match m {
-                            Ok(m) => m,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "nats history consumer failed");
-                                break;
-                            }
-                        };
-                        if let Ok(info) = m.info() {
-                            seen = Some(info.stream_sequence);
-                        }
-                        self.deliver(&hooks, m.message.payload.clone(), seen);
-                    }
                 }
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(
-                            error = %e,
-                            "nats history unavailable (is JetStream on? nats-server -js); \
-                             retrying"
-                        );
-                        warned = true;
-                    }
-                    self.lost_stream().await;
+                Err(e) if !warned => {
+                    tracing::warn!(
+                        error = %e,
+                        "nats history unavailable (is JetStream on? nats-server -js); \
+                         retrying"
+                    );
+                    warned = true;
                 }
+                Err(e) => tracing::debug!(error = %e, "nats history consumer failed"),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
-    async fn messages(&self, seen: Option<u64>) -> Result<consumer::push::Ordered, BrokerError> {
+    /// One consumer's life: made after the last message delivered (or at the stream's
+    /// end, the first time; from the start of a stream made again), delivering until it
+    /// fails. Its own reconnection is not relied on: it starts over from what it last
+    /// delivered, which is not ours to know after a server restart.
+    async fn follow(&self, hooks: &NodeHooks, seen: &mut Option<Seen>) -> Result<(), BrokerError> {
         let mut s = self.stream(self.base).await?;
-        let last = s.info().await.map_err(unavailable)?.state.last_sequence;
-        let deliver_policy = match seen {
-            // the stream was made again (its sequences start over): from its start
-            Some(n) if n > last => consumer::DeliverPolicy::All,
-            Some(n) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: n + 1,
-            },
-            None => consumer::DeliverPolicy::New,
+        let info = s.info().await.map_err(unavailable)?.clone();
+        let created = info.created.unix_timestamp_nanos();
+        let last = info.state.last_sequence;
+        let start = match *seen {
+            None => last + 1,
+            Some(sn) if sn.created == created && sn.seq <= last => sn.seq + 1,
+            // it lost its tail (file storage after a crash): what we delivered past its
+            // end is gone for it; go on from its end
+            Some(sn) if sn.created == created => {
+                lock(&self.cache).clear();
+                last + 1
+            }
+            // made again: everything in it was published since; deliver it all
+            Some(_) => {
+                lock(&self.cache).clear();
+                info.state.first_sequence.max(1)
+            }
         };
+        let mut at = Seen {
+            created,
+            seq: start - 1,
+        };
+        *seen = Some(at);
         let c = s
-            .create_consumer(consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
+            .create_consumer(consumer::pull::Config {
                 filter_subject: format!("{}.h.>", self.prefix),
-                deliver_policy,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
             .await
             .map_err(unavailable)?;
-        c.messages().await.map_err(unavailable)
+        let mut msgs = c
+            .stream()
+            .heartbeat(Duration::from_secs(1))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        while let Some(m) = msgs.next().await {
+            let m = m.map_err(unavailable)?;
+            let Ok(info) = m.info() else { continue };
+            let seq = info.stream_sequence;
+            if seq <= at.seq {
+                continue; // delivered already
+            }
+            at.seq = seq;
+            *seen = Some(at);
+            self.deliver(hooks, m.message.payload.clone(), Some(seq));
+        }
+        Ok(())
     }
 
     fn deliver(&self, hooks: &NodeHooks, payload: Bytes, seq: Option<u64>) {
@@ -568,14 +750,7 @@ impl Historian {
 
 /// What a stored message says of itself.
 fn read_last(m: &StreamMessage) -> Last {
-    let pos = ClusterMessage::decode(m.payload.clone())
-        .ok()
-        .and_then(|c| c.position);
-    Last {
-        seq: m.sequence,
-        pos,
-        at_ms: unix_ms(m),
-    }
+    Last::of(m.sequence, &m.payload, unix_ms(m))
 }
 
 /// The stream sequence of the message before this one in its channel.

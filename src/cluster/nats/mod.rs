@@ -3,40 +3,51 @@
 //!
 //! - **Fan-out**: every node subscribes to `{prefix}.bus` and publishes
 //!   [`ClusterMessage`]s there from a single writer task, over one connection, so a node's
-//!   messages arrive in the order it sent them. Core NATS is at most once: what is
-//!   published while the server is unreachable and does not fit the queue is lost and
+//!   messages arrive in the order it sent them. (Publications in channels with history go
+//!   through JetStream instead, in offset order per channel: their order against the same
+//!   node's other messages is not kept, unlike on Redis.) Core NATS is at most once: what
+//!   is published while the server is unreachable and does not fit the queue is lost and
 //!   counted. What arrives is decoded with [`ClusterMessage::decode`] before it reaches a
 //!   socket (anything else is dropped and counted in `invalid`). The bus is not
 //!   authenticated beyond what the NATS server enforces: give the street nodes their own
 //!   account or permissions.
 //! - **Presence**: NATS keeps no state, so every node holds its own presence and a view of
 //!   the others', kept in step on `{prefix}.presence` by numbered deltas, a beat every
-//!   `heartbeat`, and snapshots on demand (the `presence` module's protocol: a gap — a
-//!   delta lost in an outage — makes the receiver ask for a snapshot). A node not heard
-//!   from for `liveness` heartbeats (default 1 s × 3) is left out of
-//!   [`Broker::presence`]; a graceful [`Broker::stop`] says goodbye, and the others drop
-//!   it at once. A query is answered from memory: no round trip.
+//!   `heartbeat`, and snapshots on demand (a gap — a delta lost in an outage — makes the
+//!   receiver ask for one; a node asks everyone at start). A node not heard from for
+//!   `liveness` heartbeats (default 1 s × 3) is left out of [`Broker::presence`]; a
+//!   graceful [`Broker::stop`] says goodbye, and the others drop it at once. A query is
+//!   answered from memory, no round trip; after `liveness` heartbeats without a connection
+//!   it is [`BrokerError::Unavailable`] (the others' entries have expired).
 //! - **Reconnects**: the client reconnects by itself (backing off from 100 ms to 2 s) and
 //!   resubscribes; each lost connection is counted in `disconnects`. While disconnected,
 //!   the writer holds its queue (bounded, below) and sends it once back; presence deltas
-//!   lost meanwhile show up as gaps and are mended by snapshots within a heartbeat or two.
+//!   lost meanwhile show up as gaps and are mended by snapshots within a heartbeat or two,
+//!   and each node sends its snapshot unasked at its first beat back (`resyncs`).
 //! - **History** (when [`NatsOptions::jetstream`] is on and the server runs JetStream,
 //!   `nats-server -js`): one stream, `{PREFIX}_history` on `{prefix}.h.>`, holds every
 //!   channel's publications, one subject per channel. A publication takes the channel's
 //!   next offset with JetStream's optimistic concurrency (`Nats-Expected-Last-Subject-
 //!   Sequence`): two nodes publishing at once cannot take the same offset or leave a
-//!   hole; the loser reads the new last and tries again. Every node reads the stream with
-//!   an ordered consumer, so each channel's publications arrive everywhere in offset
-//!   order. The stream's limits per subject and age are those of the largest
-//!   [`HistoryOptions`] asked for (at least [`NatsOptions::history_limits`]); each query
-//!   applies its own. A channel whose last publication is older than its TTL starts a new
-//!   epoch. Without JetStream, publications in channels with history are lost (counted in
-//!   `publish_errors`) and joins are answered `recovered: false`.
+//!   hole; the loser reads the new last and tries again (after a random wait of up to
+//!   10 ms, for up to 4 × `response_timeout`; then the publication is lost and counted
+//!   in `publish_errors`). One appender per node: about one publication per round trip to
+//!   the server. Every node reads the stream with a consumer of its own, so each
+//!   channel's publications arrive everywhere in offset order; when the consumer fails
+//!   (a restart, a lost connection) it is made again after the last one delivered, or
+//!   from the start of a stream made again. The stream's limits per subject and age are
+//!   those of the largest [`HistoryOptions`] asked for (at least
+//!   [`NatsOptions::history_limits`]), its size [`NatsOptions::history_max_bytes`]; each
+//!   query applies its own. A channel whose last publication is older than its TTL starts
+//!   a new epoch. Without JetStream, publications in channels with history are lost
+//!   (counted in `publish_errors`) and joins to them are refused as when history is
+//!   down (`room:error` "history unavailable").
 //! - **Bounds**: the writer's queue holds `max_queue` messages (default 10 000) and
-//!   `max_queue_bytes` of them (default 64 MiB); beyond, the newest is dropped and counted
-//!   in `dropped` (and `dropped_over_bytes`). The client's own buffers are small (128
-//!   commands out; `max_queue` messages in per subscription, beyond which the server
-//!   drops, counted in `dropped` once per slow-consumer event).
+//!   `max_queue_bytes` of them (default 64 MiB, presence messages included, one snapshot
+//!   queued at most); beyond, the newest is dropped and counted in `dropped` (and
+//!   `dropped_over_bytes`). The history appender's queue has the same bounds. The
+//!   client's own buffers are small (128 commands out; in, `max_queue` messages per
+//!   subscription, beyond which the client drops them, counted in `dropped`).
 //! - **NATS down at start**: [`NatsOptions::require_at_start`] (default `true`) makes
 //!   `Rooms::new` fail with a clear error; `false` starts degraded and connects in the
 //!   background.
@@ -48,10 +59,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use self::history::Historian;
 use self::presence::{Msg, Own, View};
@@ -104,6 +116,11 @@ pub struct NatsOptions {
     /// The history stream's smallest limits per channel (publications kept, their age);
     /// a channel's own [`HistoryOptions`] raise them when larger. Default 1 000 and 1 h.
     pub history_limits: HistoryOptions,
+    /// The history stream's bound in bytes, over every channel (epoch markers included:
+    /// joins to ever new names with history write one each). Beyond, the oldest
+    /// publications go first (JetStream's `discard: old`); a channel that loses what a
+    /// client needs answers `recovered: false`. Default 1 GiB.
+    pub history_max_bytes: u64,
 }
 
 impl Default for NatsOptions {
@@ -120,6 +137,7 @@ impl Default for NatsOptions {
             jetstream: true,
             history_storage: HistoryStorage::File,
             history_limits: HistoryOptions::new(1000, Duration::from_secs(3600)),
+            history_max_bytes: 1 << 30,
         }
     }
 }
@@ -156,6 +174,8 @@ enum Out {
     Bus(Bytes),
     /// A presence message; a delta's number, to tell the beat what went out.
     Presence(Bytes, Option<u64>),
+    /// The last part of a snapshot.
+    SnapshotEnd(Bytes),
     Stop(oneshot::Sender<()>),
 }
 
@@ -164,8 +184,8 @@ struct Shared {
     node: OnceLock<Arc<str>>,
     tx: OnceLock<mpsc::Sender<Out>>,
     client: OnceLock<Client>,
-    /// Connected to the server now (set by the client's events).
-    connected: watch::Sender<bool>,
+    /// Since when the heartbeat has seen the connection down (`None`: up).
+    down_since: Mutex<Option<Instant>>,
     counters: Counters,
     /// Bytes of messages in the writer's queue.
     out_bytes: AtomicUsize,
@@ -175,8 +195,11 @@ struct Shared {
     sent_seq: AtomicU64,
     /// A presence message was lost before it went out: send a snapshot unasked.
     needs_resync: AtomicBool,
-    /// When our last snapshot went out (answering wants at most every quarter beat).
+    /// When our last snapshot was queued (answering wants at most every quarter beat).
     last_snapshot: Mutex<Option<Instant>>,
+    /// A snapshot is in the writer's queue: another would say nothing more (the deltas
+    /// behind it continue it).
+    snapshot_queued: AtomicBool,
     history: OnceLock<Arc<Historian>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -219,7 +242,7 @@ impl NatsBroker {
                 node: OnceLock::new(),
                 tx: OnceLock::new(),
                 client: OnceLock::new(),
-                connected: watch::Sender::new(false),
+                down_since: Mutex::new(None),
                 counters: Counters::default(),
                 out_bytes: AtomicUsize::new(0),
                 own: Mutex::new(Own::new("")),
@@ -227,6 +250,7 @@ impl NatsBroker {
                 sent_seq: AtomicU64::new(0),
                 needs_resync: AtomicBool::new(false),
                 last_snapshot: Mutex::new(None),
+                snapshot_queued: AtomicBool::new(false),
                 history: OnceLock::new(),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -256,8 +280,8 @@ impl Shared {
     /// `false` when it was dropped (counted).
     fn send(&self, out: Out) -> bool {
         let bytes = match &out {
-            Out::Bus(b) => b.len(),
-            _ => 0,
+            Out::Bus(b) | Out::Presence(b, _) | Out::SnapshotEnd(b) => b.len(),
+            Out::Stop(_) => 0,
         };
         if !reserve(&self.out_bytes, bytes, self.opts.max_queue_bytes) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -276,34 +300,45 @@ impl Shared {
 
     /// Queue presence messages made under the lock of our own presence (so they are
     /// queued in the order they are numbered); a loss makes a snapshot due.
-    fn send_presence(&self, msgs: Vec<Msg>) {
+    fn send_presence(&self, msgs: Vec<Msg>) -> bool {
         for m in msgs {
-            let seq = match &m {
-                Msg::Delta { seq, .. } => Some(*seq),
-                _ => None,
+            let out = match &m {
+                Msg::Delta { seq, .. } => Out::Presence(m.encode(), Some(*seq)),
+                Msg::Snap { last: true, .. } => Out::SnapshotEnd(m.encode()),
+                _ => Out::Presence(m.encode(), None),
             };
-            if !self.send(Out::Presence(m.encode(), seq)) {
+            if !self.send(out) {
                 self.needs_resync.store(true, Ordering::Relaxed);
-                return;
+                return false;
             }
         }
+        true
     }
 
-    /// Our whole presence, to everyone (asked, or to mend a loss).
+    /// Our whole presence, to everyone (asked, or to mend a loss), unless one is queued
+    /// already.
     fn send_snapshot(&self) {
+        if self.snapshot_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
         *lock(&self.last_snapshot) = Some(Instant::now());
         let own = lock(&self.own);
-        self.send_presence(own.snapshot());
+        if !self.send_presence(own.snapshot()) {
+            // what went in goes out; the rest is sent again at the next beat
+            self.snapshot_queued.store(false, Ordering::Release);
+        }
     }
 }
 
 /// The single writer: messages in order, held while the connection is down.
 async fn writer(shared: Arc<Shared>, client: Client, mut rx: mpsc::Receiver<Out>) {
     let (bus, presence) = (shared.bus(), shared.presence_subject());
-    let mut connected = shared.connected.subscribe();
     while let Some(out) = rx.recv().await {
         // the queue is the outage buffer: nothing goes into the client's until it is back
-        let _ = connected.wait_for(|c| *c).await;
+        // (its state, not its events: an event can be lost when its queue is full)
+        while client.connection_state() != State::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         match out {
             Out::Bus(b) => {
                 let n = b.len();
@@ -317,17 +352,25 @@ async fn writer(shared: Arc<Shared>, client: Client, mut rx: mpsc::Receiver<Out>
                 shared.out_bytes.fetch_sub(n, Ordering::AcqRel);
             }
             Out::Presence(b, seq) => {
+                let n = b.len();
                 if client.publish(presence.clone(), b).await.is_err() {
                     shared.needs_resync.store(true, Ordering::Relaxed);
                 }
                 if let Some(seq) = seq {
                     shared.sent_seq.store(seq, Ordering::Relaxed);
                 }
+                shared.out_bytes.fetch_sub(n, Ordering::AcqRel);
+            }
+            Out::SnapshotEnd(b) => {
+                let n = b.len();
+                if client.publish(presence.clone(), b).await.is_err() {
+                    shared.needs_resync.store(true, Ordering::Relaxed);
+                }
+                shared.snapshot_queued.store(false, Ordering::Release);
+                shared.out_bytes.fetch_sub(n, Ordering::AcqRel);
             }
             Out::Stop(done) => {
-                let bye = Msg::Bye {
-                    node: shared.node().to_string(),
-                };
+                let bye = lock(&shared.own).bye();
                 let _ = client.publish(presence.clone(), bye.encode()).await;
                 let _ = tokio::time::timeout(shared.opts.response_timeout, client.flush()).await;
                 let _ = done.send(());
@@ -346,10 +389,12 @@ async fn heartbeat(shared: Arc<Shared>, client: Client) {
     loop {
         tick.tick().await;
         lock(&shared.view).expire(Instant::now());
-        if !*shared.connected.borrow() {
+        if client.connection_state() != State::Connected {
+            lock(&shared.down_since).get_or_insert_with(Instant::now);
             shared.needs_resync.store(true, Ordering::Relaxed);
             continue;
         }
+        *lock(&shared.down_since) = None;
         if shared.needs_resync.swap(false, Ordering::Relaxed) {
             shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
             shared.send_snapshot();
@@ -436,31 +481,32 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 
 impl NatsBroker {
     fn connect_options(&self) -> ConnectOptions {
-        let s = self.shared.clone();
+        // weak: the client holds the callback, and the broker's state holds the client
+        let s = Arc::downgrade(&self.shared);
+        let opts = &self.shared.opts;
         let mut o = ConnectOptions::new()
-            .name(format!("street {}", s.node()))
+            .name(format!("street {}", self.shared.node()))
             .no_echo()
-            .connection_timeout(s.opts.response_timeout)
-            .request_timeout(Some(s.opts.response_timeout))
+            .connection_timeout(opts.response_timeout)
+            .request_timeout(Some(opts.response_timeout))
             .client_capacity(128)
-            .subscription_capacity(s.opts.max_queue.max(1))
+            .subscription_capacity(opts.max_queue.max(1))
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| {
                 let ms = 100u64.saturating_mul(1 << attempts.min(5));
                 Duration::from_millis(ms.min(2000))
             })
             .event_callback(move |e| {
-                let s = s.clone();
+                let s = s.upgrade();
                 async move {
+                    let Some(s) = s else { return };
                     match e {
-                        Event::Connected => {
-                            s.connected.send_replace(true);
-                        }
                         Event::Disconnected => {
-                            s.connected.send_replace(false);
                             s.counters.disconnects.fetch_add(1, Ordering::Relaxed);
                             s.needs_resync.store(true, Ordering::Relaxed);
                         }
+                        // one event per message the client dropped (when the event
+                        // itself is not lost: its queue is bounded too)
                         Event::SlowConsumer(_) => {
                             s.counters.dropped.fetch_add(1, Ordering::Relaxed);
                         }
@@ -493,15 +539,16 @@ impl Broker for NatsBroker {
                 .connect(shared.opts.url.as_str())
                 .await
                 .map_err(unavailable)?;
-            if client.connection_state() == async_nats::connection::State::Connected {
-                shared.connected.send_replace(true);
-            }
             let bus = client.subscribe(shared.bus()).await.map_err(unavailable)?;
             let presence = client
                 .subscribe(shared.presence_subject())
                 .await
                 .map_err(unavailable)?;
-            let _ = shared.client.set(client.clone());
+            if shared.client.set(client.clone()).is_err() {
+                return Err(BrokerError::Unavailable(
+                    "this NATS broker was started already".into(),
+                ));
+            }
             let (tx, rx) = mpsc::channel(shared.opts.max_queue.max(1));
             let _ = shared.tx.set(tx);
             let mut tasks = vec![
@@ -580,6 +627,15 @@ impl Broker for NatsBroker {
     }
 
     fn presence(&self, room: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
+        let s = &self.shared;
+        let lost = s.opts.heartbeat * s.opts.liveness.max(1);
+        let down = lock(&s.down_since).is_some_and(|t| t.elapsed() >= lost);
+        if down || s.client.get().is_none() {
+            // the other nodes' entries have expired: only ours would be a wrong answer
+            return Box::pin(async {
+                Err(BrokerError::Unavailable("not connected to NATS".into()))
+            });
+        }
         let mut all = lock(&self.shared.own).room(room);
         all.extend(lock(&self.shared.view).room(room, Instant::now()));
         let out = super::union(all.iter().map(|(m, n)| (m.as_str(), *n)));
@@ -623,6 +679,10 @@ impl Broker for NatsBroker {
             }
             for t in lock(&self.shared.tasks).drain(..) {
                 t.abort();
+            }
+            // the connection goes with the last of its users: flush what is left and close
+            if let Some(c) = self.shared.client.get() {
+                let _ = tokio::time::timeout(self.shared.opts.response_timeout, c.drain()).await;
             }
         })
     }

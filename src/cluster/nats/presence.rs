@@ -55,8 +55,8 @@ pub(super) enum Msg {
         last: bool,
         entries: Vec<(String, String, usize)>,
     },
-    /// `node` left the cluster.
-    Bye { node: String },
+    /// `node` (incarnation `inc`) left the cluster.
+    Bye { node: String, inc: u64 },
 }
 
 impl Msg {
@@ -115,6 +115,13 @@ impl Own {
             room: room.to_owned(),
             member: member.to_owned(),
             n,
+        }
+    }
+
+    pub(super) fn bye(&self) -> Msg {
+        Msg::Bye {
+            node: self.node.clone(),
+            inc: self.inc,
         }
     }
 
@@ -219,14 +226,17 @@ impl View {
             Msg::Beat { node, .. }
             | Msg::Delta { node, .. }
             | Msg::Snap { node, .. }
-            | Msg::Bye { node } => node.clone(),
+            | Msg::Bye { node, .. } => node.clone(),
             Msg::Want { .. } => return None,
         };
         if node == self.me {
             return None;
         }
-        if matches!(msg, Msg::Bye { .. }) {
-            self.peers.remove(node.as_str());
+        if let Msg::Bye { inc, .. } = msg {
+            // a late goodbye of an earlier run removes nothing of this one
+            if self.peers.get(node.as_str()).is_some_and(|p| p.inc == inc) {
+                self.peers.remove(node.as_str());
+            }
             return None;
         }
         let inc = match &msg {
@@ -431,7 +441,11 @@ mod tests {
         v.expire(t + 3 * HB);
         assert!(!v.whole("a"));
         feed(&mut v, a.snapshot(), t);
-        feed(&mut v, vec![Msg::Bye { node: "a".into() }], t);
+        // a goodbye from an earlier run of a is not this run's
+        let earlier = Own::new("a").bye();
+        feed(&mut v, vec![earlier], t);
+        assert_eq!(v.room("r", t), [("ana".into(), 1)]);
+        feed(&mut v, vec![a.bye()], t);
         assert!(v.room("r", t).is_empty());
     }
 
