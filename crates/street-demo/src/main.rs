@@ -1,6 +1,6 @@
 //! The demo server: `cargo run --release`, then open http://localhost:3000 — a chat with
 //! rooms, presence and typing over WebSockets with JWT login, and a live dashboard over
-//! SSE at /dashboard. Port from `PORT` (default 3000); `REDIS_URL` makes it a cluster node;
+//! SSE at /dashboard. Port from `PORT` (default 3000); `REDIS_URL` (or `NATS_URL`) makes it a cluster node;
 //! `STREET_JWT_SECRET` sets the token secret (a random one per process otherwise);
 //! `STREET_METRICS_TOKEN` serves `/metrics` to `Authorization: Bearer <token>`.
 

@@ -35,6 +35,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use street::cluster::nats::{NatsBroker, NatsOptions};
 use street::cluster::redis::{RedisBroker, RedisOptions};
 use street::cluster::Broker;
 use street::cluster::HistoryOptions;
@@ -47,6 +48,7 @@ use street::ws::{Compression, WebSocketServer, WsOptions};
 pub(crate) struct Config {
     app: street::AppOptions,
     redis_url: Option<String>,
+    nats_url: Option<String>,
     jwt_secret: Option<String>,
     metrics_token: Option<String>,
     trusted_proxies: Option<String>,
@@ -57,6 +59,7 @@ impl Config {
         Self {
             app: street::AppOptions::from_env(),
             redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
+            nats_url: std::env::var("NATS_URL").ok().filter(|u| !u.is_empty()),
             jwt_secret: std::env::var("STREET_JWT_SECRET").ok(),
             metrics_token: std::env::var("STREET_METRICS_TOKEN")
                 .ok()
@@ -73,7 +76,7 @@ pub(crate) enum DemoError {
     App(#[from] street::app::AppError),
     #[error("JWT: {0}")]
     Jwt(#[from] street::jwt::JwtError),
-    #[error("cannot join the cluster at REDIS_URL: {0}")]
+    #[error("cannot join the cluster at REDIS_URL or NATS_URL: {0}")]
     Cluster(#[from] street::cluster::BrokerError),
     #[error("no randomness from the OS for the JWT secret ({0}); set STREET_JWT_SECRET")]
     Random(getrandom::Error),
@@ -122,10 +125,12 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
             // times, compressed once per message for every recipient
             .with_compression(Some(Compression::default())),
     );
-    let broker: Option<Arc<dyn Broker>> = cfg
-        .redis_url
-        .as_ref()
-        .map(|url| Arc::new(RedisBroker::new(RedisOptions::url(url.clone()))) as Arc<dyn Broker>);
+    // Redis when both are given
+    let broker: Option<Arc<dyn Broker>> = match (&cfg.redis_url, &cfg.nats_url) {
+        (Some(url), _) => Some(Arc::new(RedisBroker::new(RedisOptions::url(url.clone())))),
+        (None, Some(url)) => Some(Arc::new(NatsBroker::new(NatsOptions::url(url.clone())))),
+        (None, None) => None,
+    };
     let clustered = broker.is_some();
     let mut rooms_options = RoomsOptions::default()
         .with_broker(broker)
