@@ -126,6 +126,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL the server (no save: it comes back empty).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -488,6 +488,8 @@ impl NatsBroker {
             .name(format!("street {}", self.shared.node()))
             .no_echo()
             .connection_timeout(opts.response_timeout)
+            // a stalled server is found by unanswered pings (two): within a few beats
+            .ping_interval(opts.heartbeat.max(Duration::from_millis(100)))
             .request_timeout(Some(opts.response_timeout))
             .client_capacity(128)
             .subscription_capacity(opts.max_queue.max(1))
