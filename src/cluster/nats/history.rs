@@ -119,6 +119,8 @@ pub(super) struct Historian {
     base: HistoryOptions,
     timeout: Duration,
     max_bytes: u64,
+    /// Most messages one pull asks for (within what the client buffers).
+    batch: usize,
     made: tokio::sync::Mutex<Option<Made>>,
     cache: Mutex<HashMap<String, Last>>,
     tx: mpsc::Sender<Append>,
@@ -142,9 +144,14 @@ fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Unix nanoseconds (a server timestamp's) in milliseconds.
+fn ms(nanos: i128) -> i64 {
+    i64::try_from(nanos / 1_000_000).unwrap_or(0)
+}
+
 /// When the server stored it, in Unix milliseconds.
 fn unix_ms(m: &StreamMessage) -> i64 {
-    i64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+    ms(m.time.unix_timestamp_nanos())
 }
 
 impl Historian {
@@ -161,6 +168,7 @@ impl Historian {
             base: opts.history_limits,
             timeout: opts.response_timeout,
             max_bytes: opts.history_max_bytes,
+            batch: (opts.max_queue / 2).clamp(1, 200),
             made: tokio::sync::Mutex::new(None),
             cache: Mutex::new(HashMap::new()),
             tx,
@@ -539,8 +547,10 @@ impl Historian {
         epoch: &Arc<str>,
     ) -> Option<Last> {
         let subject = self.subject_of(top)?;
+        // invariant: the message wanted is the subject's first at or after some sequence
+        // in lo..=hi, and `found` is the first at or after hi
         let (mut lo, mut hi) = (1u64, top.seq);
-        let mut found: Option<Last> = None;
+        let mut found = top.clone();
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let m = s
@@ -556,13 +566,15 @@ impl Historian {
                 .as_ref()
                 .is_some_and(|p| p.epoch == *epoch && p.offset >= offset);
             if at_or_after {
-                hi = l.seq;
-                found = Some(l);
+                // (not `l.seq`: the probe may have skipped past other channels' messages
+                // to the one that is `hi`'s already, and the search would stand still)
+                hi = mid;
+                found = l;
             } else {
                 lo = l.seq + 1;
             }
         }
-        let f = found?;
+        let f = found;
         f.pos
             .as_ref()
             .is_some_and(|p| p.offset == offset)
@@ -589,25 +601,33 @@ impl Historian {
             .await
             .ok()?;
         let name = c.cached_info().name.clone();
-        let mut msgs = c
-            .fetch()
-            .max_messages(usize::try_from(n).ok()?)
-            .expires(self.timeout)
-            .messages()
-            .await
-            .ok()?;
-        let mut out = Vec::new();
-        while let Some(m) = msgs.next().await {
-            let m = m.ok()?;
-            let info = m.info().ok()?;
-            let at_ms = i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok()?;
-            out.push(Last::of(info.stream_sequence, &m.message.payload, at_ms));
-            if out.len() as u64 == n {
-                break;
+        let read = async {
+            let mut msgs = c
+                .fetch()
+                .max_messages(usize::try_from(n).ok()?)
+                .expires(self.timeout)
+                .messages()
+                .await
+                .ok()?;
+            let mut out = Vec::new();
+            while let Some(m) = msgs.next().await {
+                let m = m.ok()?;
+                let info = m.info().ok()?;
+                out.push(Last::of(
+                    info.stream_sequence,
+                    &m.message.payload,
+                    ms(info.published.unix_timestamp_nanos()),
+                ));
+                if out.len() as u64 == n {
+                    break;
+                }
             }
-        }
+            Some(out)
+        };
+        let out = read.await;
+        // on every path: an ephemeral consumer would otherwise live on for its threshold
         let _ = s.delete_consumer(&name).await;
-        Some(out)
+        out
     }
 
     /// Store what is queued, in order; read the stream and deliver what every node
@@ -647,8 +667,8 @@ impl Historian {
                 Err(e) if !warned => {
                     tracing::warn!(
                         error = %e,
-                        "nats history unavailable (is JetStream on? nats-server -js); \
-                         retrying"
+                        "nats history unavailable (server down, or JetStream off: \
+                         nats-server -js); retrying"
                     );
                     warned = true;
                 }
@@ -665,7 +685,14 @@ impl Historian {
     /// delivered, which is not ours to know after a server restart.
     async fn follow(&self, hooks: &NodeHooks, seen: &mut Option<Seen>) -> Result<(), BrokerError> {
         let mut s = self.stream(self.base).await?;
-        let info = s.info().await.map_err(unavailable)?.clone();
+        let info = match s.info().await {
+            Ok(i) => i.clone(),
+            Err(e) => {
+                // deleted, perhaps: make it again next time
+                self.lost_stream().await;
+                return Err(unavailable(e));
+            }
+        };
         let created = info.created.unix_timestamp_nanos();
         let last = info.state.last_sequence;
         let start = match *seen {
@@ -702,35 +729,50 @@ impl Historian {
             .map_err(unavailable)?;
         let mut msgs = c
             .stream()
+            .max_messages_per_batch(self.batch)
             .heartbeat(Duration::from_secs(1))
             .expires(Duration::from_secs(5))
             .messages()
             .await
             .map_err(unavailable)?;
+        // the consumer numbers what it sends 1, 2, 3…: a jump is a message lost on the
+        // way (sent while the connection was down, or dropped by a full client buffer),
+        // which this consumer will never send again (no acks): make another
+        let mut next = 1;
         while let Some(m) = msgs.next().await {
             let m = m.map_err(unavailable)?;
             let Ok(info) = m.info() else { continue };
+            if info.consumer_sequence != next {
+                return Err(BrokerError::Unavailable(format!(
+                    "history consumer skipped from {next} to {}",
+                    info.consumer_sequence
+                )));
+            }
+            next += 1;
             let seq = info.stream_sequence;
             if seq <= at.seq {
                 continue; // delivered already
             }
             at.seq = seq;
             *seen = Some(at);
-            self.deliver(hooks, m.message.payload.clone(), Some(seq));
+            self.deliver(
+                hooks,
+                m.message.payload.clone(),
+                seq,
+                ms(info.published.unix_timestamp_nanos()),
+            );
         }
         Ok(())
     }
 
-    fn deliver(&self, hooks: &NodeHooks, payload: Bytes, seq: Option<u64>) {
+    fn deliver(&self, hooks: &NodeHooks, payload: Bytes, seq: u64, at_ms: i64) {
         match ClusterMessage::decode(payload) {
             Ok(m) => {
                 let (Some(pos), Target::Room { room, .. }) = (&m.position, &m.target) else {
                     self.invalid.fetch_add(1, Ordering::Relaxed);
                     return;
                 };
-                if let Some(seq) = seq {
-                    self.remember(room, seq, pos.clone(), envelope::now_ms());
-                }
+                self.remember(room, seq, pos.clone(), at_ms);
                 // a marker carries an epoch, not a publication
                 if pos.offset == 0 {
                     return;

@@ -316,17 +316,21 @@ impl Shared {
     }
 
     /// Our whole presence, to everyone (asked, or to mend a loss), unless one is queued
-    /// already.
-    fn send_snapshot(&self) {
+    /// already (then a resync stays due: what is lost after it is not in it). Whether one
+    /// was queued.
+    fn send_snapshot(&self) -> bool {
         if self.snapshot_queued.swap(true, Ordering::AcqRel) {
-            return;
+            self.needs_resync.store(true, Ordering::Relaxed);
+            return false;
         }
         *lock(&self.last_snapshot) = Some(Instant::now());
         let own = lock(&self.own);
         if !self.send_presence(own.snapshot()) {
             // what went in goes out; the rest is sent again at the next beat
             self.snapshot_queued.store(false, Ordering::Release);
+            return false;
         }
+        true
     }
 }
 
@@ -394,10 +398,15 @@ async fn heartbeat(shared: Arc<Shared>, client: Client) {
             shared.needs_resync.store(true, Ordering::Relaxed);
             continue;
         }
-        *lock(&shared.down_since) = None;
-        if shared.needs_resync.swap(false, Ordering::Relaxed) {
+        let back = lock(&shared.down_since).take().is_some();
+        if back {
+            // the others may have forgotten us, and we them: everyone's snapshot
+            shared.send_presence(vec![Msg::Want {
+                node: String::new(),
+            }]);
+        }
+        if shared.needs_resync.swap(false, Ordering::Relaxed) && shared.send_snapshot() {
             shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-            shared.send_snapshot();
         }
         // straight to the client, not behind the writer's queue: a busy node stays alive
         let beat = {
@@ -463,7 +472,7 @@ async fn presence_reader(shared: Arc<Shared>, mut sub: async_nats::Subscriber) {
                 if recent {
                     shared.needs_resync.store(true, Ordering::Relaxed);
                 } else {
-                    shared.send_snapshot();
+                    let _ = shared.send_snapshot();
                 }
             }
             continue;
