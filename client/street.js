@@ -54,12 +54,38 @@
  *   - A join refused with reason "history unavailable" (the server's broker is down) is
  *     sent again after the reconnect backoff's wait, growing with each refusal.
  *
- * No dependencies. In Node pass { WebSocket: require('ws') }.
+ * Requests with a reply (street's acknowledgements; the wire is `street::ws::ack`'s):
+ *   - emitWithAck(type, payload, {timeout}) sends {type, payload, ts, id} and returns a
+ *     Promise of the server's result (its on_request handler). It rejects with a
+ *     StreetAckError whose `code` is the server's ('rejected', 'no_handler', 'bad_payload',
+ *     'timeout', 'internal') or the client's own: 'timeout' (no reply within `timeout`,
+ *     default ackTimeoutMs = 10000), 'too_many' (maxPendingAcks, default 100, wait already),
+ *     'disconnected' (the connection carrying it ended: it may or may not have been
+ *     handled), 'closed' (close() was called). A request made while not open waits in the
+ *     queue like any emit and goes out on the next open.
+ *   - onRequest(type, fn) answers the server's requests (Socket::emit_with_ack): fn(payload)
+ *     returns the result or a Promise of it; a throw or a rejection is an error reply
+ *     ({code: err.code || 'rejected', message}). A request without a handler is answered
+ *     'no_handler'. offRequest(type) removes it.
+ *   - Replies travel as the event 'street:reply'; street.js consumes them: on() listeners
+ *     never see them.
+ *
+ * No dependencies. In Node pass { WebSocket: require('ws') }; as an ES module, import
+ * street.mjs (see client/README.md).
  */
 (function (root) {
   'use strict';
 
   var TERMINAL = { 1002: 1, 1003: 1, 1007: 1, 1009: 1, 4001: 1, 4003: 1 };
+  var REPLY = 'street:reply';
+
+  /** The error a request's Promise rejects with: `code` says why. */
+  function StreetAckError(code, message) {
+    var e = new Error(message || code);
+    e.name = 'StreetAckError';
+    e.code = code;
+    return e;
+  }
   var LIFECYCLE = { state: 1, open: 1, close: 1, error: 1 };
 
   function call(fn, a, b, c) {
@@ -77,6 +103,11 @@
     this.maxDelay = o.maxDelay != null ? o.maxDelay : 15000;
     this.maxQueue = o.maxQueue != null ? o.maxQueue : 100;
     this.stableAfterMs = o.stableAfterMs != null ? o.stableAfterMs : 5000;
+    this.ackTimeoutMs = o.ackTimeoutMs != null ? o.ackTimeoutMs : 10000;
+    this.maxPendingAcks = o.maxPendingAcks != null ? o.maxPendingAcks : 100;
+    this.nextAckId = 0;
+    this.acks = new Map();      // id -> {resolve, reject, timer, sent}: requests awaiting a reply
+    this.responders = new Map(); // type -> fn: answers to the server's requests
     this.random = o.random || Math.random;
     this.state = 'idle';
     this.attempt = 0;
@@ -197,13 +228,18 @@
       self.rooms.forEach(function (channel) { self.sendJoin(channel); });
       var q = self.queue;
       self.queue = [];
-      q.forEach(function (m) { ws.send(m); });
+      q.forEach(function (m) {
+        ws.send(m.frame || m);
+        if (m.ackId != null && self.acks.has(m.ackId)) self.acks.get(m.ackId).sent = true;
+      });
     };
     ws.onmessage = function (ev) {
       if (self.ws !== ws || typeof ev.data !== 'string') return;
       var env;
       try { env = JSON.parse(ev.data); } catch (e) { self.emitLifecycle('error', { kind: 'malformed', data: ev.data }); return; }
       if (!env || typeof env.type !== 'string') { self.emitLifecycle('error', { kind: 'not_an_envelope', data: env }); return; }
+      if (env.type === REPLY) { self.settle(env.payload); return; }
+      if (typeof env.id === 'number') { self.answer(env); return; }
       if (!self.track(env)) return;
       self.dispatch(env.type, env.payload === undefined ? null : env.payload, env);
     };
@@ -212,6 +248,8 @@
       self.ws = null;
       clearTimeout(self.stableTimer);
       self.lastClose = { code: ev.code, reason: ev.reason };
+      // what went out on this connection will get no reply now
+      self.failAcks('disconnected', function (a) { return a.sent; });
       self.emitLifecycle('close', { code: ev.code, reason: ev.reason });
       if (self.stopped) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
       if (TERMINAL[ev.code]) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
@@ -311,15 +349,95 @@
     this.timer = setTimeout(function () { if (!self.stopped) self.connect(); }, delay);
   };
 
-  Street.prototype.send = function (type, payload) {
-    var frame = JSON.stringify({ type: type, payload: payload === undefined ? null : payload, ts: Date.now() });
+  Street.prototype.send = function (type, payload, ackId) {
+    var env = { type: type, payload: payload === undefined ? null : payload, ts: Date.now() };
+    if (ackId != null) env.id = ackId;
+    var frame = JSON.stringify(env);
     if (this.ws && this.state === 'open') {
       this.ws.send(frame);
       return true;
     }
-    this.queue.push(frame);
-    if (this.queue.length > this.maxQueue) this.queue.shift();
+    this.queue.push(ackId != null ? { frame: frame, ackId: ackId } : frame);
+    if (this.queue.length > this.maxQueue) {
+      var dropped = this.queue.shift();
+      if (dropped && dropped.ackId != null) this.failAck(dropped.ackId, 'too_many', 'dropped from the full send queue');
+    }
     return false;
+  };
+
+  /**
+   * Send a request and get the server's answer: a Promise of its result, rejected with a
+   * StreetAckError (see the header for the codes). options.timeout: ms (ackTimeoutMs).
+   */
+  Street.prototype.emitWithAck = function (type, payload, options) {
+    var self = this;
+    var timeout = options && options.timeout != null ? options.timeout : this.ackTimeoutMs;
+    if (this.acks.size >= this.maxPendingAcks) {
+      return Promise.reject(StreetAckError('too_many', this.maxPendingAcks + ' requests wait already'));
+    }
+    if (this.stopped) return Promise.reject(StreetAckError('closed', 'the client is closed'));
+    var id = ++this.nextAckId;
+    return new Promise(function (resolve, reject) {
+      var entry = { resolve: resolve, reject: reject, sent: false, timer: null };
+      entry.timer = setTimeout(function () {
+        self.failAck(id, 'timeout', 'no reply within ' + timeout + ' ms');
+      }, timeout);
+      self.acks.set(id, entry);
+      entry.sent = self.send(type, payload, id);
+    });
+  };
+
+  /** Answer the server's requests for `type` (its emit_with_ack) with fn(payload). */
+  Street.prototype.onRequest = function (type, fn) {
+    this.responders.set(type, fn);
+    return this;
+  };
+
+  Street.prototype.offRequest = function (type) {
+    this.responders.delete(type);
+    return this;
+  };
+
+  /** A reply from the server to one of our requests. */
+  Street.prototype.settle = function (p) {
+    if (!p || typeof p.id !== 'number') return;
+    var a = this.acks.get(p.id);
+    if (!a) return; // late (timed out) or never asked
+    this.acks.delete(p.id);
+    clearTimeout(a.timer);
+    if (p.error) a.reject(StreetAckError(String(p.error.code || 'rejected'), String(p.error.message || '')));
+    else a.resolve(p.result === undefined ? null : p.result);
+  };
+
+  Street.prototype.failAck = function (id, code, message) {
+    var a = this.acks.get(id);
+    if (!a) return;
+    this.acks.delete(id);
+    clearTimeout(a.timer);
+    a.reject(StreetAckError(code, message));
+  };
+
+  Street.prototype.failAcks = function (code, which) {
+    var self = this;
+    Array.from(this.acks.keys()).forEach(function (id) {
+      if (!which || which(self.acks.get(id))) self.failAck(id, code, 'the request got no reply: ' + code);
+    });
+  };
+
+  /** A request from the server: its handler's answer back as street:reply. */
+  Street.prototype.answer = function (env) {
+    var self = this;
+    var id = env.id;
+    var fn = this.responders.get(env.type);
+    function reply(body) { body.id = id; self.send(REPLY, body); }
+    if (!fn) { reply({ error: { code: 'no_handler', message: 'no handler answers ' + JSON.stringify(env.type) } }); return; }
+    var out;
+    try { out = fn(env.payload === undefined ? null : env.payload); } catch (e) { out = Promise.reject(e); }
+    Promise.resolve(out).then(function (result) {
+      reply({ result: result === undefined ? null : result });
+    }, function (e) {
+      reply({ error: { code: String(e && e.code || 'rejected'), message: String(e && e.message || e) } });
+    });
   };
 
   /** Send {type, payload, ts}. Returns true when sent now, false when queued for the next open. */
@@ -355,6 +473,7 @@
   /** Close for good (no reconnect). */
   Street.prototype.close = function (code, reason) {
     this.stopped = true;
+    this.failAcks('closed');
     clearTimeout(this.timer);
     clearTimeout(this.stableTimer);
     this.joinRetry.forEach(function (r) { clearTimeout(r.timer); });
@@ -363,6 +482,9 @@
     else this.setState('closed', {});
   };
 
+  Street.StreetAckError = StreetAckError;
+  Street.Street = Street;
+  Street.default = Street;
   if (typeof module === 'object' && module.exports) module.exports = Street;
   else root.Street = Street;
-})(typeof self !== 'undefined' ? self : this);
+})(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this);

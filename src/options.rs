@@ -106,6 +106,8 @@ options! {
         with_send_buffer_bytes => send_buffer_bytes: Option<usize>,
         with_reconnect_hint => reconnect_hint: Option<Duration>,
         with_compression => compression: Option<crate::ws::Compression>,
+        with_request_timeout => request_timeout: Duration,
+        with_max_pending_acks => max_pending_acks: usize,
     }
 }
 

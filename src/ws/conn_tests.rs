@@ -35,8 +35,7 @@ fn start(
     let socket = Socket::new(
         SocketId::new(),
         wss.shared.stats.clone(),
-        opts.max_queue_bytes,
-        opts.max_listeners,
+        super::socket::SocketLimits::of(&opts),
         None,
         None,
         http::Extensions::new(),

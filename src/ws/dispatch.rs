@@ -2,10 +2,12 @@
 //! (`connection.rs`) — envelope decoding, listener lookup, error events, panics caught.
 //! Each function is one message's handling, boxed by the connection task while it runs.
 
+use super::ack::{self, codes, WireError};
 use super::envelope;
 use super::handler::{panic_message, run_dispatch};
 use super::socket::{ErrorEvent, RawMessage, Socket};
 use super::text::Text;
+use serde_json::value::RawValue;
 
 /// An envelope (`{"type","payload"}`) to the socket's listeners for its event, and the
 /// whole message to `"*"` listeners; what does not decode is reported to `error`
@@ -35,6 +37,15 @@ pub(crate) async fn envelope(socket: Socket, text: Text) {
             return;
         }
     };
+    if inc.event == ack::REPLY_EVENT {
+        // a reply to one of our requests: never an event of the app's
+        socket.settle_reply(inc.payload);
+        return;
+    }
+    if let Some(id) = inc.id {
+        request(socket, &inc.event, inc.payload, id).await;
+        return;
+    }
     let (own, wild) = socket.handlers_for(&inc.event);
     if own.is_empty() && wild.is_empty() {
         return;
@@ -74,6 +85,50 @@ pub(crate) async fn envelope(socket: Socket, text: Text) {
                 })
                 .await;
         }
+    }
+}
+
+/// A request (an envelope with an `id`) to the event's request handler, and its answer
+/// back: the result, or an error with one of [`codes`]. The handler has
+/// `request_timeout`; a panic is an `internal` error.
+async fn request(socket: &Socket, event: &str, payload: Option<&RawValue>, id: u64) {
+    use futures_util::FutureExt;
+    let stats = &socket.inner.stats;
+    let fail = |code: &str, message: String| {
+        Err(WireError {
+            code: code.to_owned(),
+            message,
+        })
+    };
+    let answer = match socket.request_handler(event) {
+        None => fail(codes::NO_HANDLER, format!("no handler answers {event:?}")),
+        Some(h) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(payload))) {
+            Err(p) => fail(codes::INTERNAL, panic_message(&p)),
+            Ok(Err(message)) => {
+                stats.payload_errors.inc();
+                fail(codes::BAD_PAYLOAD, message)
+            }
+            Ok(Ok(fut)) => {
+                let limit = socket.inner.requests.timeout;
+                let run = std::panic::AssertUnwindSafe(fut).catch_unwind();
+                match tokio::time::timeout(limit, run).await {
+                    Err(_) => fail(codes::TIMEOUT, format!("no answer within {limit:?}")),
+                    Ok(Err(p)) => fail(codes::INTERNAL, panic_message(&p)),
+                    Ok(Ok(a)) => a,
+                }
+            }
+        },
+    };
+    stats.requests.inc();
+    if answer.is_err() {
+        stats.requests_failed.inc();
+    }
+    match ack::encode_reply(id, &answer) {
+        // a closed or slow client: nothing more to do for it
+        Ok(bytes) => {
+            let _ = socket.send_text_bytes(bytes);
+        }
+        Err(e) => tracing::warn!(error = %e, "a reply did not encode"),
     }
 }
 

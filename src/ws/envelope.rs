@@ -55,6 +55,9 @@ pub struct Incoming<'a> {
     pub event: Cow<'a, str>,
     /// Raw JSON of the payload (`None` when absent or `null`).
     pub payload: Option<&'a RawValue>,
+    /// The request id of an envelope that asks for a reply (see
+    /// [`ack`](super::ack)); `None` for an ordinary event.
+    pub id: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +66,8 @@ struct Wire<'a> {
     event: Cow<'a, str>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 /// Decode a text frame into an [`Incoming`] envelope.
@@ -84,6 +89,7 @@ pub fn decode(text: &str) -> Result<Incoming<'_>, EnvelopeError> {
         Ok(w) => Ok(Incoming {
             event: w.event,
             payload: w.payload,
+            id: w.id,
         }),
         Err(e) if e.is_syntax() || e.is_eof() => Err(EnvelopeError::MalformedJson(e)),
         Err(e) => Err(EnvelopeError::NotEnvelope(e)),
@@ -130,6 +136,23 @@ pub fn encode_at<P: Serialize + ?Sized>(
     buf.put_slice(b",\"ts\":");
     let mut itoa_buf = itoa::Buffer::new();
     buf.put_slice(itoa_buf.format(ts).as_bytes());
+    buf.put_u8(b'}');
+    Ok(buf.freeze())
+}
+
+/// A request: [`encode`] with a top-level `"id"` (see [`ack`](super::ack)).
+pub(crate) fn encode_request<P: Serialize + ?Sized>(
+    event: &str,
+    payload: &P,
+    id: u64,
+) -> Result<Bytes, EnvelopeError> {
+    let b = encode(event, payload)?;
+    let body = b.strip_suffix(b"}").unwrap_or(&b);
+    let mut buf = BytesMut::with_capacity(b.len() + 24);
+    buf.put_slice(body);
+    buf.put_slice(b",\"id\":");
+    let mut itoa_buf = itoa::Buffer::new();
+    buf.put_slice(itoa_buf.format(id).as_bytes());
     buf.put_u8(b'}');
     Ok(buf.freeze())
 }

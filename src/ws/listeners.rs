@@ -17,6 +17,12 @@ pub(crate) type Erased =
 pub(crate) type ErasedClose = Arc<dyn Fn(CloseInfo) -> DispatchOut + Send + Sync>;
 pub(crate) type ErasedError = Arc<dyn Fn(ErrorEvent) -> DispatchOut + Send + Sync>;
 pub(crate) type ErasedRaw = Arc<dyn Fn(RawMessage) -> DispatchOut + Send + Sync>;
+/// A request handler: the answer to await, or why the payload does not fit.
+pub(crate) type ErasedRequest = Arc<
+    dyn Fn(Option<&RawValue>) -> Result<super::handler::BoxFuture<super::ack::Answer>, String>
+        + Send
+        + Sync,
+>;
 
 /// An event name, stored inline when short (most are), so a listener costs no extra
 /// allocation for its name.
@@ -26,7 +32,7 @@ pub(crate) enum Name {
 }
 
 impl Name {
-    fn new(s: &str) -> Self {
+    pub(crate) fn new(s: &str) -> Self {
         let b = s.as_bytes();
         if b.len() <= 22 {
             let mut buf = [0u8; 22];
@@ -49,6 +55,7 @@ impl Name {
 
 pub(crate) enum Kind {
     Event(Name, Erased),
+    Request(Name, ErasedRequest),
     Close(ErasedClose),
     Error(ErasedError),
     Raw(ErasedRaw),
@@ -64,6 +71,8 @@ impl Kind {
     fn name(&self) -> &[u8] {
         match self {
             Kind::Event(n, _) => n.as_bytes(),
+            // apart from the event's listeners: `on` and `on_request` count separately
+            Kind::Request(..) => b"",
             Kind::Close(_) => b"close",
             Kind::Error(_) => b"error",
             Kind::Raw(_) => b"raw",
@@ -146,6 +155,28 @@ impl Listeners {
             }
         }
         (own, wild)
+    }
+
+    /// Whether `event` has a request handler.
+    pub(crate) fn has_request(&self, event: &str) -> bool {
+        self.request(event).is_some()
+    }
+
+    /// The request handler of `event`.
+    pub(crate) fn request(&self, event: &str) -> Option<ErasedRequest> {
+        self.entries.iter().find_map(|(_, k)| match k {
+            Kind::Request(name, h) if name.as_bytes() == event.as_bytes() => Some(h.clone()),
+            _ => None,
+        })
+    }
+
+    /// Remove `event`'s request handler; whether it had one.
+    pub(crate) fn remove_request(&mut self, event: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(
+            |(_, k)| !matches!(k, Kind::Request(name, _) if name.as_bytes() == event.as_bytes()),
+        );
+        self.entries.len() != before
     }
 
     /// The raw handlers, in order.

@@ -7,6 +7,7 @@
 //! - [`heartbeat`](self#heartbeat): one sweep per server reaps dead peers;
 //! - `upgrade` and `connection`: the handshake gates and the per-connection task.
 
+pub mod ack;
 mod close;
 #[cfg(test)]
 mod conn_tests;
@@ -28,6 +29,7 @@ mod text;
 mod transport;
 mod upgrade;
 
+pub use ack::{AckError, Responder};
 pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};
 pub use deflate::{Compression, CompressionMode};
 pub use envelope::{Envelope, EnvelopeError};

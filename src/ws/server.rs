@@ -194,6 +194,14 @@ pub struct WsOptions {
     ///
     /// [`Compression`]: super::Compression
     pub compression: Option<super::Compression>,
+    /// How long a request handler ([`Socket::on_request`](super::Socket::on_request)) may
+    /// take; beyond, the client is answered with an error of code `timeout` and the
+    /// handler is dropped. Default 10 s.
+    pub request_timeout: Duration,
+    /// Requests to one client ([`Socket::emit_with_ack`](super::Socket::emit_with_ack))
+    /// waiting for their reply at once; one more fails at once with
+    /// [`AckError::TooMany`](super::AckError::TooMany). Default 64.
+    pub max_pending_acks: usize,
 }
 
 impl WsOptions {
@@ -228,6 +236,8 @@ impl Default for WsOptions {
             send_buffer_bytes: None,
             reconnect_hint: None,
             compression: None,
+            request_timeout: Duration::from_secs(10),
+            max_pending_acks: 64,
         }
     }
 }

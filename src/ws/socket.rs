@@ -10,10 +10,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::ack::{self, AckError, Pending, Responder};
 use super::close::{CloseCode, CloseInfo};
 use super::envelope::{self, EnvelopeError};
 use super::handler::{DispatchOut, Handler, Outcome};
-use super::listeners::{Erased, ErasedClose, ErasedError, ErasedRaw, Kind, Listeners};
+use super::listeners::{
+    Erased, ErasedClose, ErasedError, ErasedRaw, ErasedRequest, Kind, Listeners,
+};
 use super::outbox::{Outbox, Refused};
 use super::stats::Stats;
 
@@ -89,6 +92,10 @@ pub enum SocketError {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// [`Socket::on_request`] for an event that has a request handler already (one
+    /// answers).
+    #[error("event \"{0}\" has a request handler already")]
+    RequestHandlerTaken(String),
     /// More than the allowed listeners for one event.
     #[error("too many listeners for event \"{event}\" (limit {limit})")]
     TooManyListeners {
@@ -175,6 +182,45 @@ pub(crate) struct SocketInner {
     pub(crate) max_listeners: usize,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) protocol: Option<Box<str>>,
+    /// Requests to the client waiting for their reply (made on the first).
+    acks: Mutex<Option<Box<Pending>>>,
+    pub(crate) requests: RequestLimits,
+}
+
+/// The request options a socket keeps (from [`WsOptions`](super::WsOptions)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLimits {
+    /// How long a request handler may take.
+    pub(crate) timeout: std::time::Duration,
+    /// Requests to the client waiting at once.
+    pub(crate) max_pending: u32,
+}
+
+/// The per-socket bounds [`Socket::new`] takes (from [`WsOptions`](super::WsOptions)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketLimits {
+    pub(crate) max_queue_bytes: usize,
+    pub(crate) max_listeners: usize,
+    pub(crate) requests: RequestLimits,
+}
+
+impl SocketLimits {
+    pub(crate) fn of(o: &super::WsOptions) -> Self {
+        Self {
+            max_queue_bytes: o.max_queue_bytes,
+            max_listeners: o.max_listeners,
+            requests: RequestLimits {
+                timeout: o.request_timeout,
+                max_pending: u32::try_from(o.max_pending_acks).unwrap_or(u32::MAX),
+            },
+        }
+    }
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        Self::of(&super::WsOptions::default())
+    }
 }
 
 /// A connected client: a cheap, cloneable handle (an `Arc` inside).
@@ -204,8 +250,7 @@ impl Socket {
     pub(crate) fn new(
         id: SocketId,
         stats: Arc<Stats>,
-        max_queue_bytes: usize,
-        max_listeners: usize,
+        limits: SocketLimits,
         remote_addr: Option<SocketAddr>,
         protocol: Option<Box<str>>,
         data: http::Extensions,
@@ -213,15 +258,17 @@ impl Socket {
         Self {
             inner: Arc::new(SocketInner {
                 id,
-                outbox: Outbox::new(max_queue_bytes),
+                outbox: Outbox::new(limits.max_queue_bytes),
                 listeners: Mutex::new(Listeners::default()),
                 data: Mutex::new(data),
                 finished: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
                 stats,
-                max_listeners,
+                max_listeners: limits.max_listeners,
                 remote_addr,
                 protocol,
+                acks: Mutex::new(None),
+                requests: limits.requests,
             }),
         }
     }
@@ -232,8 +279,7 @@ impl Socket {
         Self::new(
             SocketId::new(),
             Arc::default(),
-            1 << 20,
-            64,
+            SocketLimits::default(),
             None,
             None,
             http::Extensions::new(),
@@ -489,6 +535,122 @@ impl Socket {
         self.listeners().add(kind, Some(self.inner.max_listeners))
     }
 
+    /// Answer the client's requests for `event` (its `emitWithAck`; the wire is in
+    /// [`ack`](super::ack)): the handler gets the payload as `T` and returns
+    /// `Result<R, E>`, or a future of one. `Ok` is the reply's result; `Err` is an error
+    /// reply with code `rejected` and `E`'s text. One handler per event. A request is an
+    /// envelope with an `id`: it reaches this handler only, not [`Socket::on`]'s.
+    ///
+    /// # Errors
+    /// [`SocketError::RequestHandlerTaken`] when `event` has one already.
+    ///
+    /// ```no_run
+    /// # fn f(socket: street::ws::Socket) -> Result<(), street::ws::SocketError> {
+    /// socket.on_request("sum", |(a, b): (i64, i64)| a.checked_add(b).ok_or("overflow"))?;
+    /// socket.on_request("user", |id: u64| async move {
+    ///     // a database lookup, say
+    ///     Ok::<_, std::io::Error>(serde_json::json!({ "id": id, "name": "ana" }))
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_request<T, M, H>(&self, event: &str, handler: H) -> Result<(), SocketError>
+    where
+        T: DeserializeOwned + Send + 'static,
+        H: Responder<T, M>,
+    {
+        let erased: ErasedRequest = Arc::new(move |payload: Option<&RawValue>| {
+            let text = payload.map_or("null", RawValue::get);
+            match serde_json::from_str::<T>(text) {
+                Ok(t) => Ok(handler.respond(t).0),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let mut l = self.listeners();
+        if l.has_request(event) {
+            return Err(SocketError::RequestHandlerTaken(event.to_owned()));
+        }
+        l.add(
+            Kind::Request(super::listeners::Name::new(event), erased),
+            None,
+        )
+        .map(|_| ())
+    }
+
+    /// Stop answering requests for `event`; whether it had a handler.
+    pub fn off_request(&self, event: &str) -> bool {
+        self.listeners().remove_request(event)
+    }
+
+    /// Send `event` to the client as a request and wait for its reply (the client's
+    /// `onRequest` handler), at most `timeout`; the result is deserialized into `R`.
+    ///
+    /// # Errors
+    /// [`AckError::TooMany`] when [`WsOptions::max_pending_acks`](super::WsOptions)
+    /// requests wait already; [`AckError::Timeout`]; [`AckError::Closed`] when the
+    /// connection ends first; [`AckError::Rejected`] with the client's error;
+    /// [`AckError::Result`] when the result does not fit `R`; [`AckError::Send`] when the
+    /// request could not be queued.
+    ///
+    /// ```no_run
+    /// # async fn f(socket: street::ws::Socket) -> Result<(), street::ws::AckError> {
+    /// use std::time::Duration;
+    /// let ok: bool = socket.emit_with_ack("confirm", &"delete?", Duration::from_secs(5)).await?;
+    /// # let _ = ok; Ok(()) }
+    /// ```
+    pub async fn emit_with_ack<P, R>(
+        &self,
+        event: &str,
+        payload: &P,
+        timeout: std::time::Duration,
+    ) -> Result<R, AckError>
+    where
+        P: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let limit = self.inner.requests.max_pending as usize;
+        let (id, reply) = {
+            let mut acks = lock(&self.inner.acks);
+            if self.inner.finished.load(Ordering::Acquire) {
+                return Err(AckError::Closed);
+            }
+            acks.get_or_insert_with(Box::default).open(limit)?
+        };
+        // the entry goes with this future, whatever ends it (a timeout, a drop)
+        let _waiting = Waiting(self, id);
+        let bytes = envelope::encode_request(event, payload, id)
+            .map_err(|e| AckError::Send(e.to_string()))?;
+        self.send_text_bytes(bytes)
+            .map_err(|e| AckError::Send(e.to_string()))?;
+        let raw = match tokio::time::timeout(timeout, reply).await {
+            Err(_) => {
+                self.inner.stats.acks_timed_out.inc();
+                return Err(AckError::Timeout(timeout));
+            }
+            Ok(Err(_)) => return Err(AckError::Closed),
+            Ok(Ok(r)) => r?,
+        };
+        serde_json::from_str(raw.get()).map_err(|e| AckError::Result(e.to_string()))
+    }
+
+    /// Requests to the client waiting for their reply.
+    pub fn pending_acks(&self) -> usize {
+        lock(&self.inner.acks).as_ref().map_or(0, |p| p.len())
+    }
+
+    /// A `street:reply` from the client: to the request waiting for it (dropped when
+    /// none does: late, or never asked).
+    pub(crate) fn settle_reply(&self, payload: Option<&RawValue>) {
+        if let Some((id, outcome)) = ack::decode_reply(payload) {
+            if let Some(p) = lock(&self.inner.acks).as_mut() {
+                p.settle(id, outcome);
+            }
+        }
+    }
+
+    pub(crate) fn request_handler(&self, event: &str) -> Option<ErasedRequest> {
+        self.listeners().request(event)
+    }
+
     fn listeners(&self) -> MutexGuard<'_, Listeners> {
         lock(&self.inner.listeners)
     }
@@ -606,6 +768,9 @@ impl Socket {
             std::mem::take(&mut *l)
         };
         self.inner.outbox.clear();
+        if let Some(p) = lock(&self.inner.acks).as_mut() {
+            p.close_all();
+        }
         for h in listeners.into_closers() {
             let info = info.clone();
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(info))) {
@@ -618,6 +783,17 @@ impl Socket {
         }
         // Listeners dropped here; per-socket data is cleared too.
         lock(&self.inner.data).clear();
+    }
+}
+
+/// A request to the client waiting for its reply: forgotten when the wait ends.
+struct Waiting<'a>(&'a Socket, u64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = lock(&self.0.inner.acks).as_mut() {
+            p.forget(self.1);
+        }
     }
 }
 

@@ -67,6 +67,22 @@ stats! {
         count unexpected_raw => ERRORS.with("kind", "unexpected_raw"),
         /// Handlers that returned an error or panicked.
         count handler_errors => ERRORS.with("kind", "handler"),
+        /// Client requests (envelopes with an `id`) answered, with a result or an error.
+        count requests => counter(
+            "street_ws_requests_total",
+            "Client requests answered (with a result or an error).",
+        ),
+        /// Of [`requests`](Self::requests), those answered with an error (no handler, a
+        /// payload that did not fit, the handler's error, a timeout).
+        count requests_failed => counter(
+            "street_ws_requests_failed_total",
+            "Client requests answered with an error.",
+        ),
+        /// Requests to clients (`emit_with_ack`) that got no reply in time.
+        count acks_timed_out => counter(
+            "street_ws_acks_timed_out_total",
+            "Requests to clients without a reply in time.",
+        ),
         /// Peers terminated by the heartbeat.
         count reaped => DISCONNECTS.with("reason", "heartbeat"),
         /// Clients disconnected because their outbound queue was full.

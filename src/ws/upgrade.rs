@@ -416,8 +416,7 @@ pub(crate) async fn handle(wss: WebSocketServer, req: Request<Body>) -> Response
     let socket = Socket::new(
         SocketId::new(),
         wss.shared.stats.clone(),
-        wss.shared.opts.max_queue_bytes,
-        wss.shared.opts.max_listeners,
+        super::socket::SocketLimits::of(&wss.shared.opts),
         request.remote_addr(),
         protocol.map(String::into_boxed_str),
         data,
@@ -782,8 +781,11 @@ mod size_tests {
         let socket = super::Socket::new(
             id,
             Default::default(),
-            1,
-            1,
+            crate::ws::socket::SocketLimits {
+                max_queue_bytes: 1,
+                max_listeners: 1,
+                ..Default::default()
+            },
             None,
             None,
             http::Extensions::new(),

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod acks;
 mod auth;
 mod backpressure;
 mod broadcast;

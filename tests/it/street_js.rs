@@ -258,3 +258,131 @@ async fn street_js_recovers_channels_with_history_drops_duplicates_and_fills_gap
     assert_eq!(v["rejoin"], json!({ "channel": "room" }), "{v}");
     assert_eq!(v["connections"], 3, "{v}");
 }
+
+/// The client package as a user gets it: `street.mjs` is what `street.js` makes, and its
+/// TypeScript types (ESM and CommonJS) accept typed event maps and refuse what they
+/// should (`tests/js/types/check.mts`, every `@ts-expect-error` must be an error).
+#[tokio::test]
+async fn the_client_package_is_built_from_its_source_and_its_types_check() {
+    let js = js_dir();
+    let root = js.join("../..");
+    let check = Command::new("node")
+        .args(["client/build.mjs", "--check"])
+        .current_dir(&root)
+        .output()
+        .expect("node");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let tsc = js.join("node_modules/.bin/tsc");
+    assert!(
+        tsc.exists(),
+        "typescript is not installed in tests/js; run scripts/test"
+    );
+    let out = within(
+        "tsc",
+        tokio::task::spawn_blocking(move || {
+            Command::new(tsc)
+                .args(["-p", "types"])
+                .current_dir(&js)
+                .output()
+        }),
+    )
+    .await
+    .expect("join")
+    .expect("tsc");
+    assert!(
+        out.status.success(),
+        "tsc: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Requests both ways between the client package (its ES module, then its CommonJS
+/// build, in Node) and a real street server: results, the server's error codes, the
+/// client's own (timeout, too many, closed), the server's requests answered by
+/// `onRequest`, and replies kept away from `on()` listeners.
+#[tokio::test]
+async fn the_client_package_makes_and_answers_requests_as_esm_and_commonjs() {
+    use serde_json::{json, Value};
+    use street::ws::{ConnectRequest, Socket, WebSocketServer};
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        socket.on_request("sum", |(a, b): (i64, i64)| {
+            a.checked_add(b).ok_or("overflow")
+        })?;
+        socket.on_request("slow", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, String>(ms)
+        })?;
+        let s = socket.clone();
+        socket.on("please", move |p: Value| {
+            let s = s.clone();
+            let ask = p["ask"].as_str().unwrap_or("").to_owned();
+            tokio::spawn(async move {
+                let got = s
+                    .emit_with_ack::<_, Value>(&ask, &"question", Duration::from_secs(5))
+                    .await;
+                let out = match got {
+                    Ok(v) => json!({"ask": ask, "result": v}),
+                    Err(street::ws::AckError::Rejected { code, .. }) => {
+                        json!({"ask": ask, "code": code})
+                    }
+                    Err(e) => json!({"ask": ask, "other": e.to_string()}),
+                };
+                let _ = s.emit("outcome", &out);
+            });
+        })?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let js = js_dir();
+    let (mut child, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("street_acks.mjs"))
+            .arg(url(srv.local_addr(), "/ws"))
+            .current_dir(&js),
+    );
+    let report = line(&mut rx, 30).await;
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&report).expect("json");
+    let result = |k: &str| v[k]["result"].clone();
+    let code = |k: &str| v[k]["code"].clone();
+    assert_eq!(
+        (result("early"), result("sum")),
+        (json!(42), json!(3)),
+        "{v}"
+    );
+    assert_eq!(code("rejected"), "rejected", "{v}");
+    assert_eq!(code("noHandler"), "no_handler", "{v}");
+    assert_eq!(code("clientTimeout"), "timeout", "{v}");
+    assert_eq!(v["clientTimeout"]["name"], "StreetAckError", "{v}");
+    assert_eq!(code("tooMany"), "too_many", "{v}");
+    assert_eq!(v["held"], json!([300, 300, 300]), "{v}");
+    let mut asked = v["serverAsked"].as_array().expect("array").clone();
+    asked.sort_by_key(|o| o["ask"].as_str().unwrap_or("").to_owned());
+    assert_eq!(
+        asked,
+        [
+            json!({"ask": "confirm", "result": {"sure": true, "q": "question"}}),
+            json!({"ask": "later", "result": "question!"}),
+            json!({"ask": "refuse", "code": "denied"}),
+            json!({"ask": "unknown", "code": "no_handler"}),
+        ],
+        "{v}"
+    );
+    assert_eq!(
+        (result("afterListeners"), v["leaked"].clone()),
+        (json!(5), json!(0)),
+        "{v}"
+    );
+    assert_eq!(code("closed"), "closed", "{v}");
+    assert_eq!(
+        (result("cjs"), v["cjsDefault"].clone()),
+        (json!(10), json!(true)),
+        "{v}"
+    );
+}

@@ -1,0 +1,498 @@
+// street.mjs: the ES module build of street.js, made by build.mjs. Do not edit: edit
+// street.js and run `node build.mjs`.
+const module = { exports: {} };
+/*!
+ * street.js — the browser client for street (and any @streetjs/websocket server: same wire).
+ *
+ *   const street = new Street('ws://localhost:3000/ws', { query: { token } });
+ *   street.on('chat', (payload, envelope) => render(payload));
+ *   street.onLifecycle('state', ({ state, attempt, delayMs }) => showBanner(state));
+ *   street.join('general');            // re-joined by itself after every reconnect
+ *   street.emit('chat', { channel: 'general', text: 'hi' });
+ *
+ * Wire: every text frame is {"type": string, "payload": any, "ts": epoch-ms}.
+ *
+ * Two kinds of listeners, kept apart so that the server (or a room member it relays) cannot
+ * fake the connection's lifecycle:
+ *   - on(type, fn) / once / off: the server's events, by envelope `type`; fn(payload, envelope).
+ *     Every type is delivered, including ones named 'state', 'open', 'close' or 'error':
+ *     those are ordinary server events here. on('*', fn) gets fn(type, payload, envelope)
+ *     for every server event.
+ *   - onLifecycle(name, fn) / offLifecycle: the client's own events, never from the wire:
+ *       'state' ({state, attempt, delayMs?, code?, reason?}), 'open' (), 'close' ({code, reason}),
+ *       'error' ({kind: 'malformed' | 'not_an_envelope', data}). Other names throw.
+ *
+ * Reconnect: exponential backoff with full jitter — attempt k waits a random time in
+ * [0, min(maxDelay, minDelay * 2^k)) — so a crowd that lost its server at the same instant
+ * comes back spread out instead of in one burst. A close reason ending in "retry=MS" (street's
+ * `reconnect_hint`) is honoured: the wait is then at least MS plus a random part of up to MS
+ * (or the backoff's wait, when that is longer).
+ * The attempt counter goes back to 0 only once a connection has stayed open for
+ * stableAfterMs (default 5000): a server that accepts and then closes at once (4008 slow
+ * consumer, 1008 rate limit) sees the waits grow instead of a reconnect every 0–500 ms.
+ * Close codes that mean "do not come back as you are" stop reconnecting: 4001
+ * (unauthorized), 4003 (forbidden) and 1002/1003/1007/1009 (the client is broken).
+ * 1008 (policy: street's rate limit and first-message timeout) and 4008 (slow consumer)
+ * are retried with backoff.
+ *
+ * States ('state' lifecycle event): connecting → open → reconnecting → open … → closed.
+ * Messages emitted while not open wait in a bounded queue (maxQueue, default 100; the
+ * oldest is dropped beyond it) and are sent on the next open.
+ *
+ * Channels with history (positions and recovery): a publication in such a channel carries
+ * top-level `channel` and `offset` (consecutive from 1). For each joined channel the client
+ * keeps its position {epoch, offset} (position(channel)): set by `room:joined` when it has
+ * an `epoch` (recovered: true keeps the offset the client asked from, the replay advances
+ * it; otherwise it becomes the reply's {epoch, offset}, also for the server's unsolicited
+ * room:joined after a channel lost its past), and advanced by each publication delivered.
+ *   - Every (re)connect joins each channel `since` its position when one is known
+ *     (join(channel, {since: {epoch, offset}}) may supply one), else plainly.
+ *   - offset <= position: a duplicate, dropped (stats.duplicates). offset = position + 1:
+ *     delivered. offset > position + 1: a gap (stats.gaps) — not delivered; the client
+ *     re-joins `since` its position and drops that channel's publications until the
+ *     `room:joined` reply (the replay re-sends them; a room:error for it also ends the wait).
+ *   - `room:joined` reaches on() listeners as any server event: recovered !== true means
+ *     nothing was replayed and the app should reload that channel's state.
+ *   - leave(channel) forgets the position.
+ *   - A join refused with reason "history unavailable" (the server's broker is down) is
+ *     sent again after the reconnect backoff's wait, growing with each refusal.
+ *
+ * Requests with a reply (street's acknowledgements; the wire is `street::ws::ack`'s):
+ *   - emitWithAck(type, payload, {timeout}) sends {type, payload, ts, id} and returns a
+ *     Promise of the server's result (its on_request handler). It rejects with a
+ *     StreetAckError whose `code` is the server's ('rejected', 'no_handler', 'bad_payload',
+ *     'timeout', 'internal') or the client's own: 'timeout' (no reply within `timeout`,
+ *     default ackTimeoutMs = 10000), 'too_many' (maxPendingAcks, default 100, wait already),
+ *     'disconnected' (the connection carrying it ended: it may or may not have been
+ *     handled), 'closed' (close() was called). A request made while not open waits in the
+ *     queue like any emit and goes out on the next open.
+ *   - onRequest(type, fn) answers the server's requests (Socket::emit_with_ack): fn(payload)
+ *     returns the result or a Promise of it; a throw or a rejection is an error reply
+ *     ({code: err.code || 'rejected', message}). A request without a handler is answered
+ *     'no_handler'. offRequest(type) removes it.
+ *   - Replies travel as the event 'street:reply'; street.js consumes them: on() listeners
+ *     never see them.
+ *
+ * No dependencies. In Node pass { WebSocket: require('ws') }; as an ES module, import
+ * street.mjs (see client/README.md).
+ */
+(function (root) {
+  'use strict';
+
+  var TERMINAL = { 1002: 1, 1003: 1, 1007: 1, 1009: 1, 4001: 1, 4003: 1 };
+  var REPLY = 'street:reply';
+
+  /** The error a request's Promise rejects with: `code` says why. */
+  function StreetAckError(code, message) {
+    var e = new Error(message || code);
+    e.name = 'StreetAckError';
+    e.code = code;
+    return e;
+  }
+  var LIFECYCLE = { state: 1, open: 1, close: 1, error: 1 };
+
+  function call(fn, a, b, c) {
+    try { fn(a, b, c); } catch (e) { setTimeout(function () { throw e; }); }
+  }
+
+  function Street(url, options) {
+    if (!(this instanceof Street)) return new Street(url, options);
+    var o = options || {};
+    this.url = url;
+    this.query = o.query || null;
+    this.protocols = o.protocols;
+    this.WebSocket = o.WebSocket || root.WebSocket;
+    this.minDelay = o.minDelay != null ? o.minDelay : 500;
+    this.maxDelay = o.maxDelay != null ? o.maxDelay : 15000;
+    this.maxQueue = o.maxQueue != null ? o.maxQueue : 100;
+    this.stableAfterMs = o.stableAfterMs != null ? o.stableAfterMs : 5000;
+    this.ackTimeoutMs = o.ackTimeoutMs != null ? o.ackTimeoutMs : 10000;
+    this.maxPendingAcks = o.maxPendingAcks != null ? o.maxPendingAcks : 100;
+    this.nextAckId = 0;
+    this.acks = new Map();      // id -> {resolve, reject, timer, sent}: requests awaiting a reply
+    this.responders = new Map(); // type -> fn: answers to the server's requests
+    this.random = o.random || Math.random;
+    this.state = 'idle';
+    this.attempt = 0;
+    this.rooms = new Set();
+    this.positions = new Map(); // channel -> {epoch, offset}, for channels with history
+    this.resync = new Map();    // channel -> the `since` of a join whose room:joined is awaited
+    this.joinRetry = new Map(); // channel -> {n, timer}: joins refused "history unavailable"
+    this.stats = { gaps: 0, duplicates: 0 };
+    this.listeners = new Map();
+    this.lifecycle = new Map();
+    this.queue = [];
+    this.ws = null;
+    this.timer = null;
+    this.stableTimer = null;
+    this.stopped = false;
+    this.lastClose = null;
+    // connect on the next tick, so listeners added right after `new` see 'connecting'
+    var self = this;
+    if (o.autoConnect !== false) setTimeout(function () { if (self.state === 'idle') self.connect(); }, 0);
+  }
+
+  Street.prototype.on = function (type, fn) {
+    var set = this.listeners.get(type);
+    if (!set) this.listeners.set(type, (set = new Set()));
+    set.add(fn);
+    return this;
+  };
+
+  Street.prototype.off = function (type, fn) {
+    var set = this.listeners.get(type);
+    if (set) {
+      if (fn) set.delete(fn);
+      else set.clear();
+    }
+    return this;
+  };
+
+  Street.prototype.once = function (type, fn) {
+    var self = this;
+    function wrapper(a, b) {
+      self.off(type, wrapper);
+      fn(a, b);
+    }
+    return this.on(type, wrapper);
+  };
+
+  /** Listen to the client's own lifecycle: 'state', 'open', 'close' or 'error'. */
+  Street.prototype.onLifecycle = function (name, fn) {
+    if (!LIFECYCLE[name]) throw new TypeError('street.js: no lifecycle event ' + JSON.stringify(name));
+    var set = this.lifecycle.get(name);
+    if (!set) this.lifecycle.set(name, (set = new Set()));
+    set.add(fn);
+    return this;
+  };
+
+  Street.prototype.offLifecycle = function (name, fn) {
+    var set = this.lifecycle.get(name);
+    if (set) {
+      if (fn) set.delete(fn);
+      else set.clear();
+    }
+    return this;
+  };
+
+  /** A server event (from the wire) to the on() listeners. */
+  Street.prototype.dispatch = function (type, payload, envelope) {
+    var set = this.listeners.get(type);
+    if (set) set.forEach(function (fn) { call(fn, payload, envelope); });
+    var any = this.listeners.get('*');
+    if (any) any.forEach(function (fn) { call(fn, type, payload, envelope); });
+  };
+
+  /** A lifecycle event (never from the wire) to the onLifecycle() listeners. */
+  Street.prototype.emitLifecycle = function (name, info) {
+    var set = this.lifecycle.get(name);
+    if (set) set.forEach(function (fn) { call(fn, info); });
+  };
+
+  Street.prototype.setState = function (state, extra) {
+    this.state = state;
+    var info = { state: state, attempt: this.attempt };
+    if (extra) for (var k in extra) info[k] = extra[k];
+    this.emitLifecycle('state', info);
+  };
+
+  Street.prototype.fullUrl = function () {
+    if (!this.query) return this.url;
+    var q = [];
+    for (var k in this.query) {
+      if (this.query[k] != null) q.push(encodeURIComponent(k) + '=' + encodeURIComponent(this.query[k]));
+    }
+    return this.url + (this.url.indexOf('?') >= 0 ? '&' : '?') + q.join('&');
+  };
+
+  /** Open the connection (done by the constructor unless autoConnect is false). */
+  Street.prototype.connect = function () {
+    var self = this;
+    this.stopped = false;
+    clearTimeout(this.timer);
+    this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    var ws;
+    try {
+      ws = new this.WebSocket(this.fullUrl(), this.protocols);
+    } catch (e) {
+      this.scheduleReconnect(1006, String(e && e.message || e));
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = function () {
+      if (self.ws !== ws) return;
+      // the backoff starts over only once this connection has stayed up for a while
+      clearTimeout(self.stableTimer);
+      self.stableTimer = setTimeout(function () { if (self.ws === ws) self.attempt = 0; }, self.stableAfterMs);
+      self.setState('open');
+      self.emitLifecycle('open', null);
+      // rooms first, then what waited in the queue
+      self.resync.clear();
+      self.rooms.forEach(function (channel) { self.sendJoin(channel); });
+      var q = self.queue;
+      self.queue = [];
+      q.forEach(function (m) {
+        ws.send(m.frame || m);
+        if (m.ackId != null && self.acks.has(m.ackId)) self.acks.get(m.ackId).sent = true;
+      });
+    };
+    ws.onmessage = function (ev) {
+      if (self.ws !== ws || typeof ev.data !== 'string') return;
+      var env;
+      try { env = JSON.parse(ev.data); } catch (e) { self.emitLifecycle('error', { kind: 'malformed', data: ev.data }); return; }
+      if (!env || typeof env.type !== 'string') { self.emitLifecycle('error', { kind: 'not_an_envelope', data: env }); return; }
+      if (env.type === REPLY) { self.settle(env.payload); return; }
+      if (typeof env.id === 'number') { self.answer(env); return; }
+      if (!self.track(env)) return;
+      self.dispatch(env.type, env.payload === undefined ? null : env.payload, env);
+    };
+    ws.onclose = function (ev) {
+      if (self.ws !== ws) return;
+      self.ws = null;
+      clearTimeout(self.stableTimer);
+      self.lastClose = { code: ev.code, reason: ev.reason };
+      // what went out on this connection will get no reply now
+      self.failAcks('disconnected', function (a) { return a.sent; });
+      self.emitLifecycle('close', { code: ev.code, reason: ev.reason });
+      if (self.stopped) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
+      if (TERMINAL[ev.code]) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
+      self.scheduleReconnect(ev.code, ev.reason);
+    };
+    ws.onerror = function () { /* a close event follows */ };
+  };
+
+  /** room:join for a joined channel, `since` its position when one is known. */
+  Street.prototype.sendJoin = function (channel) {
+    var pos = this.positions.get(channel);
+    if (!pos) {
+      this.resync.delete(channel);
+      return this.send('room:join', { channel: channel });
+    }
+    var since = { epoch: pos.epoch, offset: pos.offset };
+    this.resync.set(channel, since);
+    return this.send('room:join', { channel: channel, since: { epoch: since.epoch, offset: since.offset } });
+  };
+
+  /** Positions, duplicates and gaps; false when the envelope must not be delivered. */
+  Street.prototype.track = function (env) {
+    var p = env.payload;
+    if (env.type === 'room:joined' && p && typeof p.channel === 'string' && this.rooms.has(p.channel)) {
+      var ch = p.channel;
+      var retry = this.joinRetry.get(ch);
+      if (retry) { clearTimeout(retry.timer); this.joinRetry.delete(ch); }
+      // an unsolicited room:joined (no members: the channel lost its past) answers no join
+      var since = Array.isArray(p.members) ? this.resync.get(ch) : undefined;
+      if (Array.isArray(p.members)) this.resync.delete(ch);
+      if (typeof p.epoch === 'string' && typeof p.offset === 'number') {
+        if (p.recovered !== true) this.positions.set(ch, { epoch: p.epoch, offset: p.offset });
+        // recovered: the replay goes on from the offset asked for, and advances it
+        else if (since) this.positions.set(ch, { epoch: p.epoch, offset: since.offset });
+        else if (this.positions.has(ch)) this.positions.get(ch).epoch = p.epoch;
+        // (a `since` the client did not send itself: unknown, so no position until the next join)
+      } else if (Array.isArray(p.members)) {
+        this.positions.delete(ch); // a channel without history
+      }
+      return true;
+    }
+    if (env.type === 'room:error' && p && p.action === 'join' && typeof p.channel === 'string') {
+      this.resync.delete(p.channel);
+      // the server could not reach its history (its broker is down): try again, backing off
+      if (p.reason === 'history unavailable' && this.rooms.has(p.channel)) this.retryJoin(p.channel);
+      return true;
+    }
+    var channel = env.channel;
+    if (typeof channel !== 'string' || typeof env.offset !== 'number' || !this.rooms.has(channel)) return true;
+    if (this.resync.has(channel)) return false; // the room:joined reply and its replay are coming
+    var pos = this.positions.get(channel);
+    if (!pos) return true;
+    if (env.offset <= pos.offset) { this.stats.duplicates += 1; return false; }
+    if (env.offset === pos.offset + 1) { pos.offset = env.offset; return true; }
+    // a gap: the server dropped something; ask again from where we are
+    this.stats.gaps += 1;
+    this.sendJoin(channel);
+    return false;
+  };
+
+  /** Join `channel` again after a refusal the server may get over, with backoff. */
+  Street.prototype.retryJoin = function (channel) {
+    var self = this;
+    var r = this.joinRetry.get(channel) || { n: 0, timer: null };
+    clearTimeout(r.timer);
+    var delay = Math.round(this.backoff(r.n));
+    r.n += 1;
+    r.timer = setTimeout(function () {
+      if (!self.stopped && self.rooms.has(channel) && self.state === 'open') self.sendJoin(channel);
+    }, delay);
+    this.joinRetry.set(channel, r);
+  };
+
+  /** The last position {epoch, offset} known in a joined channel with history, or null. */
+  Street.prototype.position = function (channel) {
+    var pos = this.positions.get(channel);
+    return pos ? { epoch: pos.epoch, offset: pos.offset } : null;
+  };
+
+  /** The delay before reconnect attempt `attempt` (0-based), in ms. */
+  Street.prototype.backoff = function (attempt, reason) {
+    var range = Math.min(this.maxDelay, this.minDelay * Math.pow(2, Math.min(attempt, 20)));
+    var wait = this.random() * range;
+    var m = /retry=(\d+)/.exec(reason || '');
+    if (m) {
+      var hint = Math.min(Number(m[1]), 600000);
+      return Math.max(hint + this.random() * hint, wait);
+    }
+    return wait;
+  };
+
+  Street.prototype.scheduleReconnect = function (code, reason) {
+    var self = this;
+    var delay = Math.round(this.backoff(this.attempt, reason));
+    this.attempt += 1;
+    this.setState('reconnecting', { code: code, reason: reason, delayMs: delay });
+    this.timer = setTimeout(function () { if (!self.stopped) self.connect(); }, delay);
+  };
+
+  Street.prototype.send = function (type, payload, ackId) {
+    var env = { type: type, payload: payload === undefined ? null : payload, ts: Date.now() };
+    if (ackId != null) env.id = ackId;
+    var frame = JSON.stringify(env);
+    if (this.ws && this.state === 'open') {
+      this.ws.send(frame);
+      return true;
+    }
+    this.queue.push(ackId != null ? { frame: frame, ackId: ackId } : frame);
+    if (this.queue.length > this.maxQueue) {
+      var dropped = this.queue.shift();
+      if (dropped && dropped.ackId != null) this.failAck(dropped.ackId, 'too_many', 'dropped from the full send queue');
+    }
+    return false;
+  };
+
+  /**
+   * Send a request and get the server's answer: a Promise of its result, rejected with a
+   * StreetAckError (see the header for the codes). options.timeout: ms (ackTimeoutMs).
+   */
+  Street.prototype.emitWithAck = function (type, payload, options) {
+    var self = this;
+    var timeout = options && options.timeout != null ? options.timeout : this.ackTimeoutMs;
+    if (this.acks.size >= this.maxPendingAcks) {
+      return Promise.reject(StreetAckError('too_many', this.maxPendingAcks + ' requests wait already'));
+    }
+    if (this.stopped) return Promise.reject(StreetAckError('closed', 'the client is closed'));
+    var id = ++this.nextAckId;
+    return new Promise(function (resolve, reject) {
+      var entry = { resolve: resolve, reject: reject, sent: false, timer: null };
+      entry.timer = setTimeout(function () {
+        self.failAck(id, 'timeout', 'no reply within ' + timeout + ' ms');
+      }, timeout);
+      self.acks.set(id, entry);
+      entry.sent = self.send(type, payload, id);
+    });
+  };
+
+  /** Answer the server's requests for `type` (its emit_with_ack) with fn(payload). */
+  Street.prototype.onRequest = function (type, fn) {
+    this.responders.set(type, fn);
+    return this;
+  };
+
+  Street.prototype.offRequest = function (type) {
+    this.responders.delete(type);
+    return this;
+  };
+
+  /** A reply from the server to one of our requests. */
+  Street.prototype.settle = function (p) {
+    if (!p || typeof p.id !== 'number') return;
+    var a = this.acks.get(p.id);
+    if (!a) return; // late (timed out) or never asked
+    this.acks.delete(p.id);
+    clearTimeout(a.timer);
+    if (p.error) a.reject(StreetAckError(String(p.error.code || 'rejected'), String(p.error.message || '')));
+    else a.resolve(p.result === undefined ? null : p.result);
+  };
+
+  Street.prototype.failAck = function (id, code, message) {
+    var a = this.acks.get(id);
+    if (!a) return;
+    this.acks.delete(id);
+    clearTimeout(a.timer);
+    a.reject(StreetAckError(code, message));
+  };
+
+  Street.prototype.failAcks = function (code, which) {
+    var self = this;
+    Array.from(this.acks.keys()).forEach(function (id) {
+      if (!which || which(self.acks.get(id))) self.failAck(id, code, 'the request got no reply: ' + code);
+    });
+  };
+
+  /** A request from the server: its handler's answer back as street:reply. */
+  Street.prototype.answer = function (env) {
+    var self = this;
+    var id = env.id;
+    var fn = this.responders.get(env.type);
+    function reply(body) { body.id = id; self.send(REPLY, body); }
+    if (!fn) { reply({ error: { code: 'no_handler', message: 'no handler answers ' + JSON.stringify(env.type) } }); return; }
+    var out;
+    try { out = fn(env.payload === undefined ? null : env.payload); } catch (e) { out = Promise.reject(e); }
+    Promise.resolve(out).then(function (result) {
+      reply({ result: result === undefined ? null : result });
+    }, function (e) {
+      reply({ error: { code: String(e && e.code || 'rejected'), message: String(e && e.message || e) } });
+    });
+  };
+
+  /** Send {type, payload, ts}. Returns true when sent now, false when queued for the next open. */
+  Street.prototype.emit = function (type, payload) {
+    return this.send(type, payload);
+  };
+
+  /**
+   * Join a room (street's rooms client protocol); kept and re-joined after reconnects, `since`
+   * the last position in channels with history. options.since {epoch, offset}: a position
+   * the app already has (e.g. stored), to recover from.
+   */
+  Street.prototype.join = function (channel, options) {
+    if (this.rooms.has(channel)) return;
+    var since = options && options.since;
+    if (since && typeof since.epoch === 'string' && typeof since.offset === 'number') {
+      this.positions.set(channel, { epoch: since.epoch, offset: since.offset });
+    }
+    this.rooms.add(channel);
+    if (this.state === 'open') this.sendJoin(channel);
+  };
+
+  /** Leave a room, and forget its position. */
+  Street.prototype.leave = function (channel) {
+    if (!this.rooms.delete(channel)) return;
+    this.positions.delete(channel);
+    this.resync.delete(channel);
+    var retry = this.joinRetry.get(channel);
+    if (retry) { clearTimeout(retry.timer); this.joinRetry.delete(channel); }
+    if (this.state === 'open') this.send('room:leave', { channel: channel });
+  };
+
+  /** Close for good (no reconnect). */
+  Street.prototype.close = function (code, reason) {
+    this.stopped = true;
+    this.failAcks('closed');
+    clearTimeout(this.timer);
+    clearTimeout(this.stableTimer);
+    this.joinRetry.forEach(function (r) { clearTimeout(r.timer); });
+    this.joinRetry.clear();
+    if (this.ws) this.ws.close(code || 1000, reason || '');
+    else this.setState('closed', {});
+  };
+
+  Street.StreetAckError = StreetAckError;
+  Street.Street = Street;
+  Street.default = Street;
+  if (typeof module === 'object' && module.exports) module.exports = Street;
+  else root.Street = Street;
+})(typeof globalThis !== 'undefined' ? globalThis : typeof self !== 'undefined' ? self : this);
+
+const Street = module.exports;
+const StreetAckError = Street.StreetAckError;
+export { Street, StreetAckError };
+export default Street;

@@ -1,0 +1,210 @@
+//! Requests with a reply, both ways, over a real socket (the wire of `street::ws::ack`):
+//! a client's request answered with a result or an error of a documented code; the
+//! server's request to a client, settled by its reply, its timeout, the bound on waiting
+//! requests, or the connection's end.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{json, Value};
+use street::ws::{AckError, ConnectRequest, Socket, WebSocketServer};
+use tokio::sync::mpsc;
+
+async fn request(c: &mut Client, event: &str, payload: Value, id: u64) {
+    let frame = json!({"type": event, "payload": payload, "ts": 1, "id": id});
+    send_text(c, &frame.to_string()).await;
+}
+
+/// The next `street:reply`'s payload (other events skipped).
+async fn reply(c: &mut Client) -> Value {
+    loop {
+        let v = recv_json(c).await;
+        if v["type"] == "street:reply" {
+            return v["payload"].clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_is_answered_with_its_result_or_an_error_with_a_code() {
+    let wss = WebSocketServer::new(opts().with_request_timeout(Duration::from_millis(300)));
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        socket.on_request("sum", |(a, b): (i64, i64)| {
+            a.checked_add(b).ok_or("overflow")
+        })?;
+        socket.on_request("slow", |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, String>(ms)
+        })?;
+        socket.on_request("boom", |_: Value| -> Result<u8, String> {
+            panic!("kaboom")
+        })?;
+        // the same name as an ordinary event: an envelope without an id goes here
+        let s = socket.clone();
+        socket.on("sum", move |_: Value| s.emit("plain", &"not a request"))?;
+        assert!(matches!(
+            socket.on_request("sum", |_: Value| Ok::<_, String>(0)),
+            Err(street::ws::SocketError::RequestHandlerTaken(e)) if e == "sum"
+        ));
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+
+    request(&mut c, "sum", json!([1, 2]), 1).await;
+    assert_eq!(reply(&mut c).await, json!({"id": 1, "result": 3}));
+    request(&mut c, "sum", json!([i64::MAX, 1]), 2).await;
+    assert_eq!(
+        reply(&mut c).await,
+        json!({"id": 2, "error": {"code": "rejected", "message": "overflow"}})
+    );
+    request(&mut c, "sum", json!("one and two"), 3).await;
+    let r = reply(&mut c).await;
+    assert_eq!(
+        (r["id"].clone(), r["error"]["code"].clone()),
+        (json!(3), json!("bad_payload")),
+        "{r}"
+    );
+    request(&mut c, "nobody", json!(null), 4).await;
+    assert_eq!(reply(&mut c).await["error"]["code"], "no_handler");
+    request(&mut c, "slow", json!(5_000), 5).await;
+    let r = reply(&mut c).await;
+    assert_eq!(
+        (r["id"].clone(), r["error"]["code"].clone()),
+        (json!(5), json!("timeout")),
+        "{r}"
+    );
+    request(&mut c, "boom", json!(null), 6).await;
+    let r = reply(&mut c).await;
+    assert_eq!(r["error"]["code"], "internal", "{r}");
+    // the connection goes on; a fast one after the slow one
+    request(&mut c, "slow", json!(1), 7).await;
+    assert_eq!(reply(&mut c).await, json!({"id": 7, "result": 1}));
+    // no id: an ordinary event, for `on`
+    send_env(&mut c, "sum", json!([1, 2])).await;
+    assert_eq!(
+        crate::rooms::recv_type(&mut c, "plain").await,
+        "not a request"
+    );
+    let st = wss.stats();
+    assert_eq!((st.requests, st.requests_failed), (7, 5), "{st:?}");
+}
+
+/// What the server saw of its requests, sent to the test.
+type Seen = mpsc::UnboundedSender<(String, Result<Value, AckError>, usize)>;
+
+fn asking_server(max_pending: usize, seen: Seen) -> WebSocketServer {
+    let wss = WebSocketServer::new(opts().with_max_pending_acks(max_pending));
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let seen = seen.clone();
+        let s = socket.clone();
+        // the client says what to ask of it: {"ask": event, "timeout_ms": n}
+        socket.on("please", move |p: Value| {
+            let (s, seen) = (s.clone(), seen.clone());
+            let event = p["ask"].as_str().unwrap_or("x").to_owned();
+            let ms = p["timeout_ms"].as_u64().unwrap_or(2_000);
+            tokio::spawn(async move {
+                let got = s
+                    .emit_with_ack::<_, Value>(&event, &"question", Duration::from_millis(ms))
+                    .await;
+                let _ = seen.send((event, got, s.pending_acks()));
+            });
+        })?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    wss
+}
+
+async fn next(
+    rx: &mut mpsc::UnboundedReceiver<(String, Result<Value, AckError>, usize)>,
+) -> (String, Result<Value, AckError>, usize) {
+    within("the server's outcome", rx.recv())
+        .await
+        .expect("outcome")
+}
+
+/// The request the server sends: `(event, id)`.
+async fn asked(c: &mut Client) -> (String, u64) {
+    loop {
+        let v = recv_json(c).await;
+        if let Some(id) = v["id"].as_u64() {
+            assert_eq!(v["payload"], "question", "{v}");
+            return (v["type"].as_str().expect("type").to_owned(), id);
+        }
+    }
+}
+
+async fn answer(c: &mut Client, id: u64, body: Value) {
+    let mut p = body;
+    p["id"] = json!(id);
+    send_env(c, "street:reply", p).await;
+}
+
+#[tokio::test]
+async fn the_server_asks_a_client_and_gets_its_reply_or_a_typed_error() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let wss = asking_server(2, tx);
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+
+    send_env(&mut c, "please", json!({"ask": "confirm"})).await;
+    let (event, id) = asked(&mut c).await;
+    assert_eq!(event, "confirm");
+    answer(&mut c, id, json!({"result": {"ok": true}})).await;
+    let (_, got, pending) = next(&mut rx).await;
+    assert_eq!((got, pending), (Ok(json!({"ok": true})), 0));
+
+    send_env(&mut c, "please", json!({"ask": "delete"})).await;
+    let (_, id) = asked(&mut c).await;
+    answer(
+        &mut c,
+        id,
+        json!({"error": {"code": "no", "message": "not yours"}}),
+    )
+    .await;
+    let (_, got, _) = next(&mut rx).await;
+    assert_eq!(
+        got,
+        Err(AckError::Rejected {
+            code: "no".into(),
+            message: "not yours".into()
+        })
+    );
+
+    // no answer: a timeout, and the request is forgotten (a late reply is dropped)
+    send_env(
+        &mut c,
+        "please",
+        json!({"ask": "silent", "timeout_ms": 200}),
+    )
+    .await;
+    let (_, late) = asked(&mut c).await;
+    let (_, got, pending) = next(&mut rx).await;
+    assert_eq!(
+        (got, pending),
+        (Err(AckError::Timeout(Duration::from_millis(200))), 0)
+    );
+    answer(&mut c, late, json!({"result": 1})).await;
+
+    // two may wait; the third fails at once
+    for _ in 0..3 {
+        send_env(
+            &mut c,
+            "please",
+            json!({"ask": "hold", "timeout_ms": 5_000}),
+        )
+        .await;
+    }
+    let (_, got, _) = next(&mut rx).await;
+    assert_eq!(got, Err(AckError::TooMany { limit: 2 }));
+    let (_, a) = asked(&mut c).await;
+    let (_, b) = asked(&mut c).await;
+    assert_ne!(a, b, "ids are unique among those waiting");
+    // the connection's end settles both
+    close(&mut c).await;
+    for _ in 0..2 {
+        let (_, got, _) = next(&mut rx).await;
+        assert_eq!(got, Err(AckError::Closed));
+    }
+    assert!(wss.stats().acks_timed_out >= 1);
+}
