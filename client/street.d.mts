@@ -36,6 +36,10 @@ export interface StreetOptions {
   ackTimeoutMs?: number;
   /** Requests waiting for a reply at once. Default 100. */
   maxPendingAcks?: number;
+  /** Called before every (re)connect and for an in-band refresh: the token (or a Promise of it). */
+  getToken?: () => string | Promise<string>;
+  /** The query parameter the token goes in. Default 'token'. */
+  tokenParam?: string;
   /** Connect in the constructor (next tick). Default true. */
   autoConnect?: boolean;
   random?: () => number;
@@ -48,6 +52,10 @@ export interface Lifecycle {
   open: null;
   close: { code: number; reason: string };
   error: { kind: 'malformed' | 'not_an_envelope'; data: unknown };
+  /** The server says the connection's token expired: refresh within graceMs. */
+  expired: { graceMs: number | null };
+  /** An in-band refresh (or getToken before a connect) went through or failed. */
+  token: { state: 'refreshed' | 'failed'; error?: string };
 }
 
 /** Why a request got no result: the server's code, or the client's own. */
@@ -114,6 +122,9 @@ export declare class Street<
   join(channel: string, options?: { since?: Position }): void;
   leave(channel: string): void;
   position(channel: string): Position | null;
+
+  /** Get a new token and hand it to the server now ('street:auth'). */
+  refreshToken(): Promise<unknown>;
 
   connect(): void;
   /** Close for good: no reconnect; waiting requests reject with 'closed'. */

@@ -70,6 +70,18 @@
  *   - Replies travel as the event 'street:reply'; street.js consumes them: on() listeners
  *     never see them.
  *
+ * Tokens that expire (street's Socket::set_expiry):
+ *   - options.getToken: a function returning the token (or a Promise of it), called before
+ *     every (re)connect; the token goes into the URL as query[tokenParam] (default 'token').
+ *     So a client reconnecting an hour later comes back with a fresh token, not the one it
+ *     was built with.
+ *   - When the server says the connection's token expired ('street:expired', {graceMs}),
+ *     a client with getToken refreshes in-band: refreshToken() gets a new token and sends
+ *     it as the request 'street:auth' {token} (the server's on_request handler checks it
+ *     and moves the expiry); without getToken, the 'expired' lifecycle event tells the app.
+ *     A connection not refreshed in time is closed with 4010: with getToken, a reconnect
+ *     (with a new token); without, final.
+ *
  * No dependencies. In Node pass { WebSocket: require('ws') }; as an ES module, import
  * street.mjs (see client/README.md).
  */
@@ -86,7 +98,8 @@
     e.code = code;
     return e;
   }
-  var LIFECYCLE = { state: 1, open: 1, close: 1, error: 1 };
+  var LIFECYCLE = { state: 1, open: 1, close: 1, error: 1, expired: 1, token: 1 };
+  var EXPIRED = 'street:expired';
 
   function call(fn, a, b, c) {
     try { fn(a, b, c); } catch (e) { setTimeout(function () { throw e; }); }
@@ -105,6 +118,8 @@
     this.stableAfterMs = o.stableAfterMs != null ? o.stableAfterMs : 5000;
     this.ackTimeoutMs = o.ackTimeoutMs != null ? o.ackTimeoutMs : 10000;
     this.maxPendingAcks = o.maxPendingAcks != null ? o.maxPendingAcks : 100;
+    this.getToken = o.getToken || null;
+    this.tokenParam = o.tokenParam || 'token';
     this.nextAckId = 0;
     this.acks = new Map();      // id -> {resolve, reject, timer, sent}: requests awaiting a reply
     this.responders = new Map(); // type -> fn: answers to the server's requests
@@ -208,6 +223,25 @@
     this.stopped = false;
     clearTimeout(this.timer);
     this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    if (!this.getToken) { this.open(); return; }
+    // a fresh token for every (re)connect
+    var attempt = this.attempt;
+    var got;
+    try { got = Promise.resolve(this.getToken()); } catch (e) { got = Promise.reject(e); }
+    got.then(function (token) {
+      if (self.stopped || self.attempt !== attempt || self.ws) return;
+      self.query = self.query || {};
+      self.query[self.tokenParam] = token;
+      self.open();
+    }, function (e) {
+      if (self.stopped) return;
+      self.emitLifecycle('token', { state: 'failed', error: String(e && e.message || e) });
+      self.scheduleReconnect(1006, 'getToken failed');
+    });
+  };
+
+  Street.prototype.open = function () {
+    var self = this;
     var ws;
     try {
       ws = new this.WebSocket(this.fullUrl(), this.protocols);
@@ -239,6 +273,7 @@
       try { env = JSON.parse(ev.data); } catch (e) { self.emitLifecycle('error', { kind: 'malformed', data: ev.data }); return; }
       if (!env || typeof env.type !== 'string') { self.emitLifecycle('error', { kind: 'not_an_envelope', data: env }); return; }
       if (env.type === REPLY) { self.settle(env.payload); return; }
+      if (env.type === EXPIRED) { self.expired(env.payload); return; }
       if (typeof env.id === 'number') { self.answer(env); return; }
       if (!self.track(env)) return;
       self.dispatch(env.type, env.payload === undefined ? null : env.payload, env);
@@ -252,7 +287,10 @@
       self.failAcks('disconnected', function (a) { return a.sent; });
       self.emitLifecycle('close', { code: ev.code, reason: ev.reason });
       if (self.stopped) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
-      if (TERMINAL[ev.code]) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
+      if (TERMINAL[ev.code] || (ev.code === 4010 && !self.getToken)) {
+        self.setState('closed', { code: ev.code, reason: ev.reason });
+        return;
+      }
       self.scheduleReconnect(ev.code, ev.reason);
     };
     ws.onerror = function () { /* a close event follows */ };
@@ -396,6 +434,33 @@
   Street.prototype.offRequest = function (type) {
     this.responders.delete(type);
     return this;
+  };
+
+  /** The server says the token expired: refresh in-band when we can get another. */
+  Street.prototype.expired = function (p) {
+    this.emitLifecycle('expired', { graceMs: p && typeof p.graceMs === 'number' ? p.graceMs : null });
+    if (this.getToken) this.refreshToken().catch(function () { /* told through 'token' */ });
+  };
+
+  /**
+   * Get a new token (getToken) and hand it to the server on the open connection: the
+   * request 'street:auth' {token}. A Promise of the server's answer; the 'token' lifecycle
+   * event says 'refreshed' or 'failed'.
+   */
+  Street.prototype.refreshToken = function () {
+    var self = this;
+    if (!this.getToken) return Promise.reject(StreetAckError('no_token', 'no getToken option'));
+    return Promise.resolve().then(function () { return self.getToken(); }).then(function (token) {
+      self.query = self.query || {};
+      self.query[self.tokenParam] = token;
+      return self.emitWithAck('street:auth', { token: token });
+    }).then(function (result) {
+      self.emitLifecycle('token', { state: 'refreshed' });
+      return result;
+    }, function (e) {
+      self.emitLifecycle('token', { state: 'failed', error: String(e && e.message || e) });
+      throw e;
+    });
   };
 
   /** A reply from the server to one of our requests. */

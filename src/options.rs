@@ -108,6 +108,7 @@ options! {
         with_compression => compression: Option<crate::ws::Compression>,
         with_request_timeout => request_timeout: Duration,
         with_max_pending_acks => max_pending_acks: usize,
+        with_expiry_grace => expiry_grace: Duration,
     }
 }
 

@@ -47,6 +47,10 @@ impl CloseCode {
     /// 4008: street's slow-consumer close (the client did not read fast enough; its
     /// queue was dropped). Reconnectable. Same as [`SLOW_CONSUMER_CODE`](super::SLOW_CONSUMER_CODE).
     pub const SLOW_CONSUMER: Self = Self(4008);
+    /// 4010: the connection's credentials expired and were not refreshed in time (see
+    /// [`Socket::set_expiry`](super::Socket::set_expiry)). Reconnectable with new ones:
+    /// street.js does when it has a `getToken`.
+    pub const TOKEN_EXPIRED: Self = Self(4010);
 
     /// Whether this code may be sent in a close frame (RFC 6455 §7.4.1–7.4.2).
     ///

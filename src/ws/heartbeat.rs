@@ -6,6 +6,12 @@
 //! 1006 "heartbeat timeout". A peer that goes silent is therefore gone within two
 //! intervals, and a live peer (which answers pings) is never reaped.
 //! The sweep holds only a weak reference to the server and stops on shutdown.
+//!
+//! The same sweep enforces credentials' expiries ([`Socket::set_expiry`]): a warning
+//! (`street:expired`) at the first sweep past one, a close with 4010 at the first sweep
+//! past it plus `expiry_grace` (and after the warning's).
+//!
+//! [`Socket::set_expiry`]: super::Socket::set_expiry
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,10 +37,15 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
             }
             let Some(shared) = weak.upgrade() else { break };
             shared.per_ip.sweep(std::time::Instant::now());
+            let now = std::time::SystemTime::now();
+            let grace = shared.opts.expiry_grace;
             let clients = read(&shared.clients);
             for s in clients.values() {
                 if s.inner.alive.swap(false, Ordering::Relaxed) {
                     s.ping();
+                    if s.check_expiry(now, grace) {
+                        shared.stats.expired.inc();
+                    }
                 } else {
                     shared.stats.reaped.inc();
                     s.kill(CloseInfo::new(CloseCode::ABNORMAL, "heartbeat timeout"));

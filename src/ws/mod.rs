@@ -38,7 +38,9 @@ pub use origin::Origin;
 pub use server::{
     AuthRejection, CapacityPolicy, Frames, WebSocketServer, WsOptions, SLOW_CONSUMER_CODE,
 };
-pub use socket::{ErrorEvent, ListenerId, RawMessage, Socket, SocketError, SocketId};
+pub use socket::{
+    ErrorEvent, ListenerId, RawMessage, Socket, SocketError, SocketId, EXPIRED_EVENT,
+};
 pub use stats::StatsSnapshot;
 pub use text::Text;
 pub use upgrade::ConnectRequest;

@@ -202,6 +202,15 @@ pub struct WsOptions {
     /// waiting for their reply at once; one more fails at once with
     /// [`AckError::TooMany`](super::AckError::TooMany). Default 64.
     pub max_pending_acks: usize,
+    /// How long a connection may stay open after its credentials expired
+    /// ([`Socket::set_expiry`](super::Socket::set_expiry)) without refreshing them: at the
+    /// first heartbeat sweep after the expiry the client is sent `street:expired`
+    /// (`{"graceMs"}`); at the first sweep past expiry plus this grace, and at least one
+    /// heartbeat interval after that warning, it is closed with 4010
+    /// ([`CloseCode::TOKEN_EXPIRED`](super::CloseCode::TOKEN_EXPIRED)). Checked by the
+    /// heartbeat sweep: with `heartbeat_interval` 0, expiries are not enforced. Default
+    /// 30 s.
+    pub expiry_grace: Duration,
 }
 
 impl WsOptions {
@@ -238,6 +247,7 @@ impl Default for WsOptions {
             compression: None,
             request_timeout: Duration::from_secs(10),
             max_pending_acks: 64,
+            expiry_grace: Duration::from_secs(30),
         }
     }
 }

@@ -536,7 +536,7 @@ impl Socket {
     }
 
     /// Answer the client's requests for `event` (its `emitWithAck`; the wire is in
-    /// [`ack`](super::ack)): the handler gets the payload as `T` and returns
+    /// [`ack`]): the handler gets the payload as `T` and returns
     /// `Result<R, E>`, or a future of one. `Ok` is the reply's result; `Err` is an error
     /// reply with code `rejected` and `E`'s text. One handler per event. A request is an
     /// envelope with an `id`: it reaches this handler only, not [`Socket::on`]'s.
@@ -630,6 +630,76 @@ impl Socket {
             Ok(Ok(r)) => r?,
         };
         serde_json::from_str(raw.get()).map_err(|e| AckError::Result(e.to_string()))
+    }
+
+    /// When this connection's credentials expire (say, a JWT's `exp`), or `None` (the
+    /// default): they never do. Past it, the heartbeat sweep warns the client
+    /// (`street:expired`) and, unless a new expiry is set meanwhile (an in-band refresh:
+    /// the client's `street:auth` request, answered by your
+    /// [`on_request`](Socket::on_request) handler, which checks the new token and calls
+    /// this again), closes it with 4010 after
+    /// [`WsOptions::expiry_grace`](super::WsOptions::expiry_grace).
+    ///
+    /// ```no_run
+    /// # fn f(socket: street::ws::Socket) -> Result<(), street::ws::SocketError> {
+    /// use std::time::{Duration, SystemTime};
+    /// socket.set_expiry(Some(SystemTime::now() + Duration::from_secs(3600)));
+    /// let s = socket.clone();
+    /// socket.on_request("street:auth", move |p: serde_json::Value| {
+    ///     // verify p["token"] (same user, not expired) before trusting it
+    ///     let ok = p["token"].as_str().is_some_and(|t| t.starts_with("valid"));
+    ///     if ok {
+    ///         s.set_expiry(Some(SystemTime::now() + Duration::from_secs(3600)));
+    ///     }
+    ///     ok.then_some("refreshed").ok_or("invalid token")
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_expiry(&self, at: Option<std::time::SystemTime>) {
+        let mut d = lock(&self.inner.data);
+        match at {
+            Some(at) => {
+                d.insert(Expiry { at, warned: false });
+            }
+            None => {
+                d.remove::<Expiry>();
+            }
+        }
+    }
+
+    /// When this connection's credentials expire (see [`Socket::set_expiry`]).
+    pub fn expiry(&self) -> Option<std::time::SystemTime> {
+        lock(&self.inner.data).get::<Expiry>().map(|e| e.at)
+    }
+
+    /// The heartbeat sweep's expiry check: warn once the expiry is past, close with 4010
+    /// once the grace is past too (and a sweep after the warning). Whether it closed.
+    pub(crate) fn check_expiry(
+        &self,
+        now: std::time::SystemTime,
+        grace: std::time::Duration,
+    ) -> bool {
+        let close = {
+            let mut d = lock(&self.inner.data);
+            let Some(e) = d.get_mut::<Expiry>() else {
+                return false;
+            };
+            if now < e.at {
+                return false;
+            }
+            if !e.warned {
+                e.warned = true;
+                let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+                let _ = envelope::encode(EXPIRED_EVENT, &serde_json::json!({ "graceMs": ms }))
+                    .map(|b| self.send_text_bytes(b));
+                return false;
+            }
+            now >= e.at + grace
+        };
+        if close {
+            let _ = self.close(CloseCode::TOKEN_EXPIRED, "token expired");
+        }
+        close
     }
 
     /// Requests to the client waiting for their reply.
@@ -784,6 +854,16 @@ impl Socket {
         // Listeners dropped here; per-socket data is cleared too.
         lock(&self.inner.data).clear();
     }
+}
+
+/// The event a client gets when its credentials expired (see [`Socket::set_expiry`]).
+pub const EXPIRED_EVENT: &str = "street:expired";
+
+/// A socket's credentials' expiry, kept with its data (nothing for sockets without one).
+#[derive(Clone, Copy)]
+struct Expiry {
+    at: std::time::SystemTime,
+    warned: bool,
 }
 
 /// A request to the client waiting for its reply: forgotten when the wait ends.

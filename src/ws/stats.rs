@@ -85,6 +85,9 @@ stats! {
         ),
         /// Peers terminated by the heartbeat.
         count reaped => DISCONNECTS.with("reason", "heartbeat"),
+        /// Connections closed with 4010: their credentials expired and were not refreshed
+        /// within `expiry_grace`.
+        count expired => DISCONNECTS.with("reason", "expired"),
         /// Clients disconnected because their outbound queue was full.
         count slow_consumers => DISCONNECTS.with("reason", "slow_consumer"),
         /// Volatile messages dropped for clients whose queue was full.

@@ -830,3 +830,44 @@ pub fn demo_path() -> std::path::PathBuf {
     );
     p
 }
+
+/// The next `street:reply`'s payload.
+async fn reply(c: &mut Client) -> Value {
+    loop {
+        let v = recv_json(c).await;
+        if v["type"] == "street:reply" {
+            return v["payload"].clone();
+        }
+    }
+}
+
+/// The demo's connections last as long as their token, and the page hands in a new one
+/// in-band (street.js's getToken, `street:auth`): accepted for the same name only.
+#[tokio::test]
+async fn demo_takes_a_fresh_token_in_band_for_the_same_name_only() {
+    let demo = start_demo(crate::examples::free_port()).await;
+    let first = token(demo.addr, "ana").await;
+    let (mut c, _) = chat_client(demo.addr, &first, "").await;
+    let ask = |token: String, id: u64| {
+        json!({"type": "street:auth", "payload": {"token": token}, "id": id}).to_string()
+    };
+    send_text(&mut c, &ask(token(demo.addr, "ana").await, 1)).await;
+    let r = reply(&mut c).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        r["result"]["expiresAt"]
+            .as_u64()
+            .is_some_and(|e| e > now + 3000),
+        "an hour ahead: {r}"
+    );
+    send_text(&mut c, &ask(token(demo.addr, "bo").await, 2)).await;
+    assert_eq!(
+        reply(&mut c).await["error"]["message"],
+        "a token for another name"
+    );
+    send_text(&mut c, &ask("forged".into(), 3)).await;
+    assert_eq!(reply(&mut c).await["error"]["message"], "invalid token");
+}

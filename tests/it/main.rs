@@ -31,4 +31,5 @@ mod socket_api;
 mod sse;
 mod street_js;
 mod tls;
+mod tokens;
 mod wire;

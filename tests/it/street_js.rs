@@ -386,3 +386,62 @@ async fn the_client_package_makes_and_answers_requests_as_esm_and_commonjs() {
         "{v}"
     );
 }
+
+/// Tokens that expire, with the client package's `getToken`: a fresh token at every
+/// connect, an in-band refresh when the server says the token expired, and after a
+/// refused refresh (closed with 4010) a reconnect with a new token.
+#[tokio::test]
+async fn the_client_package_refreshes_expiring_tokens_in_band_and_reconnects_after_4010() {
+    use serde_json::{json, Value};
+    use std::time::SystemTime;
+    use street::ws::{CloseCode, ConnectRequest, Socket, WebSocketServer};
+    let wss = WebSocketServer::new(
+        opts()
+            .with_heartbeat_interval(Duration::from_millis(150))
+            .with_expiry_grace(Duration::from_millis(300)),
+    );
+    wss.on_connection(|socket: Socket, req: ConnectRequest| {
+        let token = req.query_param("token").unwrap_or_default();
+        if !token.starts_with('t') {
+            let _ = socket.close(CloseCode(4001), "Unauthorized");
+            return Ok(());
+        }
+        socket.set_expiry(Some(SystemTime::now() + Duration::from_millis(300)));
+        let s = socket.clone();
+        socket.on_request("street:auth", move |p: Value| {
+            let ok = p["token"].as_str().is_some_and(|t| t.starts_with('t'));
+            if ok {
+                s.set_expiry(Some(SystemTime::now() + Duration::from_secs(60)));
+            }
+            ok.then_some(true).ok_or("invalid token")
+        })?;
+        socket.on_request("ping", |_: Value| Ok::<_, String>("pong"))?;
+        socket.emit("welcome", &json!({ "token": token }))
+    });
+    let srv = serve(&wss).await;
+    let js = js_dir();
+    let (mut child, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("street_token.mjs"))
+            .arg(url(srv.local_addr(), "/ws"))
+            .current_dir(&js),
+    );
+    let report = line(&mut rx, 30).await;
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(v["tokens"], json!(["t1", "bad", "t3", "t4"]), "{v}");
+    assert_eq!(v["welcomes"], json!(["t1", "t3"]), "{v}");
+    assert_eq!(v["closes"], json!([4010]), "{v}");
+    assert_eq!(
+        v["lifecycle"],
+        json!([
+            "expired:warned",
+            "token:failed",
+            "expired:warned",
+            "token:refreshed"
+        ]),
+        "{v}"
+    );
+    assert_eq!(v["ping"], "pong", "{v}");
+    assert_eq!(wss.stats().expired, 1);
+}

@@ -38,6 +38,8 @@ struct Login {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Expiry, in Unix seconds (required by `JwtService::verify`).
+    exp: u64,
 }
 
 /// The validated display name, or why not. Anyone may log in under any name (there are no
@@ -179,6 +181,17 @@ struct ChatIn {
     text: String,
 }
 
+/// An in-band token refresh (`street:auth`).
+#[derive(Deserialize)]
+struct AuthIn {
+    token: String,
+}
+
+/// Unix seconds as a time.
+fn unix(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
 #[derive(Deserialize)]
 struct HistoryIn {
     channel: String,
@@ -192,9 +205,9 @@ pub(crate) fn wire(demo: &Demo) {
         let d = d.clone();
         // The seed's authenticated connection: verify the token before anything else.
         let token = req.query_param("token").unwrap_or_default();
-        let name = match d.jwt.verify::<Claims>(&token) {
+        let (name, exp) = match d.jwt.verify::<Claims>(&token) {
             Ok(c) => match valid_name(&c.sub) {
-                Ok(n) => n,
+                Ok(n) => (n, c.exp),
                 Err(_) => return reject(&socket, "Unauthorized: bad name in token"),
             },
             Err(e) => {
@@ -207,6 +220,18 @@ pub(crate) fn wire(demo: &Demo) {
         };
         // identity comes from the token only; nothing the client sends can change it
         d.rooms.attach(&socket, &name)?;
+        // the connection lasts as long as its token, unless the page hands in a new one
+        // for the same name (street.js does, with getToken, when told it expired)
+        socket.set_expiry(Some(unix(exp)));
+        let (s, dd, who) = (socket.clone(), d.clone(), name.clone());
+        socket.on_request("street:auth", move |p: AuthIn| match dd.jwt.verify::<Claims>(&p.token) {
+            Ok(c) if c.sub == who => {
+                s.set_expiry(Some(unix(c.exp)));
+                Ok(json!({ "expiresAt": c.exp }))
+            }
+            Ok(_) => Err("a token for another name"),
+            Err(_) => Err("invalid token"),
+        })?;
         socket.emit(
             "welcome",
             &json!({ "memberId": name, "rooms": OPEN_ROOMS, "closedRooms": CLOSED_ROOMS, "node": d.rooms.node_id() }),

@@ -126,7 +126,23 @@
   function start(token) {
     if (street) street.close();
     var proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    street = new Street(proto + '//' + location.host + '/ws', { query: { token: token } });
+    var first = token;
+    street = new Street(proto + '//' + location.host + '/ws', {
+      // the token from the login first; then, when it expires (an hour) or for a
+      // reconnect, a fresh one for the same name (login is open: the name is all it takes)
+      getToken: function () {
+        if (first || !me) { var t = first || sessionStorage.getItem('street-token'); first = null; return t; }
+        return fetch('/api/login', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ name: me }),
+        }).then(function (r) { return r.json(); }).then(function (b) {
+          if (!b.token) throw new Error(b.error || 'login failed');
+          sessionStorage.setItem('street-token', b.token);
+          return b.token;
+        });
+      },
+    });
     street.onLifecycle('state', function (s) {
       if (s.state === 'open') setState('open', 'connected');
       else if (s.state === 'connecting') setState('connecting', 'connecting…');
