@@ -101,6 +101,12 @@ export declare class Street<
   onLifecycle<K extends keyof Lifecycle>(name: K, fn: (info: Lifecycle[K]) => void): this;
   offLifecycle<K extends keyof Lifecycle>(name: K, fn?: (info: Lifecycle[K]) => void): this;
 
+  /** One binary frame: true when sent now, false when queued for the next open. */
+  sendBinary(data: ArrayBuffer | ArrayBufferView | Blob): boolean;
+  /** Binary frames from the server. */
+  onBinary(fn: (data: ArrayBuffer) => void): this;
+  offBinary(fn?: (data: ArrayBuffer) => void): this;
+
   /** Send {type, payload, ts}: true when sent now, false when queued for the next open. */
   emit<K extends keyof Out & string>(type: K, payload: Out[K]): boolean;
 

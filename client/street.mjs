@@ -85,6 +85,16 @@ const module = { exports: {} };
  *     A connection not refreshed in time is closed with 4010: with getToken, a reconnect
  *     (with a new token); without, final.
  *
+ * Binary messages: sendBinary(data) (an ArrayBuffer, a typed array or a Blob) sends one
+ * binary frame (queued like emit while not open); onBinary(fn) gets every binary frame
+ * from the server as an ArrayBuffer (the server's Socket::send_binary). offBinary(fn).
+ *
+ * Liveness: a server with WsOptions::ping_envelopes sends 'street:ping' {intervalMs} at
+ * each heartbeat (browsers answer WebSocket pings without telling the page). From the first
+ * one on, a connection on which nothing arrives for two intervals is given up: closed and
+ * reconnected (the 'close' lifecycle event says code 4000, reason 'liveness timeout').
+ * 'street:ping' never reaches on() listeners.
+ *
  * No dependencies. In Node pass { WebSocket: require('ws') }; as an ES module, import
  * street.mjs (see client/README.md).
  */
@@ -103,6 +113,7 @@ const module = { exports: {} };
   }
   var LIFECYCLE = { state: 1, open: 1, close: 1, error: 1, expired: 1, token: 1 };
   var EXPIRED = 'street:expired';
+  var PING = 'street:ping';
 
   function call(fn, a, b, c) {
     try { fn(a, b, c); } catch (e) { setTimeout(function () { throw e; }); }
@@ -126,6 +137,9 @@ const module = { exports: {} };
     this.nextAckId = 0;
     this.acks = new Map();      // id -> {resolve, reject, timer, sent}: requests awaiting a reply
     this.responders = new Map(); // type -> fn: answers to the server's requests
+    this.binary = new Set();    // onBinary listeners
+    this.livenessMs = 0;        // 2 x the server's street:ping interval, once it sent one
+    this.livenessTimer = null;
     this.random = o.random || Math.random;
     this.state = 'idle';
     this.attempt = 0;
@@ -253,6 +267,7 @@ const module = { exports: {} };
       return;
     }
     this.ws = ws;
+    try { ws.binaryType = 'arraybuffer'; } catch (e) { /* not every implementation has it */ }
     ws.onopen = function () {
       if (self.ws !== ws) return;
       // the backoff starts over only once this connection has stayed up for a while
@@ -271,12 +286,27 @@ const module = { exports: {} };
       });
     };
     ws.onmessage = function (ev) {
-      if (self.ws !== ws || typeof ev.data !== 'string') return;
+      if (self.ws !== ws) return;
+      self.alive(ws);
+      if (typeof ev.data !== 'string') {
+        var data = ev.data;
+        // Node's ws may still hand a Buffer: give the app an ArrayBuffer either way
+        if (data && !(data instanceof ArrayBuffer) && data.buffer instanceof ArrayBuffer) {
+          data = data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+        }
+        self.binary.forEach(function (fn) { call(fn, data); });
+        return;
+      }
       var env;
       try { env = JSON.parse(ev.data); } catch (e) { self.emitLifecycle('error', { kind: 'malformed', data: ev.data }); return; }
       if (!env || typeof env.type !== 'string') { self.emitLifecycle('error', { kind: 'not_an_envelope', data: env }); return; }
       if (env.type === REPLY) { self.settle(env.payload); return; }
       if (env.type === EXPIRED) { self.expired(env.payload); return; }
+      if (env.type === PING) {
+        var ms = env.payload && env.payload.intervalMs;
+        if (typeof ms === 'number' && ms > 0) { self.livenessMs = 2 * ms; self.alive(ws); }
+        return;
+      }
       if (typeof env.id === 'number') { self.answer(env); return; }
       if (!self.track(env)) return;
       self.dispatch(env.type, env.payload === undefined ? null : env.payload, env);
@@ -284,6 +314,7 @@ const module = { exports: {} };
     ws.onclose = function (ev) {
       if (self.ws !== ws) return;
       self.ws = null;
+      clearTimeout(self.livenessTimer);
       clearTimeout(self.stableTimer);
       self.lastClose = { code: ev.code, reason: ev.reason };
       // what went out on this connection will get no reply now
@@ -297,6 +328,46 @@ const module = { exports: {} };
       self.scheduleReconnect(ev.code, ev.reason);
     };
     ws.onerror = function () { /* a close event follows */ };
+  };
+
+  /** Something arrived on `ws`: with a known interval, give it two more before giving up. */
+  Street.prototype.alive = function (ws) {
+    var self = this;
+    if (!this.livenessMs) return;
+    clearTimeout(this.livenessTimer);
+    this.livenessTimer = setTimeout(function () {
+      if (self.ws !== ws) return;
+      // a dead connection may never fire onclose: let go of it now, and reconnect
+      self.ws = null;
+      try { ws.close(4000, 'liveness timeout'); } catch (e) { /* already closing */ }
+      self.failAcks('disconnected', function (a) { return a.sent; });
+      self.lastClose = { code: 4000, reason: 'liveness timeout' };
+      self.emitLifecycle('close', { code: 4000, reason: 'liveness timeout' });
+      if (!self.stopped) self.scheduleReconnect(4000, 'liveness timeout');
+    }, this.livenessMs);
+  };
+
+  /** Send one binary frame: true when sent now, false when queued for the next open. */
+  Street.prototype.sendBinary = function (data) {
+    if (this.ws && this.state === 'open') {
+      this.ws.send(data);
+      return true;
+    }
+    this.queue.push({ frame: data });
+    if (this.queue.length > this.maxQueue) this.queue.shift();
+    return false;
+  };
+
+  /** Binary frames from the server, as ArrayBuffers. */
+  Street.prototype.onBinary = function (fn) {
+    this.binary.add(fn);
+    return this;
+  };
+
+  Street.prototype.offBinary = function (fn) {
+    if (fn) this.binary.delete(fn);
+    else this.binary.clear();
+    return this;
   };
 
   /** room:join for a joined channel, `since` its position when one is known. */
@@ -541,6 +612,7 @@ const module = { exports: {} };
   /** Close for good (no reconnect). */
   Street.prototype.close = function (code, reason) {
     this.stopped = true;
+    clearTimeout(this.livenessTimer);
     this.failAcks('closed');
     clearTimeout(this.timer);
     clearTimeout(this.stableTimer);

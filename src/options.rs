@@ -109,6 +109,7 @@ options! {
         with_request_timeout => request_timeout: Duration,
         with_max_pending_acks => max_pending_acks: usize,
         with_expiry_grace => expiry_grace: Duration,
+        with_ping_envelopes => ping_envelopes: bool,
     }
 }
 

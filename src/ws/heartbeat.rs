@@ -19,6 +19,11 @@ use std::sync::Arc;
 use super::close::{CloseCode, CloseInfo};
 use super::server::{read, WebSocketServer};
 
+/// The envelope a client gets at each sweep with [`WsOptions::ping_envelopes`].
+///
+/// [`WsOptions::ping_envelopes`]: super::WsOptions::ping_envelopes
+pub const PING_EVENT: &str = "street:ping";
+
 pub(crate) fn ensure_started(wss: &WebSocketServer) {
     let shared = &wss.shared;
     let interval = shared.opts.heartbeat_interval;
@@ -39,10 +44,23 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
             shared.per_ip.sweep(std::time::Instant::now());
             let now = std::time::SystemTime::now();
             let grace = shared.opts.expiry_grace;
+            // encoded once for every client, as a broadcast
+            let ping = shared
+                .opts
+                .ping_envelopes
+                .then(|| {
+                    let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+                    super::envelope::encode(PING_EVENT, &serde_json::json!({ "intervalMs": ms }))
+                        .ok()
+                })
+                .flatten();
             let clients = read(&shared.clients);
             for s in clients.values() {
                 if s.inner.alive.swap(false, Ordering::Relaxed) {
                     s.ping();
+                    if let Some(p) = &ping {
+                        let _ = s.send_text_bytes_volatile(p.clone());
+                    }
                     if s.check_expiry(now, grace) {
                         shared.stats.expired.inc();
                     }

@@ -34,6 +34,7 @@ pub use close::{CloseCode, CloseInfo, MAX_REASON_BYTES};
 pub use deflate::{Compression, CompressionMode};
 pub use envelope::{Envelope, EnvelopeError};
 pub use handler::{Awaited, Handler, Handler2, Inline, Outcome};
+pub use heartbeat::PING_EVENT;
 pub use origin::Origin;
 pub use server::{
     AuthRejection, CapacityPolicy, Frames, WebSocketServer, WsOptions, SLOW_CONSUMER_CODE,

@@ -211,6 +211,13 @@ pub struct WsOptions {
     /// heartbeat sweep: with `heartbeat_interval` 0, expiries are not enforced. Default
     /// 30 s.
     pub expiry_grace: Duration,
+    /// Also send every live client the envelope `street:ping` (`{"intervalMs"}`) at each
+    /// heartbeat sweep. Browsers answer WebSocket pings without telling the page, so a
+    /// page cannot see a connection that went dead (a laptop woken from sleep, a proxy
+    /// that dropped it silently) until it writes; with this on, street.js reconnects
+    /// when nothing arrived for two intervals. Costs one small message per client per
+    /// interval; other clients see an ordinary event. Default `false`.
+    pub ping_envelopes: bool,
 }
 
 impl WsOptions {
@@ -248,6 +255,7 @@ impl Default for WsOptions {
             request_timeout: Duration::from_secs(10),
             max_pending_acks: 64,
             expiry_grace: Duration::from_secs(30),
+            ping_envelopes: false,
         }
     }
 }

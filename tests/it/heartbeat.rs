@@ -80,3 +80,29 @@ async fn a_peer_that_only_sends_messages_counts_as_alive() {
     assert_eq!(wss.connection_count(), 1);
     srv.shutdown().await;
 }
+
+/// `WsOptions::ping_envelopes`: every live client also gets `street:ping` with the
+/// interval at each sweep (what lets street.js see a dead connection).
+#[tokio::test]
+async fn ping_envelopes_tell_each_client_the_interval_at_every_sweep() {
+    let wss = WebSocketServer::new(
+        opts()
+            .with_heartbeat_interval(Duration::from_millis(100))
+            .with_ping_envelopes(true),
+    );
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    for _ in 0..3 {
+        let v = recv_json(&mut c).await;
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "street:ping", "payload": {"intervalMs": 100}, "ts": v["ts"]})
+        );
+    }
+    // off by default: nothing but WebSocket pings
+    let quiet = WebSocketServer::new(opts().with_heartbeat_interval(Duration::from_millis(100)));
+    let srv = serve(&quiet).await;
+    let mut c = connect(srv.local_addr()).await;
+    let got = tokio::time::timeout(Duration::from_millis(350), recv_json(&mut c)).await;
+    assert!(got.is_err(), "no envelope: {got:?}");
+}

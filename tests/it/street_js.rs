@@ -445,3 +445,48 @@ async fn the_client_package_refreshes_expiring_tokens_in_band_and_reconnects_aft
     assert_eq!(v["ping"], "pong", "{v}");
     assert_eq!(wss.stats().expired, 1);
 }
+
+/// The client package's binary frames (to the server's raw handler and back) and its
+/// liveness timeout: after a `street:ping` announcing 100 ms, a connection on which
+/// nothing arrives is given up within two intervals and reconnected.
+#[tokio::test]
+async fn the_client_package_sends_binary_and_gives_up_a_silent_connection() {
+    use serde_json::{json, Value};
+    use street::ws::{ConnectRequest, RawMessage, Socket, WebSocketServer};
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on_raw(move |m: RawMessage| s.send_raw(m))
+    });
+    let srv = serve(&wss).await;
+    let js = js_dir();
+    let (mut child, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("street_details.mjs"))
+            .arg(url(srv.local_addr(), "/ws"))
+            .current_dir(&js),
+    );
+    let report = line(&mut rx, 30).await;
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(
+        (v["binaryIsArrayBuffer"].clone(), v["binary"].clone()),
+        (json!(true), json!([1, 2, 3, 250])),
+        "{v}"
+    );
+    assert_eq!(
+        v["close"],
+        json!({"code": 4000, "reason": "liveness timeout"}),
+        "{v}"
+    );
+    let after = v["gaveUpAfterMs"].as_u64().expect("ms");
+    assert!(
+        (150..2000).contains(&after),
+        "two intervals (200 ms) after the ping: {v}"
+    );
+    assert_eq!(
+        (v["connections"].clone(), v["leaked"].clone()),
+        (json!(2), json!(0)),
+        "{v}"
+    );
+}
