@@ -58,7 +58,11 @@ export interface Lifecycle {
   token: { state: 'refreshed' | 'failed'; error?: string };
 }
 
-/** Why a request got no result: the server's code, or the client's own. */
+/**
+ * Why a request got no result: the server's code, or the client's own. Made by a factory
+ * (an Error with `name` 'StreetAckError' and a `code`): test `e.name`/`e.code`, not
+ * `instanceof`.
+ */
 export interface StreetAckError extends Error {
   name: 'StreetAckError';
   code:

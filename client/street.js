@@ -234,6 +234,7 @@
   /** Open the connection (done by the constructor unless autoConnect is false). */
   Street.prototype.connect = function () {
     var self = this;
+    if (this.ws) return; // open or opening already
     this.stopped = false;
     clearTimeout(this.timer);
     this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
@@ -248,7 +249,7 @@
       self.query[self.tokenParam] = token;
       self.open();
     }, function (e) {
-      if (self.stopped) return;
+      if (self.stopped || self.attempt !== attempt || self.ws) return;
       self.emitLifecycle('token', { state: 'failed', error: String(e && e.message || e) });
       self.scheduleReconnect(1006, 'getToken failed');
     });
@@ -257,6 +258,9 @@
   Street.prototype.open = function () {
     var self = this;
     var ws;
+    // each server says its own interval (or none)
+    this.livenessMs = 0;
+    clearTimeout(this.livenessTimer);
     try {
       ws = new this.WebSocket(this.fullUrl(), this.protocols);
     } catch (e) {
@@ -481,6 +485,7 @@
   Street.prototype.emitWithAck = function (type, payload, options) {
     var self = this;
     var timeout = options && options.timeout != null ? options.timeout : this.ackTimeoutMs;
+    timeout = Math.min(Math.max(0, timeout), 2147483647); // setTimeout's range
     if (this.acks.size >= this.maxPendingAcks) {
       return Promise.reject(StreetAckError('too_many', this.maxPendingAcks + ' requests wait already'));
     }
@@ -549,6 +554,8 @@
     var a = this.acks.get(id);
     if (!a) return;
     this.acks.delete(id);
+    // still in the send queue: it must not go out after the app was told it failed
+    if (!a.sent) this.queue = this.queue.filter(function (m) { return !m || m.ackId !== id; });
     clearTimeout(a.timer);
     a.reject(StreetAckError(code, message));
   };
@@ -564,8 +571,14 @@
   Street.prototype.answer = function (env) {
     var self = this;
     var id = env.id;
+    var ws = this.ws;
     var fn = this.responders.get(env.type);
-    function reply(body) { body.id = id; self.send(REPLY, body); }
+    // on the connection that asked, or not at all: ids are that connection's
+    function reply(body) {
+      if (self.ws !== ws || self.state !== 'open') return;
+      body.id = id;
+      ws.send(JSON.stringify({ type: REPLY, payload: body, ts: Date.now() }));
+    }
     if (!fn) { reply({ error: { code: 'no_handler', message: 'no handler answers ' + JSON.stringify(env.type) } }); return; }
     var out;
     try { out = fn(env.payload === undefined ? null : env.payload); } catch (e) { out = Promise.reject(e); }

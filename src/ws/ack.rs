@@ -1,7 +1,8 @@
 //! Requests with a reply ("acknowledgements"), both ways, on the StreetJS envelope.
 //!
-//! **Wire.** A request is an envelope with a top-level `"id"`, a positive integer the
-//! sender picks, unique among its requests still waiting:
+//! **Wire.** A request is an envelope with a top-level `"id"`, an integer ≥ 0 the sender
+//! picks, unique among its requests still waiting (an `"id"` that is not such an integer
+//! is ignored, as any unknown field):
 //! `{"type":"sum","payload":[1,2],"ts":1700000000000,"id":7}`. Its reply is the event
 //! [`REPLY_EVENT`] (`street:reply`) with the same id and either a result or an error:
 //!
@@ -14,12 +15,17 @@
 //! (StreetJS ignores unknown fields), so a request to it times out.
 //!
 //! **Client to server** ([`Socket::on_request`](super::Socket::on_request)): one handler
-//! per event answers; a request for an event without one is answered `no_handler` at
-//! once. Like every message of a socket, requests are handled one at a time, in order:
-//! one in progress per connection, the rest waiting in the socket's read path (bounded
-//! by its byte and message rates). A handler that takes longer than
+//! per event answers. A request for an event without one goes to its
+//! [`Socket::on`](super::Socket::on) listeners as an ordinary event (and gets no reply),
+//! or, when it has none either, is answered `no_handler` at once. Like every message of
+//! a socket, requests are handled one at a time, in order: one in progress per
+//! connection, the rest waiting in the socket's read path (bounded by its byte and
+//! message rates). An async handler that takes longer than
 //! [`WsOptions::request_timeout`](super::WsOptions::request_timeout) is answered
-//! `timeout` (and dropped).
+//! `timeout` and dropped at its next `.await`; a handler that blocks without awaiting is
+//! not interrupted (and, beyond two heartbeat intervals, gets its own peer reaped: pongs
+//! are not read meanwhile). Keep handlers short or spawn the work. A handler's error or
+//! panic is also an `error` event, as for `on` handlers.
 //!
 //! **Server to client** ([`Socket::emit_with_ack`](super::Socket::emit_with_ack)): at most
 //! [`WsOptions::max_pending_acks`](super::WsOptions::max_pending_acks) waiting per socket
@@ -84,6 +90,10 @@ pub enum AckError {
     /// The reply's result does not fit the type asked for.
     #[error("the reply's result does not fit: {0}")]
     Result(String),
+    /// Awaited inside a handler of the same socket, whose reader waits for that handler:
+    /// the reply could not be read in time. Call it from a spawned task.
+    #[error("emit_with_ack awaited in a handler of the same socket: spawn a task for it")]
+    InHandler,
     /// The request could not be sent (it did not serialize, or the client's queue was
     /// full: it is then disconnected as a slow consumer).
     #[error("the request could not be sent: {0}")]
@@ -173,6 +183,11 @@ impl Pending {
     ) -> Result<(u64, oneshot::Receiver<Reply>), AckError> {
         if self.waiting.len() >= limit {
             return Err(AckError::TooMany { limit });
+        }
+        if self.next == 0 {
+            // a random start (within JavaScript's safe integers): a client's reply meant
+            // for another connection's request does not land on this one's
+            self.next = fastrand::u64(1..1 << 40);
         }
         self.next += 1;
         let (tx, rx) = oneshot::channel();

@@ -9,10 +9,21 @@ use super::socket::{ErrorEvent, RawMessage, Socket};
 use super::text::Text;
 use serde_json::value::RawValue;
 
+tokio::task_local! {
+    /// The socket whose message is being handled in this task: its reader waits for the
+    /// handler, so a reply from its client cannot be read meanwhile (see
+    /// [`Socket::emit_with_ack`]).
+    pub(crate) static HANDLING: super::SocketId;
+}
+
 /// An envelope (`{"type","payload"}`) to the socket's listeners for its event, and the
 /// whole message to `"*"` listeners; what does not decode is reported to `error`
 /// listeners and counted. Handlers run in order, each finishing before the next.
 pub(crate) async fn envelope(socket: Socket, text: Text) {
+    HANDLING.scope(socket.id(), envelope_in(socket, text)).await;
+}
+
+async fn envelope_in(socket: Socket, text: Text) {
     let socket = &socket;
     let text: &str = &text;
     let stats = &socket.inner.stats;
@@ -42,11 +53,24 @@ pub(crate) async fn envelope(socket: Socket, text: Text) {
         socket.settle_reply(inc.payload);
         return;
     }
-    if let Some(id) = inc.id {
-        request(socket, &inc.event, inc.payload, id).await;
-        return;
-    }
-    let (own, wild) = socket.handlers_for(&inc.event);
+    let (own, wild) = match inc.id {
+        Some(id) if socket.has_request_handler(&inc.event) => {
+            request(socket, &inc.event, inc.payload, id).await;
+            return;
+        }
+        Some(id) => {
+            // an id without a request handler: an ordinary event for `on` (a client
+            // that puts ids on its messages for its own reasons keeps working); with no
+            // listener either, the requester is told at once
+            let (own, wild) = socket.handlers_for(&inc.event);
+            if own.is_empty() && wild.is_empty() {
+                request(socket, &inc.event, inc.payload, id).await;
+                return;
+            }
+            (own, wild)
+        }
+        None => socket.handlers_for(&inc.event),
+    };
     if own.is_empty() && wild.is_empty() {
         return;
     }
@@ -101,7 +125,10 @@ async fn request(socket: &Socket, event: &str, payload: Option<&RawValue>, id: u
         })
     };
     let answer = match socket.request_handler(event) {
-        None => fail(codes::NO_HANDLER, format!("no handler answers {event:?}")),
+        None => fail(
+            codes::NO_HANDLER,
+            "no handler answers that event".to_owned(),
+        ),
         Some(h) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(payload))) {
             Err(p) => fail(codes::INTERNAL, panic_message(&p)),
             Ok(Err(message)) => {
@@ -120,8 +147,18 @@ async fn request(socket: &Socket, event: &str, payload: Option<&RawValue>, id: u
         },
     };
     stats.requests.inc();
-    if answer.is_err() {
+    if let Err(e) = &answer {
         stats.requests_failed.inc();
+        if e.code == codes::INTERNAL || e.code == codes::REJECTED {
+            // as with `on` handlers: the app hears of its handlers' failures
+            stats.handler_errors.inc();
+            socket
+                .report_error(ErrorEvent::Handler {
+                    event: event.to_owned(),
+                    message: e.message.clone(),
+                })
+                .await;
+        }
     }
     match ack::encode_reply(id, &answer) {
         // a closed or slow client: nothing more to do for it

@@ -66,8 +66,10 @@ struct Wire<'a> {
     event: Cow<'a, str>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
-    #[serde(default)]
-    id: Option<u64>,
+    /// Any JSON: only an integer ≥ 0 makes a request; anything else is ignored, as
+    /// StreetJS ignores unknown fields.
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
 }
 
 /// Decode a text frame into an [`Incoming`] envelope.
@@ -89,7 +91,7 @@ pub fn decode(text: &str) -> Result<Incoming<'_>, EnvelopeError> {
         Ok(w) => Ok(Incoming {
             event: w.event,
             payload: w.payload,
-            id: w.id,
+            id: w.id.and_then(|v| v.get().parse::<u64>().ok()),
         }),
         Err(e) if e.is_syntax() || e.is_eof() => Err(EnvelopeError::MalformedJson(e)),
         Err(e) => Err(EnvelopeError::NotEnvelope(e)),

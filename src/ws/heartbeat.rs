@@ -45,9 +45,8 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
             let now = std::time::SystemTime::now();
             let grace = shared.opts.expiry_grace;
             // encoded once for every client, as a broadcast
-            let ping = shared
-                .opts
-                .ping_envelopes
+            let envelopes = shared.opts.frames == super::Frames::Envelope;
+            let ping = (shared.opts.ping_envelopes && envelopes)
                 .then(|| {
                     let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
                     super::envelope::encode(PING_EVENT, &serde_json::json!({ "intervalMs": ms }))
@@ -58,7 +57,8 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
             for s in clients.values() {
                 if s.inner.alive.swap(false, Ordering::Relaxed) {
                     s.ping();
-                    if let Some(p) = &ping {
+                    // (not to a custom subprotocol's connections: they speak their own)
+                    if let Some(p) = ping.as_ref().filter(|_| s.protocol().is_none()) {
                         let _ = s.send_text_bytes_volatile(p.clone());
                     }
                     if s.check_expiry(now, grace) {

@@ -216,7 +216,8 @@ pub struct WsOptions {
     /// page cannot see a connection that went dead (a laptop woken from sleep, a proxy
     /// that dropped it silently) until it writes; with this on, street.js reconnects
     /// when nothing arrived for two intervals. Costs one small message per client per
-    /// interval; other clients see an ordinary event. Default `false`.
+    /// interval; other envelope clients see an ordinary event. Not sent on raw endpoints
+    /// ([`Frames::Raw`]) or to connections of a custom subprotocol. Default `false`.
     pub ping_envelopes: bool,
 }
 

@@ -591,6 +591,11 @@ impl Socket {
     /// [`AckError::Result`] when the result does not fit `R`; [`AckError::Send`] when the
     /// request could not be queued.
     ///
+    /// Not from inside a handler of this same socket: its reader waits for the handler,
+    /// so the reply could not be read before the handler returns; that is
+    /// [`AckError::InHandler`] at once. Spawn a task for it (handlers of other sockets,
+    /// and any other task, are fine).
+    ///
     /// ```no_run
     /// # async fn f(socket: street::ws::Socket) -> Result<(), street::ws::AckError> {
     /// use std::time::Duration;
@@ -607,6 +612,12 @@ impl Socket {
         P: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        let here = super::dispatch::HANDLING
+            .try_with(|id| *id == self.id())
+            .unwrap_or(false);
+        if here {
+            return Err(AckError::InHandler);
+        }
         let limit = self.inner.requests.max_pending as usize;
         let (id, reply) = {
             let mut acks = lock(&self.inner.acks);
@@ -659,7 +670,10 @@ impl Socket {
         let mut d = lock(&self.inner.data);
         match at {
             Some(at) => {
-                d.insert(Expiry { at, warned: false });
+                // a new time already past keeps the warning given (and its clock running)
+                let warned = at <= std::time::SystemTime::now()
+                    && d.get::<Expiry>().is_some_and(|e| e.warned);
+                d.insert(Expiry { at, warned });
             }
             None => {
                 d.remove::<Expiry>();
@@ -694,7 +708,12 @@ impl Socket {
                     .map(|b| self.send_text_bytes(b));
                 return false;
             }
-            now >= e.at + grace
+            let due = e.at.checked_add(grace).is_some_and(|end| now >= end);
+            if due {
+                // closed once (the next sweep may come before the close completes)
+                d.remove::<Expiry>();
+            }
+            due
         };
         if close {
             let _ = self.close(CloseCode::TOKEN_EXPIRED, "token expired");
@@ -715,6 +734,10 @@ impl Socket {
                 p.settle(id, outcome);
             }
         }
+    }
+
+    pub(crate) fn has_request_handler(&self, event: &str) -> bool {
+        self.listeners().has_request(event)
     }
 
     pub(crate) fn request_handler(&self, event: &str) -> Option<ErasedRequest> {

@@ -208,3 +208,65 @@ async fn the_server_asks_a_client_and_gets_its_reply_or_a_typed_error() {
     }
     assert!(wss.stats().acks_timed_out >= 1);
 }
+
+/// An `"id"` that is not an integer ≥ 0 is an unknown field like any other, and an id on
+/// an event that has `on` listeners but no request handler stays an ordinary event (a
+/// client that numbers its messages keeps working); with no listener at all, the
+/// requester is told `no_handler` at once.
+#[tokio::test]
+async fn an_id_is_a_request_only_for_a_request_handler_or_when_nothing_else_listens() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on("chat", move |p: Value| s.emit("got", &p))?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    for (n, id) in [
+        (1, json!("abc")),
+        (2, json!(-1)),
+        (3, json!(1.5)),
+        (4, json!(5)),
+    ] {
+        let frame = json!({"type": "chat", "payload": n, "id": id});
+        send_text(&mut c, &frame.to_string()).await;
+        // the very next frame is the event's echo: no reply, no error
+        assert_eq!(recv_json(&mut c).await["payload"], n);
+    }
+    request(&mut c, "nobody", json!(null), 9).await;
+    let r = recv_json(&mut c).await;
+    assert_eq!(
+        (r["type"].clone(), r["payload"]["error"]["code"].clone()),
+        (json!("street:reply"), json!("no_handler")),
+        "{r}"
+    );
+    let st = wss.stats();
+    assert_eq!((st.not_envelope, st.requests), (0, 1), "{st:?}");
+}
+
+/// `emit_with_ack` awaited inside a handler of the same socket could never read its
+/// reply (the socket's reader waits for the handler): it fails at once, saying so.
+#[tokio::test]
+async fn emit_with_ack_in_its_own_sockets_handler_fails_at_once() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on("ask", move |_: Value| {
+            let s = s.clone();
+            async move {
+                let got = s
+                    .emit_with_ack::<_, Value>("q", &1, Duration::from_secs(30))
+                    .await;
+                s.emit("outcome", &got.err().map(|e| e.to_string()))
+            }
+        })?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    send_env(&mut c, "ask", json!(null)).await;
+    let v = recv_json(&mut c).await;
+    assert_eq!(v["type"], "outcome", "no request went out: {v}");
+    assert_eq!(v["payload"], AckError::InHandler.to_string(), "{v}");
+}

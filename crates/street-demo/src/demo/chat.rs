@@ -187,9 +187,9 @@ struct AuthIn {
     token: String,
 }
 
-/// Unix seconds as a time.
-fn unix(secs: u64) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+/// Unix seconds as a time (one the clock cannot hold is no expiry at all).
+fn unix(secs: u64) -> Option<std::time::SystemTime> {
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Deserialize)]
@@ -222,11 +222,11 @@ pub(crate) fn wire(demo: &Demo) {
         d.rooms.attach(&socket, &name)?;
         // the connection lasts as long as its token, unless the page hands in a new one
         // for the same name (street.js does, with getToken, when told it expired)
-        socket.set_expiry(Some(unix(exp)));
+        socket.set_expiry(unix(exp));
         let (s, dd, who) = (socket.clone(), d.clone(), name.clone());
         socket.on_request("street:auth", move |p: AuthIn| match dd.jwt.verify::<Claims>(&p.token) {
             Ok(c) if c.sub == who => {
-                s.set_expiry(Some(unix(c.exp)));
+                s.set_expiry(unix(c.exp));
                 Ok(json!({ "expiresAt": c.exp }))
             }
             Ok(_) => Err("a token for another name"),

@@ -127,6 +127,7 @@
     if (street) street.close();
     var proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     var first = token;
+    me = null; // until this login's welcome: a reconnect before it uses the token above
     street = new Street(proto + '//' + location.host + '/ws', {
       // the token from the login first; then, when it expires (an hour) or for a
       // reconnect, a fresh one for the same name (login is open: the name is all it takes)
