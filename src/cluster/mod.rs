@@ -416,6 +416,39 @@ stats! {
     }
 }
 
+/// The counters behind a Redis or NATS broker's [`BrokerStats`] (its `stats()` reads
+/// them; every part of the broker adds to the same ones).
+#[derive(Default)]
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) struct Counters {
+    pub(crate) published: std::sync::atomic::AtomicU64,
+    pub(crate) received: std::sync::atomic::AtomicU64,
+    pub(crate) dropped: std::sync::atomic::AtomicU64,
+    pub(crate) dropped_over_bytes: std::sync::atomic::AtomicU64,
+    pub(crate) invalid: std::sync::atomic::AtomicU64,
+    pub(crate) publish_errors: std::sync::atomic::AtomicU64,
+    pub(crate) disconnects: std::sync::atomic::AtomicU64,
+    pub(crate) resyncs: std::sync::atomic::AtomicU64,
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+impl Counters {
+    pub(crate) fn snapshot(&self) -> BrokerStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        BrokerStats {
+            published: self.published.load(Relaxed),
+            received: self.received.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            dropped_over_bytes: self.dropped_over_bytes.load(Relaxed),
+            invalid: self.invalid.load(Relaxed),
+            publish_errors: self.publish_errors.load(Relaxed),
+            disconnects: self.disconnects.load(Relaxed),
+            resyncs: self.resyncs.load(Relaxed),
+            streams_evicted: 0,
+        }
+    }
+}
+
 /// Why the broker failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -37,7 +37,7 @@
 //!   served, cluster messages are dropped and counted — and connects in the background.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -47,8 +47,8 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    reserve, BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, History, HistoryOptions,
-    NodeHooks, PresenceEntry, Target,
+    reserve, BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, Counters, History,
+    HistoryOptions, NodeHooks, PresenceEntry, Target,
 };
 
 /// Options for [`RedisBroker::new`].
@@ -343,18 +343,6 @@ fn parse_history(
         offset: top,
         since,
     })
-}
-
-#[derive(Default)]
-struct Counters {
-    published: AtomicU64,
-    received: AtomicU64,
-    dropped: AtomicU64,
-    dropped_over_bytes: AtomicU64,
-    invalid: AtomicU64,
-    publish_errors: AtomicU64,
-    disconnects: AtomicU64,
-    resyncs: AtomicU64,
 }
 
 struct Shared {
@@ -1061,18 +1049,7 @@ impl Broker for RedisBroker {
     }
 
     fn stats(&self) -> BrokerStats {
-        let c = &self.shared.counters;
-        BrokerStats {
-            published: c.published.load(Ordering::Relaxed),
-            received: c.received.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            dropped_over_bytes: c.dropped_over_bytes.load(Ordering::Relaxed),
-            invalid: c.invalid.load(Ordering::Relaxed),
-            publish_errors: c.publish_errors.load(Ordering::Relaxed),
-            disconnects: c.disconnects.load(Ordering::Relaxed),
-            resyncs: c.resyncs.load(Ordering::Relaxed),
-            streams_evicted: 0,
-        }
+        self.shared.counters.snapshot()
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {

@@ -58,6 +58,16 @@ async fn nats_nodes(nats: &Nats, size: usize, ttl: Duration) -> Vec<Node> {
     out
 }
 
+/// Run `scenario` on the nodes of every broker that keeps history, each with this
+/// history: one node on the memory broker, two on Redis, two on NATS (JetStream).
+async fn on_every_broker(size: usize, ttl: Duration, mut scenario: impl AsyncFnMut(&mut [Node])) {
+    scenario(&mut memory_nodes(size, ttl).await).await;
+    let redis = Redis::start().await;
+    scenario(&mut redis_nodes(&redis, size, ttl).await).await;
+    let nats = Nats::start().await;
+    scenario(&mut nats_nodes(&nats, size, ttl).await).await;
+}
+
 /// Join `ROOM` (with `since` when given) and return `room:joined`'s payload.
 async fn join(c: &mut Client, since: Option<(&str, u64)>) -> Value {
     let j = try_join(c, since).await;
@@ -213,20 +223,15 @@ async fn more_than_the_history_holds_is_not_recovered(nodes: &mut [Node]) {
     // nothing replayed: the very next publication is the live one
     publish(&nodes[nodes.len() - 1], 99);
     assert_eq!(next_pub(&mut c).await, (left_at + 6, json!(99)));
+    assert_eq!(nodes[0].rooms.stats().not_recovered, 1);
 }
 
 #[tokio::test]
 async fn history_trimmed_by_size_is_not_recovered_and_nothing_is_replayed() {
-    let mut nodes = memory_nodes(3, Duration::from_secs(60)).await;
-    more_than_the_history_holds_is_not_recovered(&mut nodes).await;
-    let redis = Redis::start().await;
-    let mut nodes = redis_nodes(&redis, 3, Duration::from_secs(60)).await;
-    more_than_the_history_holds_is_not_recovered(&mut nodes).await;
-    assert_eq!(nodes[0].rooms.stats().not_recovered, 1);
-    let nats = Nats::start().await;
-    let mut nodes = nats_nodes(&nats, 3, Duration::from_secs(60)).await;
-    more_than_the_history_holds_is_not_recovered(&mut nodes).await;
-    assert_eq!(nodes[0].rooms.stats().not_recovered, 1);
+    on_every_broker(3, Duration::from_secs(60), async |n| {
+        more_than_the_history_holds_is_not_recovered(n).await
+    })
+    .await;
 }
 
 async fn aged_history_is_not_recovered(nodes: &mut [Node]) {
@@ -240,14 +245,10 @@ async fn aged_history_is_not_recovered(nodes: &mut [Node]) {
 
 #[tokio::test]
 async fn history_older_than_its_ttl_is_not_recovered() {
-    let mut nodes = memory_nodes(100, Duration::from_millis(400)).await;
-    aged_history_is_not_recovered(&mut nodes).await;
-    let redis = Redis::start().await;
-    let mut nodes = redis_nodes(&redis, 100, Duration::from_millis(400)).await;
-    aged_history_is_not_recovered(&mut nodes).await;
-    let nats = Nats::start().await;
-    let mut nodes = nats_nodes(&nats, 100, Duration::from_millis(400)).await;
-    aged_history_is_not_recovered(&mut nodes).await;
+    on_every_broker(100, Duration::from_millis(400), async |n| {
+        aged_history_is_not_recovered(n).await
+    })
+    .await;
 }
 
 /// The broker's storage wiped (Redis or NATS restarted empty): the stream's past is
@@ -371,14 +372,10 @@ async fn the_seam_holds_under_load(nodes: &mut [Node]) {
 
 #[tokio::test]
 async fn the_seam_between_replay_and_live_has_no_gap_and_no_duplicate() {
-    let mut nodes = memory_nodes(10_000, Duration::from_secs(60)).await;
-    the_seam_holds_under_load(&mut nodes).await;
-    let redis = Redis::start().await;
-    let mut nodes = redis_nodes(&redis, 10_000, Duration::from_secs(60)).await;
-    the_seam_holds_under_load(&mut nodes).await;
-    let nats = Nats::start().await;
-    let mut nodes = nats_nodes(&nats, 10_000, Duration::from_secs(60)).await;
-    the_seam_holds_under_load(&mut nodes).await;
+    on_every_broker(10_000, Duration::from_secs(60), async |n| {
+        the_seam_holds_under_load(n).await
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -924,14 +921,10 @@ async fn a_long_absence_is_recovered_whole(nodes: &mut [Node]) {
 
 #[tokio::test]
 async fn a_long_absence_is_recovered_whole_on_every_broker() {
-    let mut nodes = memory_nodes(1000, Duration::from_secs(60)).await;
-    a_long_absence_is_recovered_whole(&mut nodes).await;
-    let redis = Redis::start().await;
-    let mut nodes = redis_nodes(&redis, 1000, Duration::from_secs(60)).await;
-    a_long_absence_is_recovered_whole(&mut nodes).await;
-    let nats = Nats::start().await;
-    let mut nodes = nats_nodes(&nats, 1000, Duration::from_secs(60)).await;
-    a_long_absence_is_recovered_whole(&mut nodes).await;
+    on_every_broker(1000, Duration::from_secs(60), async |n| {
+        a_long_absence_is_recovered_whole(n).await
+    })
+    .await;
 }
 
 /// JetStream on disk: NATS killed and started again on its files, the channel's past is

@@ -11,7 +11,7 @@
 //! continued by the first publication.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{lock, reserve, HistoryStorage, NatsOptions};
 use crate::cluster::{
-    BrokerError, ClusterMessage, History, HistoryOptions, NodeHooks, Position, Target,
+    BrokerError, ClusterMessage, Counters, History, HistoryOptions, NodeHooks, Position, Target,
 };
 use crate::ws::envelope;
 
@@ -127,9 +127,7 @@ pub(super) struct Historian {
     rx: Mutex<Option<mpsc::Receiver<Append>>>,
     queued_bytes: AtomicUsize,
     max_queue_bytes: usize,
-    failed: AtomicU64,
-    invalid: AtomicU64,
-    received: AtomicU64,
+    counters: Arc<Counters>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -155,7 +153,12 @@ fn unix_ms(m: &StreamMessage) -> i64 {
 }
 
 impl Historian {
-    pub(super) fn new(client: Client, opts: &NatsOptions, node: Arc<str>) -> Self {
+    pub(super) fn new(
+        client: Client,
+        opts: &NatsOptions,
+        node: Arc<str>,
+        counters: Arc<Counters>,
+    ) -> Self {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(opts.response_timeout);
         let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
@@ -175,23 +178,8 @@ impl Historian {
             rx: Mutex::new(Some(rx)),
             queued_bytes: AtomicUsize::new(0),
             max_queue_bytes: opts.max_queue_bytes,
-            failed: AtomicU64::new(0),
-            invalid: AtomicU64::new(0),
-            received: AtomicU64::new(0),
+            counters,
         }
-    }
-
-    /// Publications lost to errors (no offset taken).
-    pub(super) fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// Publications of other nodes delivered, and invalid messages dropped.
-    pub(super) fn received_and_invalid(&self) -> (u64, u64) {
-        (
-            self.received.load(Ordering::Relaxed),
-            self.invalid.load(Ordering::Relaxed),
-        )
     }
 
     fn subject(&self, channel: &str) -> String {
@@ -641,7 +629,7 @@ impl Historian {
                 while let Some(a) = rx.recv().await {
                     let n = a.msg.envelope.len();
                     if let Err(e) = me.store(&a).await {
-                        me.failed.fetch_add(1, Ordering::Relaxed);
+                        me.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(error = %e, "nats history publish failed");
                     }
                     me.queued_bytes.fetch_sub(n, Ordering::AcqRel);
@@ -769,7 +757,7 @@ impl Historian {
         match ClusterMessage::decode(payload) {
             Ok(m) => {
                 let (Some(pos), Target::Room { room, .. }) = (&m.position, &m.target) else {
-                    self.invalid.fetch_add(1, Ordering::Relaxed);
+                    self.counters.invalid.fetch_add(1, Ordering::Relaxed);
                     return;
                 };
                 self.remember(room, seq, pos.clone(), at_ms);
@@ -778,12 +766,12 @@ impl Historian {
                     return;
                 }
                 if m.origin != self.node {
-                    self.received.fetch_add(1, Ordering::Relaxed);
+                    self.counters.received.fetch_add(1, Ordering::Relaxed);
                 }
                 (hooks.deliver)(m);
             }
             Err(e) => {
-                self.invalid.fetch_add(1, Ordering::Relaxed);
+                self.counters.invalid.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "invalid message in the history stream");
             }
         }

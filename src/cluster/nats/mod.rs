@@ -68,8 +68,8 @@ use tokio::sync::{mpsc, oneshot};
 use self::history::Historian;
 use self::presence::{Msg, Own, View};
 use super::{
-    reserve, BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, History, HistoryOptions,
-    NodeHooks, Position, PresenceEntry, Target,
+    reserve, BoxFuture, Broker, BrokerError, BrokerStats, ClusterMessage, Counters, History,
+    HistoryOptions, NodeHooks, Position, PresenceEntry, Target,
 };
 
 /// Where JetStream keeps channel history ([`NatsOptions::history_storage`]).
@@ -157,18 +157,6 @@ impl NatsOptions {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    published: AtomicU64,
-    received: AtomicU64,
-    dropped: AtomicU64,
-    dropped_over_bytes: AtomicU64,
-    invalid: AtomicU64,
-    publish_errors: AtomicU64,
-    disconnects: AtomicU64,
-    resyncs: AtomicU64,
-}
-
 /// What the writer sends, in order.
 enum Out {
     Bus(Bytes),
@@ -186,7 +174,8 @@ struct Shared {
     client: OnceLock<Client>,
     /// Since when the heartbeat has seen the connection down (`None`: up).
     down_since: Mutex<Option<Instant>>,
-    counters: Counters,
+    /// Shared with the historian: one set of counters for the broker.
+    counters: Arc<Counters>,
     /// Bytes of messages in the writer's queue.
     out_bytes: AtomicUsize,
     own: Mutex<Own>,
@@ -243,7 +232,7 @@ impl NatsBroker {
                 tx: OnceLock::new(),
                 client: OnceLock::new(),
                 down_since: Mutex::new(None),
-                counters: Counters::default(),
+                counters: Arc::default(),
                 out_bytes: AtomicUsize::new(0),
                 own: Mutex::new(Own::new("")),
                 view: Mutex::new(view),
@@ -569,7 +558,12 @@ impl Broker for NatsBroker {
                 tokio::spawn(presence_reader(shared.clone(), presence)),
             ];
             if shared.opts.jetstream {
-                let h = Arc::new(Historian::new(client.clone(), &shared.opts, node.clone()));
+                let h = Arc::new(Historian::new(
+                    client.clone(),
+                    &shared.opts,
+                    node.clone(),
+                    shared.counters.clone(),
+                ));
                 let _ = shared.history.set(h.clone());
                 tasks.push(tokio::spawn(h.run(hooks)));
             }
@@ -654,23 +648,7 @@ impl Broker for NatsBroker {
     }
 
     fn stats(&self) -> BrokerStats {
-        let c = &self.shared.counters;
-        let (failed, (received, invalid)) = self
-            .shared
-            .history
-            .get()
-            .map_or((0, (0, 0)), |h| (h.failed(), h.received_and_invalid()));
-        BrokerStats {
-            published: c.published.load(Ordering::Relaxed),
-            received: c.received.load(Ordering::Relaxed) + received,
-            dropped: c.dropped.load(Ordering::Relaxed),
-            dropped_over_bytes: c.dropped_over_bytes.load(Ordering::Relaxed),
-            invalid: c.invalid.load(Ordering::Relaxed) + invalid,
-            publish_errors: c.publish_errors.load(Ordering::Relaxed) + failed,
-            disconnects: c.disconnects.load(Ordering::Relaxed),
-            resyncs: c.resyncs.load(Ordering::Relaxed),
-            streams_evicted: 0,
-        }
+        self.shared.counters.snapshot()
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
