@@ -871,3 +871,35 @@ async fn demo_takes_a_fresh_token_in_band_for_the_same_name_only() {
     send_text(&mut c, &ask("forged".into(), 3)).await;
     assert_eq!(reply(&mut c).await["error"]["message"], "invalid token");
 }
+
+/// The client package as an ES module in Chromium: the demo serves `/street.mjs`; a page
+/// imports it, connects with `getToken`, and makes requests (the demo's in-band token
+/// refresh), an accepted one and a refused one.
+#[tokio::test]
+async fn the_client_es_module_runs_in_chromium_against_the_demo() {
+    let demo = start_demo(crate::examples::free_port()).await;
+    let t = token(demo.addr, "ana").await;
+    let js = js_dir();
+    let (mut child, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("client_browser.mjs"))
+            .arg(format!("http://{}/", demo.addr))
+            .arg(&t)
+            .current_dir(&js),
+    );
+    let report = within("the browser's report", rx.recv())
+        .await
+        .expect("a line");
+    let _ = child.wait();
+    assert!(!report.starts_with("ERROR"), "{report}");
+    let v: Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(
+        (v["member"].clone(), v["calls"].clone()),
+        (json!("ana"), json!(1)),
+        "{v}"
+    );
+    assert!(v["refreshed"]["expiresAt"].as_u64().is_some(), "{v}");
+    assert_eq!(v["refused"]["code"], "rejected", "{v}");
+    assert_eq!(v["refused"]["message"], "invalid token", "{v}");
+    assert_eq!(v["errors"], json!([]), "{v}");
+}

@@ -3,7 +3,8 @@
 //! - `/` the chat (`assets/chat.html`): log in with a name (`POST /api/login` → a JWT),
 //!   connect to `/ws?token=…` with `street.js`, rooms, presence, typing, history;
 //! - `/dashboard` live numbers over SSE (`/api/metrics/stream`) with a chart;
-//! - `/street.js` the browser client, `/metrics` Prometheus, `/health`.
+//! - `/street.js` the browser client (`/street.mjs` as an ES module), `/metrics`
+//!   Prometheus, `/health`.
 //!
 //! Everything is embedded in the binary; no front-end build step.
 //!
@@ -196,6 +197,16 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
                 asset(
                     "text/javascript",
                     include_str!("../../../../client/street.js"),
+                )
+            }),
+        )
+        // the same client as an ES module: `import Street from '/street.mjs'`
+        .route(
+            "/street.mjs",
+            get(|| async {
+                asset(
+                    "text/javascript",
+                    include_str!("../../../../client/street.mjs"),
                 )
             }),
         )
