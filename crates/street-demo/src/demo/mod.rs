@@ -124,7 +124,10 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
             .with_reconnect_hint(Some(Duration::from_millis(1000)))
             // browsers offer permessage-deflate: chat and history JSON shrink several
             // times, compressed once per message for every recipient
-            .with_compression(Some(Compression::default())),
+            .with_compression(Some(Compression::default()))
+            // street:ping every heartbeat: a page whose connection died silently (a laptop
+            // woken from sleep) notices within two intervals and reconnects
+            .with_ping_envelopes(true),
     );
     // Redis when both are given
     let broker: Option<Arc<dyn Broker>> = match (&cfg.redis_url, &cfg.nats_url) {
