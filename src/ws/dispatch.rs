@@ -136,7 +136,7 @@ async fn request(socket: &Socket, event: &str, payload: Option<&RawValue>, id: u
                 fail(codes::BAD_PAYLOAD, message)
             }
             Ok(Ok(fut)) => {
-                let limit = socket.inner.requests.timeout;
+                let limit = socket.inner.requests.timeout();
                 let run = std::panic::AssertUnwindSafe(fut).catch_unwind();
                 match tokio::time::timeout(limit, run).await {
                     Err(_) => fail(codes::TIMEOUT, format!("no answer within {limit:?}")),

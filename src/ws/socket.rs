@@ -182,19 +182,29 @@ pub(crate) struct SocketInner {
     pub(crate) max_listeners: usize,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) protocol: Option<Box<str>>,
-    /// Requests to the client waiting for their reply (made on the first).
-    acks: Mutex<Option<Box<Pending>>>,
     pub(crate) requests: RequestLimits,
 }
 
-/// The request options a socket keeps (from [`WsOptions`](super::WsOptions)).
+/// The request options a socket keeps (from [`WsOptions`](super::WsOptions)), small:
+/// every socket holds a copy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestLimits {
-    /// How long a request handler may take.
-    pub(crate) timeout: std::time::Duration,
+    /// How long a request handler may take, in milliseconds.
+    timeout_ms: u32,
     /// Requests to the client waiting at once.
     pub(crate) max_pending: u32,
 }
+
+impl RequestLimits {
+    pub(crate) fn timeout(self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.timeout_ms))
+    }
+}
+
+/// Requests to the client waiting for their reply, kept with the socket's data (made by
+/// its first request: nothing for the sockets that never ask).
+#[derive(Clone, Default)]
+struct Acks(Arc<Mutex<Pending>>);
 
 /// The per-socket bounds [`Socket::new`] takes (from [`WsOptions`](super::WsOptions)).
 #[derive(Debug, Clone, Copy)]
@@ -210,7 +220,7 @@ impl SocketLimits {
             max_queue_bytes: o.max_queue_bytes,
             max_listeners: o.max_listeners,
             requests: RequestLimits {
-                timeout: o.request_timeout,
+                timeout_ms: u32::try_from(o.request_timeout.as_millis()).unwrap_or(u32::MAX),
                 max_pending: u32::try_from(o.max_pending_acks).unwrap_or(u32::MAX),
             },
         }
@@ -267,7 +277,6 @@ impl Socket {
                 max_listeners: limits.max_listeners,
                 remote_addr,
                 protocol,
-                acks: Mutex::new(None),
                 requests: limits.requests,
             }),
         }
@@ -620,11 +629,20 @@ impl Socket {
         }
         let limit = self.inner.requests.max_pending as usize;
         let (id, reply) = {
-            let mut acks = lock(&self.inner.acks);
+            let mut data = lock(&self.inner.data);
             if self.inner.finished.load(Ordering::Acquire) {
                 return Err(AckError::Closed);
             }
-            acks.get_or_insert_with(Box::default).open(limit)?
+            let acks = match data.get::<Acks>() {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Acks::default();
+                    data.insert(a.clone());
+                    a
+                }
+            };
+            let mut pending = lock(&acks.0);
+            pending.open(limit)?
         };
         // the entry goes with this future, whatever ends it (a timeout, a drop)
         let _waiting = Waiting(self, id);
@@ -723,15 +741,19 @@ impl Socket {
 
     /// Requests to the client waiting for their reply.
     pub fn pending_acks(&self) -> usize {
-        lock(&self.inner.acks).as_ref().map_or(0, |p| p.len())
+        self.acks().map_or(0, |a| lock(&a.0).len())
+    }
+
+    fn acks(&self) -> Option<Acks> {
+        lock(&self.inner.data).get::<Acks>().cloned()
     }
 
     /// A `street:reply` from the client: to the request waiting for it (dropped when
     /// none does: late, or never asked).
     pub(crate) fn settle_reply(&self, payload: Option<&RawValue>) {
         if let Some((id, outcome)) = ack::decode_reply(payload) {
-            if let Some(p) = lock(&self.inner.acks).as_mut() {
-                p.settle(id, outcome);
+            if let Some(a) = self.acks() {
+                lock(&a.0).settle(id, outcome);
             }
         }
     }
@@ -861,8 +883,8 @@ impl Socket {
             std::mem::take(&mut *l)
         };
         self.inner.outbox.clear();
-        if let Some(p) = lock(&self.inner.acks).as_mut() {
-            p.close_all();
+        if let Some(a) = self.acks() {
+            lock(&a.0).close_all();
         }
         for h in listeners.into_closers() {
             let info = info.clone();
@@ -894,8 +916,8 @@ struct Waiting<'a>(&'a Socket, u64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if let Some(p) = lock(&self.0.inner.acks).as_mut() {
-            p.forget(self.1);
+        if let Some(a) = self.0.acks() {
+            lock(&a.0).forget(self.1);
         }
     }
 }
