@@ -317,19 +317,7 @@ const module = { exports: {} };
     };
     ws.onclose = function (ev) {
       if (self.ws !== ws) return;
-      self.ws = null;
-      clearTimeout(self.livenessTimer);
-      clearTimeout(self.stableTimer);
-      self.lastClose = { code: ev.code, reason: ev.reason };
-      // what went out on this connection will get no reply now
-      self.failAcks('disconnected', function (a) { return a.sent; });
-      self.emitLifecycle('close', { code: ev.code, reason: ev.reason });
-      if (self.stopped) { self.setState('closed', { code: ev.code, reason: ev.reason }); return; }
-      if (TERMINAL[ev.code] || (ev.code === 4010 && !self.getToken)) {
-        self.setState('closed', { code: ev.code, reason: ev.reason });
-        return;
-      }
-      self.scheduleReconnect(ev.code, ev.reason);
+      self.ended(ev.code, ev.reason);
     };
     ws.onerror = function () { /* a close event follows */ };
   };
@@ -342,13 +330,25 @@ const module = { exports: {} };
     this.livenessTimer = setTimeout(function () {
       if (self.ws !== ws) return;
       // a dead connection may never fire onclose: let go of it now, and reconnect
-      self.ws = null;
       try { ws.close(4000, 'liveness timeout'); } catch (e) { /* already closing */ }
-      self.failAcks('disconnected', function (a) { return a.sent; });
-      self.lastClose = { code: 4000, reason: 'liveness timeout' };
-      self.emitLifecycle('close', { code: 4000, reason: 'liveness timeout' });
-      if (!self.stopped) self.scheduleReconnect(4000, 'liveness timeout');
+      self.ended(4000, 'liveness timeout');
     }, this.livenessMs);
+  };
+
+  /** The connection ended (closed, or given up): tell, then reconnect unless final. */
+  Street.prototype.ended = function (code, reason) {
+    this.ws = null;
+    clearTimeout(this.livenessTimer);
+    clearTimeout(this.stableTimer);
+    this.lastClose = { code: code, reason: reason };
+    // what went out on this connection will get no reply now
+    this.failAcks('disconnected', function (a) { return a.sent; });
+    this.emitLifecycle('close', { code: code, reason: reason });
+    if (this.stopped || TERMINAL[code] || (code === 4010 && !this.getToken)) {
+      this.setState('closed', { code: code, reason: reason });
+      return;
+    }
+    this.scheduleReconnect(code, reason);
   };
 
   /** Send one binary frame: true when sent now, false when queued for the next open. */

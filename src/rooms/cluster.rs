@@ -41,22 +41,25 @@ impl Rooms {
     /// does (the other way round, a broadcast reached them a whole local fan-out late).
     /// A socket is looked for here first, and only handed on when it is not here.
     pub(super) fn send(&self, target: Target, envelope: Bytes) -> usize {
-        if matches!(target, Target::Socket(_)) {
+        if let Target::Socket(_) = target {
             let n = self.deliver_local(&target, &envelope);
-            if n > 0 {
-                return n;
+            if n == 0 {
+                self.hand_on(target, envelope);
             }
+            return n;
         }
+        self.hand_on(target.clone(), envelope.clone());
+        self.deliver_local(&target, &envelope)
+    }
+
+    /// To the other nodes, through the broker.
+    fn hand_on(&self, target: Target, envelope: Bytes) {
         self.inner.broker.publish(ClusterMessage {
             origin: self.inner.node.clone(),
-            target: target.clone(),
-            envelope: envelope.clone(),
+            target,
+            envelope,
             position: None,
         });
-        if matches!(target, Target::Socket(_)) {
-            return 0;
-        }
-        self.deliver_local(&target, &envelope)
     }
 
     /// Queue `bytes` for the local subscribers `target` names.

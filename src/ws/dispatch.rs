@@ -5,6 +5,7 @@
 use super::ack::{self, codes, WireError};
 use super::envelope;
 use super::handler::{panic_message, run_dispatch};
+use super::listeners::ErasedRequest;
 use super::socket::{ErrorEvent, RawMessage, Socket};
 use super::text::Text;
 use serde_json::value::RawValue;
@@ -54,17 +55,18 @@ async fn envelope_in(socket: Socket, text: Text) {
         return;
     }
     let (own, wild) = match inc.id {
-        Some(id) if socket.has_request_handler(&inc.event) => {
-            request(socket, &inc.event, inc.payload, id).await;
-            return;
-        }
         Some(id) => {
+            let handler = socket.request_handler(&inc.event);
+            if handler.is_some() {
+                request(socket, &inc.event, handler, inc.payload, id).await;
+                return;
+            }
             // an id without a request handler: an ordinary event for `on` (a client
             // that puts ids on its messages for its own reasons keeps working); with no
             // listener either, the requester is told at once
             let (own, wild) = socket.handlers_for(&inc.event);
             if own.is_empty() && wild.is_empty() {
-                request(socket, &inc.event, inc.payload, id).await;
+                request(socket, &inc.event, None, inc.payload, id).await;
                 return;
             }
             (own, wild)
@@ -115,7 +117,13 @@ async fn envelope_in(socket: Socket, text: Text) {
 /// A request (an envelope with an `id`) to the event's request handler, and its answer
 /// back: the result, or an error with one of [`codes`]. The handler has
 /// `request_timeout`; a panic is an `internal` error.
-async fn request(socket: &Socket, event: &str, payload: Option<&RawValue>, id: u64) {
+async fn request(
+    socket: &Socket,
+    event: &str,
+    handler: Option<ErasedRequest>,
+    payload: Option<&RawValue>,
+    id: u64,
+) {
     use futures_util::FutureExt;
     let stats = &socket.inner.stats;
     let fail = |code: &str, message: String| {
@@ -124,7 +132,7 @@ async fn request(socket: &Socket, event: &str, payload: Option<&RawValue>, id: u
             message,
         })
     };
-    let answer = match socket.request_handler(event) {
+    let answer = match handler {
         None => fail(
             codes::NO_HANDLER,
             "no handler answers that event".to_owned(),

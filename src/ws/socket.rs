@@ -758,10 +758,6 @@ impl Socket {
         }
     }
 
-    pub(crate) fn has_request_handler(&self, event: &str) -> bool {
-        self.listeners().has_request(event)
-    }
-
     pub(crate) fn request_handler(&self, event: &str) -> Option<ErasedRequest> {
         self.listeners().request(event)
     }
