@@ -59,6 +59,12 @@ pub mod sse;
 pub mod tls;
 pub mod ws;
 
+// The README's compiled examples (the hello world, the axum app, compression, TLS) are
+// doctests: a README that stops compiling fails `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use app::{app, App, AppOptions};
 pub use container::{container, Container};
 pub use controller::Controller;

@@ -22,6 +22,7 @@ mod limits;
 mod metrics;
 mod node_interop;
 mod origin;
+mod package;
 mod protocol;
 mod proxies;
 mod redis_cluster;
