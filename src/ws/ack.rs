@@ -23,8 +23,8 @@
 //! message rates). An async handler that takes longer than
 //! [`WsOptions::request_timeout`](super::WsOptions::request_timeout) is answered
 //! `timeout` and dropped at its next `.await`; a handler that blocks without awaiting is
-//! not interrupted (and, beyond two heartbeat intervals, gets its own peer reaped: pongs
-//! are not read meanwhile). Keep handlers short or spawn the work. A handler's error or
+//! not interrupted. While a handler runs its connection reads nothing, pongs included
+//! (the heartbeat spares it meanwhile). Keep handlers short or spawn the work. A handler's error or
 //! panic is also an `error` event, as for `on` handlers.
 //!
 //! **Server to client** ([`Socket::emit_with_ack`](super::Socket::emit_with_ack)): at most
@@ -121,8 +121,26 @@ struct ReplyIn<'a> {
     id: u64,
     #[serde(borrow, default)]
     result: Option<&'a RawValue>,
+    /// Any JSON: an error the client shaped its own way is still an error, not a reply
+    /// dropped (its waiter would time out).
     #[serde(default)]
-    error: Option<WireError>,
+    error: Option<serde_json::Value>,
+}
+
+/// The most of an error message a reply carries (longer ones are cut, with `…`).
+pub(crate) const MAX_ERROR_MESSAGE: usize = 256;
+
+/// `message` cut to [`MAX_ERROR_MESSAGE`] bytes (at a character boundary).
+pub(crate) fn bounded(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut end = MAX_ERROR_MESSAGE - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 /// The `street:reply` envelope for request `id`.
@@ -150,10 +168,13 @@ pub(crate) fn decode_reply(
     payload: Option<&RawValue>,
 ) -> Option<(u64, Result<Box<RawValue>, AckError>)> {
     let r: ReplyIn<'_> = serde_json::from_str(payload?.get()).ok()?;
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_owned);
     let outcome = match (r.error, r.result) {
         (Some(e), _) => Err(AckError::Rejected {
-            code: e.code,
-            message: e.message,
+            code: text(e.get("code")).unwrap_or_else(|| codes::REJECTED.to_owned()),
+            message: text(e.get("message"))
+                .or_else(|| e.as_str().map(str::to_owned))
+                .unwrap_or_default(),
         }),
         (None, Some(v)) => Ok(v.to_owned()),
         (None, None) => {
@@ -326,6 +347,42 @@ mod tests {
             assert!(decode_reply(Some(&raw(bad))).is_none(), "{bad}");
         }
         assert!(decode_reply(None).is_none());
+    }
+
+    #[test]
+    fn an_error_of_any_shape_is_an_error_not_a_dropped_reply() {
+        let rejected = |code: &str, message: &str| {
+            Some(AckError::Rejected {
+                code: code.into(),
+                message: message.into(),
+            })
+        };
+        for (body, want) in [
+            (r#"{"id":1,"error":"nope"}"#, rejected("rejected", "nope")),
+            (r#"{"id":1,"error":{"code":5}}"#, rejected("rejected", "")),
+            (
+                r#"{"id":1,"error":{"code":"x"},"result":1}"#,
+                rejected("x", ""),
+            ),
+            (r#"{"id":1,"error":true}"#, rejected("rejected", "")),
+        ] {
+            let (id, out) = decode_reply(Some(&raw(body))).expect("a reply");
+            assert_eq!((id, out.err()), (1, want), "{body}");
+        }
+        // a null error is no error
+        let (_, out) =
+            decode_reply(Some(&raw(r#"{"id":1,"error":null,"result":2}"#))).expect("a reply");
+        assert_eq!(out.expect("ok").get(), "2");
+    }
+
+    #[test]
+    fn error_messages_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(400); // 800 bytes
+        let cut = bounded(long);
+        assert!(cut.len() <= MAX_ERROR_MESSAGE, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 
     #[test]

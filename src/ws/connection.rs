@@ -343,8 +343,10 @@ impl<T: Transport> Conn<'_, T> {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(()) => {
                         self.dispatching = None;
-                        // a handler that ran long still counts as activity of a live peer
+                        // a handler that ran long still counts as activity of a live peer:
+                        // its pongs were not read meanwhile
                         socket.inner.alive.store(true, Ordering::Relaxed);
+                        socket.inner.handling.store(false, Ordering::Relaxed);
                         return Poll::Ready(None);
                     }
                 }
@@ -402,8 +404,7 @@ impl<T: Transport> Conn<'_, T> {
                     if !self.admit_message(len) {
                         return Poll::Ready(None);
                     }
-                    // Boxed: the dispatch state exists only while a message is handled.
-                    self.dispatching = Some(match self.mode {
+                    self.dispatch(match self.mode {
                         Mode::Envelope => Box::pin(dispatch::envelope(socket.clone(), text)),
                         Mode::Raw => {
                             Box::pin(dispatch::raw(socket.clone(), RawMessage::Text(text)))
@@ -415,13 +416,22 @@ impl<T: Transport> Conn<'_, T> {
                     if !self.admit_message(len) {
                         return Poll::Ready(None);
                     }
-                    self.dispatching = Some(Box::pin(dispatch::raw(
+                    self.dispatch(Box::pin(dispatch::raw(
                         socket.clone(),
                         RawMessage::Binary(b),
                     )));
                 }
             }
         }
+    }
+
+    /// Handle one message: `poll_read` polls `f` before reading on. Boxed: the dispatch
+    /// state exists only while a message is handled. Meanwhile the heartbeat counts the
+    /// socket as alive (a handler that outlasts two intervals does not get its peer
+    /// reaped); from its end on, the peer's silence counts again.
+    fn dispatch(&mut self, f: BoxFuture<()>) {
+        self.socket.inner.handling.store(true, Ordering::Relaxed);
+        self.dispatching = Some(f);
     }
 
     fn fail(&mut self, code: u16, reason: &str) {

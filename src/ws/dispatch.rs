@@ -63,11 +63,14 @@ async fn envelope_in(socket: Socket, text: Text) {
             }
             // an id without a request handler: an ordinary event for `on` (a client
             // that puts ids on its messages for its own reasons keeps working); with no
-            // listener either, the requester is told at once
+            // `on` listener either, the requester is told at once (a `*` listener
+            // watches every message, it answers none)
             let (own, wild) = socket.handlers_for(&inc.event);
-            if own.is_empty() && wild.is_empty() {
+            if own.is_empty() {
                 request(socket, &inc.event, None, inc.payload, id).await;
-                return;
+                if wild.is_empty() {
+                    return;
+                }
             }
             (own, wild)
         }
@@ -138,17 +141,19 @@ async fn request(
             "no handler answers that event".to_owned(),
         ),
         Some(h) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(payload))) {
-            Err(p) => fail(codes::INTERNAL, panic_message(&p)),
+            Err(p) => fail(codes::INTERNAL, ack::bounded(panic_message(&p))),
             Ok(Err(message)) => {
                 stats.payload_errors.inc();
-                fail(codes::BAD_PAYLOAD, message)
+                // serde's message quotes the payload (escaped: longer than it came): the
+                // client is told what, not sent its own bytes back amplified
+                fail(codes::BAD_PAYLOAD, ack::bounded(message))
             }
             Ok(Ok(fut)) => {
                 let limit = socket.inner.requests.timeout();
                 let run = std::panic::AssertUnwindSafe(fut).catch_unwind();
                 match tokio::time::timeout(limit, run).await {
                     Err(_) => fail(codes::TIMEOUT, format!("no answer within {limit:?}")),
-                    Ok(Err(p)) => fail(codes::INTERNAL, panic_message(&p)),
+                    Ok(Err(p)) => fail(codes::INTERNAL, ack::bounded(panic_message(&p))),
                     Ok(Ok(a)) => a,
                 }
             }
@@ -180,6 +185,10 @@ async fn request(
 /// A raw message (binary, or any frame under a custom subprotocol) to the `raw`
 /// listeners; with none, an `UnexpectedRaw` error event.
 pub(crate) async fn raw(socket: Socket, raw: RawMessage) {
+    HANDLING.scope(socket.id(), raw_in(socket, raw)).await;
+}
+
+async fn raw_in(socket: Socket, raw: RawMessage) {
     let socket = &socket;
     let handlers = socket.raw_handlers();
     if handlers.is_empty() {

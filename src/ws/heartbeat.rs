@@ -4,7 +4,9 @@
 //! anything since the previous sweep (a pong, a message, a ping) gets a fresh ping; one
 //! that sent nothing is terminated without a close handshake and its close handlers see
 //! 1006 "heartbeat timeout". A peer that goes silent is therefore gone within two
-//! intervals, and a live peer (which answers pings) is never reaped.
+//! intervals, and a live peer (which answers pings) is never reaped: while a handler of
+//! one of its messages runs, its pongs wait unread, so the sweep spares a socket with a
+//! handler running (it is pinged as usual) and counts its silence from the handler's end.
 //! The sweep holds only a weak reference to the server and stops on shutdown.
 //!
 //! The same sweep enforces credentials' expiries ([`Socket::set_expiry`]): a warning
@@ -55,13 +57,16 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
                 .flatten();
             let clients = read(&shared.clients);
             for s in clients.values() {
-                if s.inner.alive.swap(false, Ordering::Relaxed) {
+                let handling = s.inner.handling.load(Ordering::Relaxed);
+                if s.inner.alive.swap(false, Ordering::Relaxed) || handling {
                     s.ping();
-                    // (not to a custom subprotocol's connections: they speak their own)
-                    if let Some(p) = ping.as_ref().filter(|_| s.protocol().is_none()) {
+                    // (no envelopes to a custom subprotocol's connections: they speak
+                    // their own)
+                    let speaks_envelopes = envelopes && s.protocol().is_none();
+                    if let Some(p) = ping.as_ref().filter(|_| speaks_envelopes) {
                         let _ = s.send_text_bytes_volatile(p.clone());
                     }
-                    if s.check_expiry(now, grace) {
+                    if s.check_expiry(now, grace, speaks_envelopes) {
                         shared.stats.expired.inc();
                     }
                 } else {

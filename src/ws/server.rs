@@ -196,7 +196,8 @@ pub struct WsOptions {
     pub compression: Option<super::Compression>,
     /// How long a request handler ([`Socket::on_request`](super::Socket::on_request)) may
     /// take; beyond, the client is answered with an error of code `timeout` and the
-    /// handler is dropped. Default 10 s.
+    /// handler is dropped. Kept in whole milliseconds: at least 1 ms, at most about 49
+    /// days. Default 10 s.
     pub request_timeout: Duration,
     /// Requests to one client ([`Socket::emit_with_ack`](super::Socket::emit_with_ack))
     /// waiting for their reply at once; one more fails at once with

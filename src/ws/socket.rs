@@ -178,6 +178,9 @@ pub(crate) struct SocketInner {
     pub(crate) finished: AtomicBool,
     /// Heartbeat: the peer sent something since the last sweep.
     pub(crate) alive: AtomicBool,
+    /// Heartbeat: a handler of this socket's message runs, so its reader (and the
+    /// peer's pongs) wait; the sweep does not reap it meanwhile.
+    pub(crate) handling: AtomicBool,
     pub(crate) stats: Arc<Stats>,
     pub(crate) max_listeners: usize,
     pub(crate) remote_addr: Option<SocketAddr>,
@@ -220,7 +223,10 @@ impl SocketLimits {
             max_queue_bytes: o.max_queue_bytes,
             max_listeners: o.max_listeners,
             requests: RequestLimits {
-                timeout_ms: u32::try_from(o.request_timeout.as_millis()).unwrap_or(u32::MAX),
+                // whole milliseconds, at least one (a zero would time out every handler)
+                timeout_ms: u32::try_from(o.request_timeout.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
                 max_pending: u32::try_from(o.max_pending_acks).unwrap_or(u32::MAX),
             },
         }
@@ -273,6 +279,7 @@ impl Socket {
                 data: Mutex::new(data),
                 finished: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
+                handling: AtomicBool::new(false),
                 stats,
                 max_listeners: limits.max_listeners,
                 remote_addr,
@@ -648,8 +655,10 @@ impl Socket {
         let _waiting = Waiting(self, id);
         let bytes = envelope::encode_request(event, payload, id)
             .map_err(|e| AckError::Send(e.to_string()))?;
-        self.send_text_bytes(bytes)
-            .map_err(|e| AckError::Send(e.to_string()))?;
+        self.send_text_bytes(bytes).map_err(|e| match e {
+            SocketError::Closed => AckError::Closed,
+            e => AckError::Send(e.to_string()),
+        })?;
         let raw = match tokio::time::timeout(timeout, reply).await {
             Err(_) => {
                 self.inner.stats.acks_timed_out.inc();
@@ -704,12 +713,15 @@ impl Socket {
         lock(&self.inner.data).get::<Expiry>().map(|e| e.at)
     }
 
-    /// The heartbeat sweep's expiry check: warn once the expiry is past, close with 4010
-    /// once the grace is past too (and a sweep after the warning). Whether it closed.
+    /// The heartbeat sweep's expiry check: warn once the expiry is past (the
+    /// `street:expired` envelope when `envelopes`: not to raw or custom-subprotocol
+    /// connections), close with 4010 once the grace is past too (and a sweep after the
+    /// warning). Whether this closed it.
     pub(crate) fn check_expiry(
         &self,
         now: std::time::SystemTime,
         grace: std::time::Duration,
+        envelopes: bool,
     ) -> bool {
         let close = {
             let mut d = lock(&self.inner.data);
@@ -721,6 +733,9 @@ impl Socket {
             }
             if !e.warned {
                 e.warned = true;
+                if !envelopes {
+                    return false;
+                }
                 let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
                 let _ = envelope::encode(EXPIRED_EVENT, &serde_json::json!({ "graceMs": ms }))
                     .map(|b| self.send_text_bytes(b));
@@ -733,10 +748,12 @@ impl Socket {
             }
             due
         };
-        if close {
-            let _ = self.close(CloseCode::TOKEN_EXPIRED, "token expired");
-        }
+        // (a close already under way is not this one)
         close
+            && self
+                .inner
+                .outbox
+                .close(CloseCode::TOKEN_EXPIRED, "token expired")
     }
 
     /// Requests to the client waiting for their reply.

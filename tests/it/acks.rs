@@ -270,3 +270,156 @@ async fn emit_with_ack_in_its_own_sockets_handler_fails_at_once() {
     assert_eq!(v["type"], "outcome", "no request went out: {v}");
     assert_eq!(v["payload"], AckError::InHandler.to_string(), "{v}");
 }
+
+/// A socket's reader waits while one of its handlers runs, pongs included: the heartbeat
+/// spares it meanwhile (a slow handler, or a slow connection handler, does not get a live
+/// peer reaped) and counts its silence from the handler's end.
+#[tokio::test]
+async fn a_handler_that_outlasts_the_heartbeat_keeps_its_live_peer() {
+    let beat = Duration::from_millis(100);
+    let wss = WebSocketServer::new(
+        opts()
+            .with_heartbeat_interval(beat)
+            .with_request_timeout(Duration::from_secs(5)),
+    );
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| async move {
+        tokio::time::sleep(beat * 6).await; // the connection handler itself, slow
+        socket.on_request("slow", move |ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, String>(ms)
+        })
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    // six intervals and more in a handler: three sweeps would have reaped the peer
+    request(&mut c, "slow", json!(600), 1).await;
+    assert_eq!(reply(&mut c).await, json!({"id": 1, "result": 600}));
+    request(&mut c, "slow", json!(1), 2).await;
+    assert_eq!(reply(&mut c).await, json!({"id": 2, "result": 1}));
+    assert_eq!(wss.stats().reaped, 0, "{:?}", wss.stats());
+}
+
+/// What the client sent does not come back larger in an error reply: serde's message
+/// quotes a bad payload (escaped, longer than it came), so the message is cut.
+#[tokio::test]
+async fn a_bad_payload_is_not_echoed_back_amplified() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        socket.on_request("n", |n: u64| Ok::<_, String>(n))
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    // U+00AD: two bytes in, `\u{ad}` (seven) in serde's message, more once JSON-escaped
+    let payload = "\u{ad}".repeat(20_000);
+    request(&mut c, "n", json!(payload), 1).await;
+    let r = reply(&mut c).await;
+    assert_eq!(r["error"]["code"], "bad_payload", "{r}");
+    let message = r["error"]["message"].as_str().expect("a message");
+    assert!(message.len() <= 256, "{} bytes", message.len());
+}
+
+/// A `"*"` listener watches every message but answers none: a request for an event
+/// with no request handler and no `on` listener is answered `no_handler` at once, and
+/// the `"*"` listener still sees it.
+#[tokio::test]
+async fn a_wildcard_listener_does_not_swallow_a_request() {
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        let s = socket.clone();
+        socket.on("*", move |e: street::ws::Envelope| s.emit("seen", &e.event))?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    request(&mut c, "nobody", json!(null), 3).await;
+    let (mut replied, mut seen) = (None, None);
+    while replied.is_none() || seen.is_none() {
+        let v = recv_json(&mut c).await;
+        match v["type"].as_str() {
+            Some("street:reply") => replied = Some(v["payload"].clone()),
+            Some("seen") => seen = Some(v["payload"].clone()),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(
+        replied.expect("reply")["error"]["code"],
+        "no_handler",
+        "answered at once, not left to time out"
+    );
+    assert_eq!(seen, Some(json!("nobody")));
+}
+
+/// A client's error reply shaped its own way is still a rejection (not a reply dropped,
+/// its waiter left to time out); a request after `close()` is `Closed`; one from a raw
+/// listener of the same socket is `InHandler`, at once.
+#[tokio::test]
+async fn odd_error_replies_close_and_raw_handlers_give_typed_errors_at_once() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let wss = WebSocketServer::new(opts());
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let (s, seen) = (socket.clone(), tx.clone());
+        socket.on("please", move |p: Value| {
+            let (s, seen) = (s.clone(), seen.clone());
+            let event = p["ask"].as_str().unwrap_or("x").to_owned();
+            tokio::spawn(async move {
+                let got = s
+                    .emit_with_ack::<_, Value>(&event, &"question", Duration::from_secs(5))
+                    .await;
+                let _ = seen.send((event, got, s.pending_acks()));
+            });
+        })?;
+        let (s, seen) = (socket.clone(), tx.clone());
+        socket.on("close-then-ask", move |_: Value| {
+            let (s, seen) = (s.clone(), seen.clone());
+            let _ = s.close(street::ws::CloseCode::NORMAL, "bye");
+            tokio::spawn(async move {
+                let got = s
+                    .emit_with_ack::<_, Value>("late", &"question", Duration::from_secs(5))
+                    .await;
+                let _ = seen.send(("late".into(), got, 0));
+            });
+        })?;
+        let (s, seen) = (socket.clone(), tx.clone());
+        socket.on_raw(move |_: street::ws::RawMessage| {
+            let (s, seen) = (s.clone(), seen.clone());
+            async move {
+                let got = s
+                    .emit_with_ack::<_, Value>("from-raw", &1, Duration::from_secs(30))
+                    .await;
+                let _ = seen.send(("from-raw".into(), got, 0));
+            }
+        })?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+
+    send_env(&mut c, "please", json!({"ask": "a"})).await;
+    let (_, id) = asked(&mut c).await;
+    answer(&mut c, id, json!({"error": "nope"})).await;
+    let (_, got, _) = next(&mut rx).await;
+    assert_eq!(
+        got,
+        Err(AckError::Rejected {
+            code: "rejected".into(),
+            message: "nope".into()
+        })
+    );
+
+    use futures_util::SinkExt;
+    within(
+        "binary",
+        c.send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8])),
+    )
+    .await
+    .expect("send");
+    let (event, got, _) = next(&mut rx).await;
+    assert_eq!(
+        (event.as_str(), got),
+        ("from-raw", Err(AckError::InHandler))
+    );
+
+    send_env(&mut c, "close-then-ask", json!(null)).await;
+    let (event, got, _) = next(&mut rx).await;
+    assert_eq!((event.as_str(), got), ("late", Err(AckError::Closed)));
+}

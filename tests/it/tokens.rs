@@ -99,3 +99,34 @@ async fn an_expired_connection_is_warned_then_closed_with_4010_unless_it_refresh
     assert_eq!(pong, json!({"id": 2, "result": "pong"}));
     assert_eq!(wss.stats().expired, 2);
 }
+
+/// A raw connection (`Frames::Raw`, or a custom subprotocol) speaks no envelopes: it is
+/// not sent `street:expired`, and is still closed with 4010 after the grace.
+#[tokio::test]
+async fn a_raw_connection_gets_no_envelope_but_still_4010() {
+    let mut o = opts()
+        .with_heartbeat_interval(Duration::from_millis(100))
+        .with_expiry_grace(Duration::from_millis(200));
+    o.frames = street::ws::Frames::Raw;
+    let wss = WebSocketServer::new(o);
+    wss.on_connection(|socket: Socket, _: ConnectRequest| {
+        socket.set_expiry(Some(SystemTime::now() + Duration::from_millis(100)));
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    loop {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        match within("the close", c.next()).await {
+            Some(Ok(Message::Text(t))) => panic!("a raw connection was sent {t}"),
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), CloseCode::TOKEN_EXPIRED.0);
+                break;
+            }
+            Some(Ok(Message::Close(None))) => panic!("a close without its code"),
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    }
+    eventually("counted once", || wss.stats().expired == 1).await;
+}
