@@ -544,6 +544,16 @@ impl Broker for NatsBroker {
                 .subscribe(shared.presence_subject())
                 .await
                 .map_err(unavailable)?;
+            // the server has both subscriptions once it answers a flush (it takes a
+            // connection's commands in order): from start()'s return on, what another
+            // node publishes reaches this one (a degraded start, not connected yet,
+            // subscribes when it connects)
+            if client.connection_state() == async_nats::connection::State::Connected {
+                tokio::time::timeout(shared.opts.response_timeout, client.flush())
+                    .await
+                    .map_err(|_| BrokerError::Unavailable("NATS did not answer a flush".into()))?
+                    .map_err(unavailable)?;
+            }
             if shared.client.set(client.clone()).is_err() {
                 return Err(BrokerError::Unavailable(
                     "this NATS broker was started already".into(),
