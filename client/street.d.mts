@@ -40,6 +40,8 @@ export interface StreetOptions {
   getToken?: () => string | Promise<string>;
   /** The query parameter the token goes in. Default 'token'. */
   tokenParam?: string;
+  /** A getToken that has not settled by then is a failed attempt. Default 10000 ms. */
+  tokenTimeoutMs?: number;
   /** Connect in the constructor (next tick). Default true. */
   autoConnect?: boolean;
   random?: () => number;
@@ -99,6 +101,8 @@ export declare class Street<
   /** Every server event. */
   on(type: '*', fn: (type: keyof In & string, payload: In[keyof In], envelope: Envelope) => void): this;
   once<K extends keyof In & string>(type: K, fn: (payload: In[K], envelope: Envelope<K, In[K]>) => void): this;
+  once(type: '*', fn: (type: keyof In & string, payload: In[keyof In], envelope: Envelope) => void): this;
+  /** Remove a listener (one added with on or once), or every listener of `type`. */
   off<K extends keyof In & string>(type: K | '*', fn?: (...args: any[]) => void): this;
 
   /** The client's own lifecycle: never from the wire. */
@@ -137,7 +141,10 @@ export declare class Street<
   refreshToken(): Promise<unknown>;
 
   connect(): void;
-  /** Close for good: no reconnect; waiting requests reject with 'closed'. */
+  /**
+   * Close for good, at once: no reconnect; the 'close' event and the 'closed' state come
+   * now, and waiting requests reject with 'closed'.
+   */
   close(code?: number, reason?: string): void;
 }
 

@@ -20,7 +20,8 @@ const module = { exports: {} };
  *     for every server event.
  *   - onLifecycle(name, fn) / offLifecycle: the client's own events, never from the wire:
  *       'state' ({state, attempt, delayMs?, code?, reason?}), 'open' (), 'close' ({code, reason}),
- *       'error' ({kind: 'malformed' | 'not_an_envelope', data}). Other names throw.
+ *       'error' ({kind: 'malformed' | 'not_an_envelope', data}), 'expired' ({graceMs}),
+ *       'token' ({state: 'refreshed' | 'failed', error?}). Other names throw.
  *
  * Reconnect: exponential backoff with full jitter — attempt k waits a random time in
  * [0, min(maxDelay, minDelay * 2^k)) — so a crowd that lost its server at the same instant
@@ -31,7 +32,9 @@ const module = { exports: {} };
  * stableAfterMs (default 5000): a server that accepts and then closes at once (4008 slow
  * consumer, 1008 rate limit) sees the waits grow instead of a reconnect every 0–500 ms.
  * Close codes that mean "do not come back as you are" stop reconnecting: 4001
- * (unauthorized), 4003 (forbidden) and 1002/1003/1007/1009 (the client is broken).
+ * (unauthorized), 4003 (forbidden) and 1002/1003/1007/1009 (the client is broken); so does a
+ * URL the WebSocket constructor refuses. Then, as after close(), requests waiting for a reply
+ * fail with 'closed' and new ones are refused; connect() starts again.
  * 1008 (policy: street's rate limit and first-message timeout) and 4008 (slow consumer)
  * are retried with backoff.
  *
@@ -68,20 +71,22 @@ const module = { exports: {} };
  *     queue like any emit and goes out on the next open.
  *   - onRequest(type, fn) answers the server's requests (Socket::emit_with_ack): fn(payload)
  *     returns the result or a Promise of it; a throw or a rejection is an error reply
- *     ({code: err.code || 'rejected', message}). A request without a handler is answered
- *     'no_handler'. offRequest(type) removes it.
+ *     ({code: err.code || 'rejected', message}), a result JSON cannot encode is 'internal'.
+ *     A request without a handler is answered 'no_handler'. offRequest(type) removes it.
  *   - Replies travel as the event 'street:reply'; street.js consumes them: on() listeners
  *     never see them.
  *
  * Tokens that expire (street's Socket::set_expiry):
  *   - options.getToken: a function returning the token (or a Promise of it), called before
  *     every (re)connect; the token goes into the URL as query[tokenParam] (default 'token').
+ *     One that fails, or does not settle within tokenTimeoutMs (default 10000), counts as a
+ *     failed attempt: the 'token' lifecycle event says 'failed' and the reconnect backs off.
  *     So a client reconnecting an hour later comes back with a fresh token, not the one it
  *     was built with.
  *   - When the server says the connection's token expired ('street:expired', {graceMs}),
  *     a client with getToken refreshes in-band: refreshToken() gets a new token and sends
  *     it as the request 'street:auth' {token} (the server's on_request handler checks it
- *     and moves the expiry); without getToken, the 'expired' lifecycle event tells the app.
+ *     and moves the expiry). The 'expired' lifecycle event tells the app either way.
  *     A connection not refreshed in time is closed with 4010: with getToken, a reconnect
  *     (with a new token); without, final.
  *
@@ -115,6 +120,16 @@ const module = { exports: {} };
   var EXPIRED = 'street:expired';
   var PING = 'street:ping';
 
+  /** A delay for setTimeout: a number of ms in its range, else `fallback`. */
+  function clampMs(ms, fallback) {
+    if (typeof ms !== 'number' || !(ms >= 0)) return fallback;
+    return Math.min(ms, 2147483647);
+  }
+
+  function errorText(e) {
+    return String(e && e.message || e);
+  }
+
   function call(fn, a, b, c) {
     try { fn(a, b, c); } catch (e) { setTimeout(function () { throw e; }); }
   }
@@ -123,7 +138,7 @@ const module = { exports: {} };
     if (!(this instanceof Street)) return new Street(url, options);
     var o = options || {};
     this.url = url;
-    this.query = o.query || null;
+    this.query = o.query ? Object.assign({}, o.query) : null; // tokens go in: not the caller's
     this.protocols = o.protocols;
     this.WebSocket = o.WebSocket || root.WebSocket;
     this.minDelay = o.minDelay != null ? o.minDelay : 500;
@@ -134,6 +149,7 @@ const module = { exports: {} };
     this.maxPendingAcks = o.maxPendingAcks != null ? o.maxPendingAcks : 100;
     this.getToken = o.getToken || null;
     this.tokenParam = o.tokenParam || 'token';
+    this.tokenTimeoutMs = o.tokenTimeoutMs != null ? o.tokenTimeoutMs : 10000;
     this.nextAckId = 0;
     this.acks = new Map();      // id -> {resolve, reject, timer, sent}: requests awaiting a reply
     this.responders = new Map(); // type -> fn: answers to the server's requests
@@ -171,7 +187,7 @@ const module = { exports: {} };
   Street.prototype.off = function (type, fn) {
     var set = this.listeners.get(type);
     if (set) {
-      if (fn) set.delete(fn);
+      if (fn) set.forEach(function (l) { if (l === fn || l.listener === fn) set.delete(l); });
       else set.clear();
     }
     return this;
@@ -179,14 +195,15 @@ const module = { exports: {} };
 
   Street.prototype.once = function (type, fn) {
     var self = this;
-    function wrapper(a, b) {
+    function wrapper(a, b, c) {
       self.off(type, wrapper);
-      fn(a, b);
+      fn(a, b, c);
     }
+    wrapper.listener = fn; // off(type, fn) removes it too
     return this.on(type, wrapper);
   };
 
-  /** Listen to the client's own lifecycle: 'state', 'open', 'close' or 'error'. */
+  /** Listen to the client's own lifecycle: 'state', 'open', 'close', 'error', 'expired' or 'token'. */
   Street.prototype.onLifecycle = function (name, fn) {
     if (!LIFECYCLE[name]) throw new TypeError('street.js: no lifecycle event ' + JSON.stringify(name));
     var set = this.lifecycle.get(name);
@@ -244,18 +261,28 @@ const module = { exports: {} };
     if (!this.getToken) { this.open(); return; }
     // a fresh token for every (re)connect
     var attempt = this.attempt;
+    var settled = false;
+    // only the first outcome of this attempt counts: the token, a failure, or the deadline
+    function outcome(token, error) {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      if (self.stopped || self.attempt !== attempt || self.ws) return;
+      if (error === undefined) {
+        self.query = self.query || {};
+        self.query[self.tokenParam] = token;
+        self.open();
+        return;
+      }
+      self.emitLifecycle('token', { state: 'failed', error: error });
+      self.scheduleReconnect(1006, 'getToken failed');
+    }
+    var deadline = setTimeout(function () {
+      outcome(null, 'getToken did not settle within ' + self.tokenTimeoutMs + ' ms');
+    }, clampMs(this.tokenTimeoutMs, 10000));
     var got;
     try { got = Promise.resolve(this.getToken()); } catch (e) { got = Promise.reject(e); }
-    got.then(function (token) {
-      if (self.stopped || self.attempt !== attempt || self.ws) return;
-      self.query = self.query || {};
-      self.query[self.tokenParam] = token;
-      self.open();
-    }, function (e) {
-      if (self.stopped || self.attempt !== attempt || self.ws) return;
-      self.emitLifecycle('token', { state: 'failed', error: String(e && e.message || e) });
-      self.scheduleReconnect(1006, 'getToken failed');
-    });
+    got.then(function (token) { outcome(token); }, function (e) { outcome(null, errorText(e)); });
   };
 
   Street.prototype.open = function () {
@@ -267,7 +294,9 @@ const module = { exports: {} };
     try {
       ws = new this.WebSocket(this.fullUrl(), this.protocols);
     } catch (e) {
-      this.scheduleReconnect(1006, String(e && e.message || e));
+      // a bad URL or protocol stays bad: retrying it is pointless
+      if (e && e.name === 'SyntaxError') this.final(1006, errorText(e));
+      else this.scheduleReconnect(1006, errorText(e));
       return;
     }
     this.ws = ws;
@@ -277,9 +306,9 @@ const module = { exports: {} };
       // the backoff starts over only once this connection has stayed up for a while
       clearTimeout(self.stableTimer);
       self.stableTimer = setTimeout(function () { if (self.ws === ws) self.attempt = 0; }, self.stableAfterMs);
-      self.setState('open');
-      self.emitLifecycle('open', null);
-      // rooms first, then what waited in the queue
+      // rooms first, then what waited in the queue, then the app hears of it: what its
+      // 'open' listeners send goes after all that
+      self.state = 'open';
       self.resync.clear();
       self.rooms.forEach(function (channel) { self.sendJoin(channel); });
       var q = self.queue;
@@ -288,6 +317,8 @@ const module = { exports: {} };
         ws.send(m.frame || m);
         if (m.ackId != null && self.acks.has(m.ackId)) self.acks.get(m.ackId).sent = true;
       });
+      self.setState('open');
+      self.emitLifecycle('open', null);
     };
     ws.onmessage = function (ev) {
       if (self.ws !== ws) return;
@@ -308,7 +339,7 @@ const module = { exports: {} };
       if (env.type === EXPIRED) { self.expired(env.payload); return; }
       if (env.type === PING) {
         var ms = env.payload && env.payload.intervalMs;
-        if (typeof ms === 'number' && ms > 0) { self.livenessMs = 2 * ms; self.alive(ws); }
+        if (typeof ms === 'number' && ms > 0) { self.livenessMs = clampMs(2 * ms, 0); self.alive(ws); }
         return;
       }
       if (typeof env.id === 'number') { self.answer(env); return; }
@@ -345,10 +376,26 @@ const module = { exports: {} };
     this.failAcks('disconnected', function (a) { return a.sent; });
     this.emitLifecycle('close', { code: code, reason: reason });
     if (this.stopped || TERMINAL[code] || (code === 4010 && !this.getToken)) {
-      this.setState('closed', { code: code, reason: reason });
+      this.final(code, reason);
       return;
     }
     this.scheduleReconnect(code, reason);
+  };
+
+  /** No more reconnects (close(), or a final close code): nothing waits any longer. */
+  Street.prototype.halt = function () {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.livenessTimer);
+    clearTimeout(this.stableTimer);
+    this.joinRetry.forEach(function (r) { clearTimeout(r.timer); });
+    this.joinRetry.clear();
+    this.failAcks('closed');
+  };
+
+  Street.prototype.final = function (code, reason) {
+    this.halt();
+    this.setState('closed', { code: code, reason: reason });
   };
 
   /** Send one binary frame: true when sent now, false when queued for the next open. */
@@ -487,8 +534,7 @@ const module = { exports: {} };
    */
   Street.prototype.emitWithAck = function (type, payload, options) {
     var self = this;
-    var timeout = options && options.timeout != null ? options.timeout : this.ackTimeoutMs;
-    timeout = Math.min(Math.max(0, timeout), 2147483647); // setTimeout's range
+    var timeout = clampMs(options && options.timeout, clampMs(this.ackTimeoutMs, 10000));
     if (this.acks.size >= this.maxPendingAcks) {
       return Promise.reject(StreetAckError('too_many', this.maxPendingAcks + ' requests wait already'));
     }
@@ -537,7 +583,7 @@ const module = { exports: {} };
       self.emitLifecycle('token', { state: 'refreshed' });
       return result;
     }, function (e) {
-      self.emitLifecycle('token', { state: 'failed', error: String(e && e.message || e) });
+      self.emitLifecycle('token', { state: 'failed', error: errorText(e) });
       throw e;
     });
   };
@@ -580,7 +626,14 @@ const module = { exports: {} };
     function reply(body) {
       if (self.ws !== ws || self.state !== 'open') return;
       body.id = id;
-      ws.send(JSON.stringify({ type: REPLY, payload: body, ts: Date.now() }));
+      var frame;
+      try {
+        frame = JSON.stringify({ type: REPLY, payload: body, ts: Date.now() });
+      } catch (e) { // a BigInt, a cycle: the server is told, not left to time out
+        var error = { code: 'internal', message: 'the result is not JSON: ' + errorText(e) };
+        frame = JSON.stringify({ type: REPLY, payload: { id: id, error: error }, ts: Date.now() });
+      }
+      ws.send(frame);
     }
     if (!fn) { reply({ error: { code: 'no_handler', message: 'no handler answers ' + JSON.stringify(env.type) } }); return; }
     var out;
@@ -588,7 +641,7 @@ const module = { exports: {} };
     Promise.resolve(out).then(function (result) {
       reply({ result: result === undefined ? null : result });
     }, function (e) {
-      reply({ error: { code: String(e && e.code || 'rejected'), message: String(e && e.message || e) } });
+      reply({ error: { code: String(e && e.code || 'rejected'), message: errorText(e) } });
     });
   };
 
@@ -622,17 +675,18 @@ const module = { exports: {} };
     if (this.state === 'open') this.send('room:leave', { channel: channel });
   };
 
-  /** Close for good (no reconnect). */
+  /**
+   * Close for good (no reconnect). Done at once: the 'close' lifecycle event and the
+   * 'closed' state do not wait for the server's answer (a dead connection may never give one).
+   */
   Street.prototype.close = function (code, reason) {
-    this.stopped = true;
-    clearTimeout(this.livenessTimer);
-    this.failAcks('closed');
-    clearTimeout(this.timer);
-    clearTimeout(this.stableTimer);
-    this.joinRetry.forEach(function (r) { clearTimeout(r.timer); });
-    this.joinRetry.clear();
-    if (this.ws) this.ws.close(code || 1000, reason || '');
-    else this.setState('closed', {});
+    this.halt();
+    var ws = this.ws;
+    if (!ws) { this.setState('closed', {}); return; }
+    code = code || 1000;
+    reason = reason || '';
+    try { ws.close(code, reason); } catch (e) { /* closing already */ }
+    this.ended(code, reason);
   };
 
   Street.StreetAckError = StreetAckError;

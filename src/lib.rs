@@ -14,7 +14,8 @@
 //! - [`Controller`]: routes grouped under a prefix, with state and the container;
 //! - [`sse`]: Server-Sent Events with heartbeat, `Last-Event-ID` resume, a stream cap and
 //!   shutdown (fan-out to many streams: [`rooms::Rooms::sse`]);
-//! - [`Container`] and [`jwt::JwtService`].
+//! - [`Container`] and [`jwt::JwtService`];
+//! - [`client`]: street.js, the browser client, to serve from your app.
 //!
 //! ```no_run
 //! use street::ws::{ConnectRequest, Socket, SocketError, WebSocketServer, WsOptions};
@@ -42,6 +43,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod app;
+pub mod client;
 pub mod cluster;
 pub mod container;
 pub mod controller;

@@ -373,6 +373,7 @@ async fn demo_every_response_carries_strict_headers_and_metrics_wants_its_token(
         ("/chat.js", get("/chat.js"), 200),
         ("/dashboard.js", get("/dashboard.js"), 200),
         ("/street.js", get("/street.js"), 200),
+        ("/street.mjs", get("/street.mjs"), 200),
         ("/health", get("/health"), 200),
         ("/api/login", login("ana"), 200),
         ("/api/login (bad name)", login(""), 400),
@@ -420,6 +421,24 @@ async fn demo_every_response_carries_strict_headers_and_metrics_wants_its_token(
         if status == 401 {
             assert_eq!(h("www-authenticate"), "Bearer", "{what}");
         }
+    }
+    // the client comes from the library (street::client), as it is in client/
+    for (path, file) in [
+        ("/street.js", street::client::SCRIPT),
+        ("/street.mjs", street::client::MODULE),
+    ] {
+        let r = within(path, get(path).send()).await.expect("send");
+        let kind = r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .ok()
+            .map(str::to_owned);
+        assert_eq!(
+            kind.as_deref(),
+            Some("text/javascript; charset=utf-8"),
+            "{path}"
+        );
+        let body = within(path, r.text()).await.expect("body");
+        assert!(body == file && body.contains("function Street("), "{path}");
     }
 }
 

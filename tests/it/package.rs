@@ -20,10 +20,11 @@ const FOOTER: &str = "\
 
 This page is the beginning of street's README. The whole guide (the demo, benchmarks
 against `@streetjs/websocket`, rooms and channel history across nodes, limits and what
-happens when they are hit, deployment behind a proxy, the wire format) is
-[README.md](https://docs.rs/crate/street/latest/source/README.md), shipped in the crate;
-the API is on [docs.rs](https://docs.rs/street). Licensed under MIT or Apache-2.0, at your
-option.
+happens when they are hit, deployment behind a proxy, TLS, the wire format) is
+[README.md](https://docs.rs/crate/street/latest/source/README.md), shipped in the crate
+(its pictures and the files it links to stay in the repository); the API, with an example
+for each part, is on [docs.rs](https://docs.rs/street). Licensed under MIT or Apache-2.0,
+at your option.
 ";
 
 fn root() -> PathBuf {
@@ -55,8 +56,8 @@ fn crates_io_page(readme: &str) -> String {
     page
 }
 
-/// Links and pictures crates.io cannot follow: markdown targets and `src=` that are
-/// neither absolute nor in-page.
+/// Links and pictures crates.io cannot follow: markdown targets and `<img src=…>` that
+/// are neither absolute nor in-page.
 fn relative_links(page: &str) -> Vec<String> {
     let absolute = |target: &str| {
         target.starts_with("https://") || target.starts_with("http://") || target.starts_with('#')
@@ -68,10 +69,14 @@ fn relative_links(page: &str) -> Vec<String> {
             found.push(target.to_owned());
         }
     }
-    for (i, _) in page.match_indices("src=\"") {
-        let target = page[i + 5..].split('"').next().unwrap_or_default();
-        if !absolute(target) {
-            found.push(target.to_owned());
+    // HTML pictures: `<img … src="…">` (a `src=` in code is not one)
+    for (i, _) in page.match_indices("<img ") {
+        let tag = page[i..].split('>').next().unwrap_or_default();
+        if let Some(at) = tag.find("src=\"") {
+            let target = tag[at + 5..].split('"').next().unwrap_or_default();
+            if !absolute(target) {
+                found.push(target.to_owned());
+            }
         }
     }
     found
@@ -139,6 +144,9 @@ fn cargo_package_ships_the_library_its_page_and_licences() {
         "LICENSE-APACHE",
         "src/lib.rs",
         "examples/chat.rs",
+        // street::client serves them
+        "client/street.js",
+        "client/street.mjs",
     ] {
         assert!(
             files.contains(&shipped),
@@ -149,7 +157,8 @@ fn cargo_package_ships_the_library_its_page_and_licences() {
     for kept in [
         "tests/",
         "crates/",
-        "client/",
+        "client/build.mjs",
+        "client/package.json",
         "scripts/",
         "bench/",
         "fuzz/",

@@ -490,3 +490,57 @@ async fn the_client_package_sends_binary_and_gives_up_a_silent_connection() {
         "{v}"
     );
 }
+
+/// The client package at its edges (tests/js/street_edges.mjs, against `ws` servers of
+/// its own): after a final close requests fail `closed` at once, not after their
+/// timeout; a result JSON cannot encode is answered `internal`; the queue (joins first)
+/// goes out before what an `open` listener sends; `once` passes every argument and
+/// `off` removes it; `close()` ends at once; a `getToken` that never settles is a
+/// failed attempt, retried; a bad URL is final; the caller's query object is untouched.
+#[tokio::test]
+async fn the_client_package_at_its_edges() {
+    use serde_json::{json, Value};
+    let js = js_dir();
+    let (mut child, mut rx) = spawn_lines(
+        Command::new("node")
+            .arg(js.join("street_edges.mjs"))
+            .current_dir(&js),
+    );
+    let report = line(&mut rx, 30).await;
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("{report}"));
+    assert_eq!(
+        (v["finalState"]["code"].clone(), v["afterFinal"].clone()),
+        (json!(4001), json!("closed")),
+        "{v}"
+    );
+    // it had gone out on the connection the server then closed
+    assert_eq!(v["queuedAtFinal"], "disconnected", "{v}");
+    assert_eq!(v["bigint"]["id"], 5, "{v}");
+    assert_eq!(v["bigint"]["error"]["code"], "internal", "{v}");
+    assert_eq!(v["onceStar"], json!(["hello", 1, "object"]), "{v}");
+    assert_eq!(v["removedOnceCalled"], false, "{v}");
+    assert_eq!(
+        v["order"],
+        json!(["room:join", "queued", "from-open"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["closedAtOnce"],
+        json!({"state": "closed", "close": {"code": 1000, "reason": ""}, "request": "closed"}),
+        "{v}"
+    );
+    assert_eq!(v["hungToken"]["state"], "failed", "{v}");
+    assert_eq!(v["tokenAskedAgain"], true, "{v}");
+    assert_eq!(
+        v["badUrl"],
+        json!({"state": "closed", "code": 1006, "final": true}),
+        "{v}"
+    );
+    assert_eq!(v["callerQuery"], json!({"room": "a"}), "{v}");
+    assert_eq!(
+        v["clientQuery"],
+        json!({"room": "a", "token": "tok"}),
+        "{v}"
+    );
+}

@@ -32,8 +32,8 @@ try {
     setTimeout(() => reject(new Error('no refresh in 10 s: ' + JSON.stringify(out))), 10000);
   });
   out.ping = await s.emitWithAck('ping', null);
+  console.log(JSON.stringify(out)); // (close() below is a close of its own)
   s.close();
-  console.log(JSON.stringify(out));
   process.exit(0);
 } catch (e) {
   console.log('ERROR ' + (e && e.stack || e));

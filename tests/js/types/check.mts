@@ -41,5 +41,11 @@ s.onLifecycle('message', () => {});
 import Cjs = require('street-client');
 const c = new Cjs.Street<In>('ws://x');
 c.on('tick', (n) => n.toFixed(0));
+// …and it names them: the client, its options, its errors
+const typed: Cjs.Street<In> = c;
+const options: Cjs.StreetOptions = { tokenTimeoutMs: 100 };
+const failure: Cjs.StreetAckError = Cjs.StreetAckError('closed');
+void [typed, options, failure];
+s.once('*', (type, _payload, env) => type.length + env.type.length);
 // @ts-expect-error: not an event the server sends
 c.on('nope', () => {});

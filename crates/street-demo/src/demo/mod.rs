@@ -194,25 +194,8 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
             "/dashboard.js",
             get(|| async { asset("text/javascript", include_str!("assets/dashboard.js")) }),
         )
-        .route(
-            "/street.js",
-            get(|| async {
-                asset(
-                    "text/javascript",
-                    include_str!("../../../../client/street.js"),
-                )
-            }),
-        )
-        // the same client as an ES module: `import Street from '/street.mjs'`
-        .route(
-            "/street.mjs",
-            get(|| async {
-                asset(
-                    "text/javascript",
-                    include_str!("../../../../client/street.mjs"),
-                )
-            }),
-        )
+        // the client, as a script and as an ES module (`import Street from '/street.mjs'`)
+        .merge(street::client::routes())
         .route("/health", get(|| async { "ok" }))
         .merge(chat::routes(demo.clone()))
         .merge(dashboard::routes(rooms.clone()));
