@@ -86,6 +86,13 @@ export interface Position {
   offset: number;
 }
 
+/** A channel's newest publications (`history()`), and where its stream stands. */
+export interface Recent<In extends EventMap = EventMap> extends Position {
+  channel: string;
+  /** Oldest first, as delivered (each with its `channel` and `offset`). */
+  publications: Envelope<keyof In & string, In[keyof In]>[];
+}
+
 export declare class Street<
   In extends EventMap = EventMap,
   Out extends EventMap = EventMap,
@@ -136,6 +143,11 @@ export declare class Street<
   join(channel: string, options?: { since?: Position }): void;
   leave(channel: string): void;
   position(channel: string): Position | null;
+  /**
+   * A channel's newest publications (at most `limit`): show them, then
+   * `join(channel, { since: { epoch, offset } })` to go on without a gap.
+   */
+  history(channel: string, options?: { limit?: number; timeout?: number }): Promise<Recent<In>>;
 
   /** Get a new token and hand it to the server now ('street:auth'). */
   refreshToken(): Promise<unknown>;

@@ -24,5 +24,6 @@ declare namespace Street {
   type State = M.State;
   type Lifecycle = M.Lifecycle;
   type Position = M.Position;
+  type Recent<In extends M.EventMap = M.EventMap> = M.Recent<In>;
 }
 export = Street;

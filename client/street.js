@@ -56,6 +56,10 @@
  *   - leave(channel) forgets the position.
  *   - A join refused with reason "history unavailable" (the server's broker is down) is
  *     sent again after the reconnect backoff's wait, growing with each refusal.
+ *   - history(channel, {limit, timeout}) asks for the channel's newest publications (the
+ *     request 'room:history'): a Promise of {channel, epoch, offset, publications}
+ *     (envelopes, oldest first). To open a channel with its recent past and no gap: show
+ *     those, then join(channel, {since: {epoch, offset}}); what came in between is replayed.
  *
  * Requests with a reply (street's acknowledgements; the wire is `street::ws::ack`'s):
  *   - emitWithAck(type, payload, {timeout}) sends {type, payload, ts, id} and returns a
@@ -660,6 +664,20 @@
     }
     this.rooms.add(channel);
     if (this.state === 'open') this.sendJoin(channel);
+  };
+
+  /**
+   * The newest publications of a channel with history: a Promise of {channel, epoch,
+   * offset, publications}, rejected with a StreetAckError ('rejected' with the server's
+   * reason: forbidden, rate limit, no history, history unavailable). options.limit: at
+   * most this many (the server caps it at the history's size); options.timeout as for
+   * emitWithAck.
+   */
+  Street.prototype.history = function (channel, options) {
+    var o = options || {};
+    var payload = { channel: channel };
+    if (o.limit != null) payload.limit = o.limit;
+    return this.emitWithAck('room:history', payload, { timeout: o.timeout });
   };
 
   /** Leave a room, and forget its position. */

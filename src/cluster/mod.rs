@@ -542,11 +542,86 @@ pub trait Broker: Send + Sync + 'static {
         })
     }
 
+    /// Where `channel`'s stream stands, and its newest publications the history still
+    /// holds: at most `limit`, oldest first, in `since` (always `Some`, empty when none
+    /// is held). Makes the channel's epoch when it has none, as [`Broker::history`] does.
+    /// What a client loading a room's recent past on any node asks for (Centrifugo's
+    /// `history` with a limit), where [`Broker::history`] answers a resume from a
+    /// position.
+    ///
+    /// The default asks [`Broker::history`]: where the stream stands, then what came after
+    /// `offset - limit`; when the history no longer holds all of that (trimmed by size
+    /// or age, so it holds a suffix of the stream), a binary search finds the oldest
+    /// start it holds: at most `2 + log2(limit)` asks. A broker that can read its newest
+    /// publications directly overrides it.
+    ///
+    /// # Errors
+    /// As [`Broker::history`].
+    fn latest(
+        &self,
+        channel: &str,
+        limit: usize,
+        history: HistoryOptions,
+    ) -> BoxFuture<'_, Result<History, BrokerError>> {
+        let channel = channel.to_owned();
+        Box::pin(async move { latest_by_history(self, &channel, limit, history).await })
+    }
+
     /// The counters.
     fn stats(&self) -> BrokerStats;
 
     /// Leave the cluster: remove this node's presence at once and stop.
     fn stop(&self) -> BoxFuture<'_, ()>;
+}
+
+/// [`Broker::latest`] for any broker, by its [`Broker::history`] (see there).
+async fn latest_by_history<B: Broker + ?Sized>(
+    broker: &B,
+    channel: &str,
+    limit: usize,
+    history: HistoryOptions,
+) -> Result<History, BrokerError> {
+    let now = broker.history(channel, None, history).await?;
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let top = now.offset;
+    let at = |offset| Position {
+        epoch: now.epoch.clone(),
+        offset,
+    };
+    let mut found = History {
+        since: Some(Vec::new()),
+        ..now.clone()
+    };
+    if top > 0 && limit > 0 {
+        // everything after `missing` is what is wanted; `held` always is (nothing after top)
+        let (mut missing, mut held) = (top.saturating_sub(limit), top);
+        let all = broker.history(channel, Some(&at(missing)), history).await?;
+        if all.since.is_some() {
+            found = all;
+        } else if all.epoch == now.epoch {
+            while held - missing > 1 {
+                let mid = missing + (held - missing) / 2;
+                let h = broker.history(channel, Some(&at(mid)), history).await?;
+                if h.epoch != now.epoch {
+                    break; // the stream ended meanwhile: what was found stands
+                }
+                if h.since.is_some() {
+                    held = mid;
+                    found = h;
+                } else {
+                    missing = mid;
+                }
+            }
+        }
+    }
+    // publications made meanwhile came along: the newest `limit` of them all
+    if let Some(p) = found.since.as_mut() {
+        let extra = p
+            .len()
+            .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+        p.drain(..extra);
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -234,6 +234,45 @@ impl Rooms {
         Ok(())
     }
 
+    /// The newest publications of `room`, a room with history, wherever they were
+    /// published: at most `limit` (and at most the history's size), oldest first, as
+    /// delivered (envelopes with `"offset"`), in `since`; with where the stream stands
+    /// (`epoch`, `offset`: a position to join from, so that nothing after them is
+    /// missed). What a page shows when it opens a room; the client protocol's
+    /// `room:history` request asks it for a member of the room.
+    ///
+    /// # Errors
+    /// [`RoomError::NoHistory`] for a room without history; a room name that is not
+    /// valid, as for a join; [`RoomError::HistoryUnavailable`] when the broker could not
+    /// answer within 5 s.
+    ///
+    /// ```no_run
+    /// # async fn f(rooms: street::rooms::Rooms) -> Result<(), street::rooms::RoomError> {
+    /// let recent = rooms.latest("chat:general", 50).await?;
+    /// for (offset, envelope) in recent.since.unwrap_or_default() {
+    ///     println!("{offset}: {}", String::from_utf8_lossy(&envelope));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn latest(&self, room: &str, limit: usize) -> Result<History, RoomError> {
+        self.check_name("room", room)?;
+        let Some(history) = self.inner.opts.history_of(room) else {
+            return Err(RoomError::NoHistory {
+                room: room.to_owned(),
+            });
+        };
+        let asked = self
+            .inner
+            .broker
+            .latest(room, limit.min(history.size), history);
+        let found = self
+            .bounded(room, asked)
+            .await
+            .ok_or(RoomError::HistoryUnavailable)?;
+        self.inner.counters.latest_reads.inc();
+        Ok(found)
+    }
+
     /// The broker's answer for `room` (bounded by [`HISTORY_TIMEOUT`]); `None` when it
     /// could not be had.
     async fn ask_history(
@@ -242,7 +281,17 @@ impl Rooms {
         since: Option<&Position>,
         history: HistoryOptions,
     ) -> Option<History> {
-        let asked = self.inner.broker.history(room, since, history);
+        self.bounded(room, self.inner.broker.history(room, since, history))
+            .await
+    }
+
+    /// A question to the broker about `room`, bounded by [`HISTORY_TIMEOUT`]; `None`
+    /// when it could not be answered.
+    async fn bounded(
+        &self,
+        room: &str,
+        asked: crate::cluster::BoxFuture<'_, Result<History, crate::cluster::BrokerError>>,
+    ) -> Option<History> {
         match tokio::time::timeout(HISTORY_TIMEOUT, asked).await {
             Ok(Ok(h)) => Some(h),
             Ok(Err(e)) => {

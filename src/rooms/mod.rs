@@ -61,7 +61,11 @@
 //! the client protocol join with `{"channel","since":{"epoch","offset"}}` and get, after
 //! `room:joined` (`epoch`, `offset`, `recovered`), exactly the publications they missed,
 //! then the live ones, with no gap and no duplicate at the seam; when the history no
-//! longer holds it all, `recovered: false` and nothing is replayed. [`Rooms::sse`]
+//! longer holds it all, `recovered: false` and nothing is replayed. A page that opens a
+//! room loads its newest publications first ([`Rooms::latest`]; the client protocol's
+//! request `room:history` `{"channel","limit"}`, for a member or whoever may join), then
+//! joins `since` their position: what was published in between is replayed, nothing is
+//! missed or repeated. [`Rooms::sse`]
 //! subscribes SSE streams to the same rooms, with positions as event ids. The README's
 //! "Channels with history" section is the protocol, for any client.
 

@@ -52,6 +52,12 @@ pub enum RoomError {
     /// than 5 s): the subscription is not made.
     #[error("history unavailable")]
     HistoryUnavailable,
+    /// The room keeps no history (see `RoomsOptions::with_history`).
+    #[error("room {room} keeps no history")]
+    NoHistory {
+        /// The room.
+        room: String,
+    },
     /// The socket (or member) is not in the room.
     #[error("not in room {room}")]
     NotInRoom {
@@ -66,7 +72,7 @@ pub enum RoomError {
 /// The answer to an HTTP request that a room refused (as [`Rooms::sse`] can): `400` for
 /// a name that is not valid, `429` for a per-socket or per-address limit, `503` with
 /// `Retry-After: 5` for the node's room limit or a history that could not be had, `404`
-/// when not in the room, `409` for a closed socket, `500` for a payload that does not
+/// when not in the room or for a room without history, `409` for a closed socket, `500` for a payload that does not
 /// serialize. The body is the error's text.
 ///
 /// ```
@@ -88,7 +94,7 @@ impl axum::response::IntoResponse for RoomError {
             }
             Self::TooManyRooms { .. } | Self::HistoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::SocketClosed => StatusCode::CONFLICT,
-            Self::NotInRoom { .. } => StatusCode::NOT_FOUND,
+            Self::NotInRoom { .. } | Self::NoHistory { .. } => StatusCode::NOT_FOUND,
             Self::Serialize(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut r = (status, self.to_string()).into_response();

@@ -36,6 +36,42 @@ struct JoinReq {
 }
 
 #[derive(Deserialize)]
+struct HistoryReq {
+    channel: String,
+    /// At most this many (and at most the history's size, the default).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The answer to `room:history`: where the stream stands, and its newest publications.
+#[derive(Serialize)]
+struct Recent {
+    channel: String,
+    epoch: String,
+    offset: u64,
+    /// Oldest first, as delivered (envelopes with `"offset"`).
+    publications: Vec<Box<RawValue>>,
+}
+
+impl Recent {
+    fn of(channel: String, h: crate::cluster::History) -> Self {
+        let publications = h
+            .since
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, b)| String::from_utf8(b.to_vec()).ok())
+            .filter_map(|s| RawValue::from_string(s).ok())
+            .collect();
+        Self {
+            channel,
+            epoch: h.epoch.to_string(),
+            offset: h.offset,
+            publications,
+        }
+    }
+}
+
+#[derive(Deserialize)]
 struct PublishReq {
     channel: String,
     #[serde(default)]
@@ -132,6 +168,35 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                     joined["recovered"] = serde_json::Value::Bool(false);
                 }
                 let _ = s.emit("room:joined", &joined);
+            }
+        })
+        .map_err(listener_error)?;
+
+    // the newest publications of a room with history, for a member or for whoever may
+    // join it (a page loads them, then joins `since` their position: gap-free)
+    let (r, s, m, a) = (
+        rooms.clone(),
+        socket.clone(),
+        member.to_owned(),
+        actions.clone(),
+    );
+    socket
+        .on_request("room:history", move |req: HistoryReq| {
+            let (r, s, m, a) = (r.clone(), s.clone(), m.clone(), a.clone());
+            async move {
+                if !take(&a, 0) {
+                    r.count_refused_action();
+                    return Err("rate limit".to_owned());
+                }
+                if !r.is_in(&s, &req.channel) && !r.allowed(&s, &req.channel, &m) {
+                    return Err("forbidden".to_owned());
+                }
+                let limit = req.limit.unwrap_or(usize::MAX);
+                let found = r
+                    .latest(&req.channel, limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Recent::of(req.channel, found))
             }
         })
         .map_err(listener_error)?;

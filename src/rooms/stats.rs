@@ -66,6 +66,12 @@ stats! {
             "street_rooms_joins_failed_total",
             "Joins of rooms with history that failed (history unavailable, or held too much).",
         ),
+        /// Reads of a room's newest publications ([`Rooms::latest`], the client's
+        /// `room:history`) answered.
+        count latest_reads => counter(
+            "street_rooms_latest_reads_total",
+            "Reads of a room's newest publications answered.",
+        ),
         /// Publications to rooms with history (through the broker, positioned).
         count positioned => counter(
             "street_rooms_positioned_total",

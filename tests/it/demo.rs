@@ -203,33 +203,39 @@ async fn demo_login_and_connection_rules() {
         "join the room first"
     );
 
-    // history for a latecomer: nothing is pushed on join; the page asks (`chat:history`),
-    // and gets it only for a room it is in (the refused join to staff ends the wait)
+    // history for a latecomer: nothing is pushed on join; the page asks (the rooms'
+    // `room:history` request) and gets the room's recent past from the broker, for a room
+    // it may join (before joining it); for a closed room, a refusal
     let (mut cy, _) = chat_client(addr, &token(addr, "cy").await, "").await;
-    send_env(&mut cy, "room:join", json!({ "channel": "general" })).await;
-    let _ = recv_type(&mut cy, "room:joined").await;
-    send_env(&mut cy, "chat:history", json!({ "channel": "random" })).await;
-    send_env(&mut cy, "chat:history", json!({ "channel": "general" })).await;
-    send_env(&mut cy, "room:join", json!({ "channel": "staff" })).await;
-    let mut histories = Vec::new();
-    loop {
+    for (id, channel) in [(1, "general"), (2, "staff")] {
+        let ask = json!({ "type": "room:history", "payload": { "channel": channel }, "id": id });
+        send_text(&mut cy, &ask.to_string()).await;
+    }
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < 2 {
         let v = recv_json(&mut cy).await;
-        match v["type"].as_str() {
-            Some("room:history") => histories.push(v["payload"].clone()),
-            Some("room:error") => break,
-            _ => {}
+        if v["type"] == "street:reply" {
+            replies.insert(
+                v["payload"]["id"].as_u64().expect("id"),
+                v["payload"].clone(),
+            );
         }
     }
-    assert_eq!(histories.len(), 1, "{histories:?}");
-    let h = &histories[0];
+    let h = &replies[&1]["result"];
     assert_eq!(h["channel"], "general", "{h}");
-    let texts: Vec<&str> = h["messages"]
+    let texts: Vec<&str> = h["publications"]
         .as_array()
-        .expect("messages")
+        .expect("publications")
         .iter()
-        .filter_map(|m| m["text"].as_str())
+        .filter(|p| p["type"] == "chat")
+        .filter_map(|p| p["payload"]["text"].as_str())
         .collect();
-    assert_eq!(texts, ["hi", "marker"]);
+    assert_eq!(texts, ["hi", "marker"], "{h}");
+    assert_eq!(
+        replies[&2]["error"],
+        json!({ "code": "rejected", "message": "forbidden" }),
+        "{replies:?}"
+    );
 
     // the Prometheus route (with its token) and the dashboard feed
     let text = reqwest::Client::new()
@@ -493,6 +499,18 @@ async fn two_demo_nodes_through_redis_chat_across() {
     )
     .await;
     assert_eq!(recv_type(&mut ana, "typing").await["memberId"], "bo");
+    // a page opening the room on node two loads what was said on node one
+    let (mut cy, _) = chat_client(two.addr, &token(one.addr, "cy").await, "").await;
+    let ask = json!({ "type": "room:history", "payload": { "channel": "general" }, "id": 1 });
+    send_text(&mut cy, &ask.to_string()).await;
+    let h = recv_type(&mut cy, "street:reply").await;
+    let texts: Vec<&str> = h["result"]["publications"]
+        .as_array()
+        .expect("publications")
+        .iter()
+        .filter_map(|p| p["payload"]["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["across nodes"], "{h}");
     drop((one, two));
 }
 

@@ -967,3 +967,98 @@ async fn history_on_nats_file_storage_survives_a_server_restart() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The newest publications of a room, read on any node (`Rooms::latest`, the client's
+/// `room:history` request): at most the limit and at most what the history holds (here
+/// trimmed by size: the broker's search finds its oldest), oldest first, as delivered.
+/// A page that loads them, then joins `since` their position, misses nothing.
+async fn the_newest_publications_are_read_on_any_node(nodes: &mut [Node]) {
+    use street::cluster::History;
+    let last = nodes.len() - 1;
+    let offsets = |h: &History| -> Vec<u64> {
+        h.since
+            .as_ref()
+            .expect("always some")
+            .iter()
+            .map(|(k, _)| *k)
+            .collect()
+    };
+    let empty = nodes[last].rooms.latest(ROOM, 3).await.expect("latest");
+    assert_eq!((empty.offset, offsets(&empty)), (0, vec![]));
+    // a watcher: once it has all 8, the broker has stored them
+    let (mut w, _) = nodes[last].client("wat").await;
+    let _ = join(&mut w, None).await;
+    for i in 1..=8 {
+        publish(&nodes[0], i);
+    }
+    for _ in 1..=8 {
+        let _ = next_pub(&mut w).await;
+    }
+    let h = nodes[last].rooms.latest(ROOM, 3).await.expect("latest");
+    assert_eq!((h.offset, offsets(&h)), (8, vec![6, 7, 8]));
+    let (_, newest) = h.since.as_ref().and_then(|p| p.last()).expect("one");
+    let v: Value = serde_json::from_slice(newest).expect("json");
+    assert_eq!(
+        (v["payload"].clone(), v["offset"].clone()),
+        (json!(8), json!(8)),
+        "{v}"
+    );
+    // more than the history holds (5): the five it holds
+    let h = nodes[0].rooms.latest(ROOM, 50).await.expect("latest");
+    assert_eq!(offsets(&h), vec![4, 5, 6, 7, 8]);
+    let h = nodes[0].rooms.latest(ROOM, 0).await.expect("latest");
+    assert_eq!((h.offset, offsets(&h)), (8, vec![]));
+
+    // the client protocol: room:history (not a member yet), then a join since its position
+    let (mut c, _) = nodes[0].client("ana").await;
+    let ask = json!({"type": "room:history", "payload": {"channel": ROOM, "limit": 2}, "id": 1});
+    send_text(&mut c, &ask.to_string()).await;
+    let r = crate::rooms::recv_type(&mut c, "street:reply").await;
+    assert_eq!(r["id"], 1, "{r}");
+    let recent = &r["result"];
+    assert_eq!(
+        (recent["channel"].clone(), recent["offset"].clone()),
+        (json!(ROOM), json!(8)),
+        "{r}"
+    );
+    let pubs: Vec<Value> = recent["publications"]
+        .as_array()
+        .expect("publications")
+        .clone();
+    assert_eq!(
+        pubs.iter()
+            .map(|p| (p["offset"].clone(), p["payload"].clone()))
+            .collect::<Vec<_>>(),
+        vec![(json!(7), json!(7)), (json!(8), json!(8))],
+        "{r}"
+    );
+    let epoch = recent["epoch"].as_str().expect("epoch").to_owned();
+    publish(&nodes[last], 9);
+    let j = join(&mut c, Some((&epoch, 8))).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(next_pub(&mut c).await, (9, json!(9)));
+
+    // refusals: a room without history; a room the client may not join
+    assert!(matches!(
+        nodes[0].rooms.latest("plain", 1).await,
+        Err(street::rooms::RoomError::NoHistory { .. })
+    ));
+    nodes[0].rooms.authorize(|_, room, _| room != "h:secret");
+    let ask = json!({"type": "room:history", "payload": {"channel": "h:secret"}, "id": 2});
+    send_text(&mut c, &ask.to_string()).await;
+    let r = crate::rooms::recv_type(&mut c, "street:reply").await;
+    assert_eq!(
+        r["error"],
+        json!({"code": "rejected", "message": "forbidden"}),
+        "{r}"
+    );
+    assert!(nodes[0].rooms.stats().latest_reads >= 3);
+}
+
+#[tokio::test]
+async fn the_newest_publications_of_a_room_on_every_broker() {
+    on_every_broker(5, Duration::from_secs(60), async |n| {
+        the_newest_publications_are_read_on_any_node(n).await
+    })
+    .await;
+}

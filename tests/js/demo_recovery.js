@@ -147,8 +147,9 @@ const shown = () => page.$$eval('#messages li.msg', (lis) =>
   results.socketsWhileAway = sockets.length - socketsBefore;
   const summary = (s) => ({
     joins: s.sent.filter((m) => m.type === 'room:join').map((m) => m.payload),
-    historyAsked: s.sent.filter((m) => m.type === 'chat:history').length,
-    historyAnswers: s.received.filter((m) => m.type === 'room:history').length,
+    historyAsked: s.sent.filter((m) => m.type === 'room:history').length,
+    historyAnswers: s.received.filter((m) => m.type === 'street:reply' && m.payload &&
+      m.payload.result && Array.isArray(m.payload.result.publications)).length,
     joined: s.received.filter((m) => m.type === 'room:joined').map((m) => m.payload),
     chat: s.received.filter((m) => m.type === 'chat')
       .map((m) => ({ channel: m.channel, offset: m.offset, who: m.payload.memberId, text: m.payload.text })),

@@ -46,6 +46,11 @@ const typed: Cjs.Street<In> = c;
 const options: Cjs.StreetOptions = { tokenTimeoutMs: 100 };
 const failure: Cjs.StreetAckError = Cjs.StreetAckError('closed');
 void [typed, options, failure];
+s.history('chat:general', { limit: 20 }).then((h) => {
+  const at: number = h.offset + h.publications.length;
+  s.join(h.channel, { since: { epoch: h.epoch, offset: h.offset } });
+  return at;
+});
 s.once('*', (type, _payload, env) => type.length + env.type.length);
 // @ts-expect-error: not an event the server sends
 c.on('nope', () => {});

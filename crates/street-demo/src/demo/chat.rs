@@ -1,9 +1,9 @@
 //! The chat: login, the authenticated WebSocket (the seed's pattern: verify the token in
-//! the connection handler, close 4001 when it is bad), rooms with history.
+//! the connection handler, close 4001 when it is bad), rooms with history: a page loads
+//! a room's recent past with the rooms' `room:history` request (the broker's history,
+//! the same on every node) and recovers what it missed across reconnects.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,10 +25,8 @@ const MAX_NAME: usize = 32;
 const MAX_TEXT: usize = 1000;
 /// Connections closed with 4001 (shown by the dashboard).
 pub(crate) static AUTH_REJECTED: AtomicU64 = AtomicU64::new(0);
-/// `room:history` answers to `chat:history` (shown by the dashboard: `historySent`).
-pub(crate) static HISTORY_SENT: AtomicU64 = AtomicU64::new(0);
-/// Messages kept per room for people who join later (per node).
-const HISTORY: usize = 50;
+/// Chat messages sent from this process (their ids are `{node}-{n}`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Deserialize)]
 struct Login {
@@ -149,32 +147,6 @@ struct ChatOut {
     ts: i64,
 }
 
-/// The last messages of each room (this node's).
-#[derive(Clone, Default)]
-pub(crate) struct History {
-    rooms: Arc<Mutex<HashMap<String, VecDeque<ChatOut>>>>,
-    next_id: Arc<AtomicU64>,
-}
-
-impl History {
-    fn push(&self, m: ChatOut) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let q = rooms.entry(m.channel.clone()).or_default();
-        if q.len() >= HISTORY {
-            q.pop_front();
-        }
-        q.push_back(m);
-    }
-
-    fn of(&self, room: &str) -> Vec<ChatOut> {
-        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        rooms
-            .get(room)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
 #[derive(Deserialize)]
 struct ChatIn {
     channel: String,
@@ -190,11 +162,6 @@ struct AuthIn {
 /// Unix seconds as a time (one the clock cannot hold is no expiry at all).
 fn unix(secs: u64) -> Option<std::time::SystemTime> {
     std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
-}
-
-#[derive(Deserialize)]
-struct HistoryIn {
-    channel: String,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -237,18 +204,6 @@ pub(crate) fn wire(demo: &Demo) {
             &json!({ "memberId": name, "rooms": OPEN_ROOMS, "closedRooms": CLOSED_ROOMS, "node": d.rooms.node_id() }),
         )?;
 
-        // the history, when the page asks (its room:joined did not say recovered: true)
-        let (s, dd) = (socket.clone(), d.clone());
-        socket.on("chat:history", move |h: HistoryIn| {
-            if dd.rooms.rooms_of(&s).contains(&h.channel) {
-                let messages = dd.history.of(&h.channel);
-                let out = json!({ "channel": h.channel, "messages": messages });
-                if s.emit("room:history", &out).is_ok() {
-                    HISTORY_SENT.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })?;
-
         let (s, dd, who) = (socket.clone(), d.clone(), name);
         socket.on("chat", move |m: ChatIn| {
             let text = m.text.trim();
@@ -268,14 +223,13 @@ pub(crate) fn wire(demo: &Demo) {
                 id: format!(
                     "{}-{}",
                     dd.rooms.node_id(),
-                    dd.history.next_id.fetch_add(1, Ordering::Relaxed) + 1
+                    NEXT_ID.fetch_add(1, Ordering::Relaxed) + 1
                 ),
                 channel: m.channel.clone(),
                 member_id: who.clone(),
                 text: text.to_owned(),
                 ts: street::ws::envelope::now_ms(),
             };
-            dd.history.push(out.clone());
             dd.metrics.track("chat_messages", 1);
             let _ = dd.rooms.publish(&m.channel, "chat", &out, PublishOptions::default());
         })?;

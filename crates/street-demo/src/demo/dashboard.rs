@@ -12,7 +12,7 @@ use serde_json::json;
 use street::rooms::{PublishOptions, Rooms};
 use street::sse::{SseOptions, SseRegistry, SseRequest};
 
-use super::chat::{AUTH_REJECTED, HISTORY_SENT};
+use super::chat::AUTH_REJECTED;
 use super::Demo;
 
 /// The channel of this node's samples.
@@ -84,7 +84,8 @@ pub(crate) async fn sample(demo: Demo, sse: SseRegistry) {
             "sseStreams": sse.stats().open,
             "rooms": rooms.rooms,
             "chatMessages": demo.metrics.tracked("chat_messages"),
-            "historySent": HISTORY_SENT.load(Ordering::Relaxed),
+            // the rooms' answers to room:history (pages loading a room's recent past)
+            "historySent": rooms.latest_reads,
             "cluster": rooms.broker,
         });
         let _ = demo

@@ -106,7 +106,6 @@ pub(crate) struct Demo {
     pub(crate) wss: WebSocketServer,
     pub(crate) rooms: Rooms,
     pub(crate) jwt: Arc<JwtService>,
-    pub(crate) history: chat::History,
     pub(crate) metrics: Metrics,
 }
 
@@ -167,7 +166,6 @@ pub(crate) async fn run(cfg: Config) -> Result<(), DemoError> {
         wss: wss.clone(),
         rooms: rooms.clone(),
         jwt,
-        history: chat::History::default(),
         metrics: metrics.clone(),
     };
     chat::wire(&demo);

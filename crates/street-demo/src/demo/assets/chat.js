@@ -172,12 +172,16 @@
         presence[p.channel] = new Set(p.members);
         if (p.channel === current) renderPresence();
       }
-      // nothing was replayed (a first join, or recovery failed): ask for the history;
-      // messages already shown are skipped by id
-      if (p.recovered !== true) street.emit('chat:history', { channel: p.channel });
-    });
-    street.on('room:history', function (p) {
-      (p.messages || []).forEach(function (m) { addMessage(p.channel, m); });
+      // nothing was replayed (a first join, or recovery failed): load the room's recent
+      // past (the broker's history: the same on every node); messages already shown are
+      // skipped by id
+      if (p.recovered !== true) {
+        street.history(p.channel, { limit: 50 }).then(function (h) {
+          h.publications.forEach(function (env) {
+            if (env.type === 'chat') addMessage(h.channel, env.payload);
+          });
+        }, function () { /* nothing to show: the live messages go on */ });
+      }
     });
     street.on('presence:join', function (p) {
       (presence[p.channel] = presence[p.channel] || new Set()).add(p.memberId);
