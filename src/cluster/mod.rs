@@ -550,10 +550,12 @@ pub trait Broker: Send + Sync + 'static {
     /// position.
     ///
     /// The default asks [`Broker::history`]: where the stream stands, then what came after
-    /// `offset - limit`; when the history no longer holds all of that (trimmed by size
-    /// or age, so it holds a suffix of the stream), a binary search finds the oldest
-    /// start it holds: at most `2 + log2(limit)` asks. A broker that can read its newest
-    /// publications directly overrides it.
+    /// `offset - limit`: two asks. When the stream moved in between (publications, a new
+    /// epoch) it reads again from where it stands, up to three times; when the history no
+    /// longer holds all of that (trimmed by age, or by a size under `limit`: it holds a
+    /// suffix of the stream), a binary search finds the oldest start it holds, at most
+    /// `log2(limit)` asks more. A broker that can read its newest publications directly
+    /// overrides it.
     ///
     /// # Errors
     /// As [`Broker::history`].
@@ -574,6 +576,10 @@ pub trait Broker: Send + Sync + 'static {
     fn stop(&self) -> BoxFuture<'_, ()>;
 }
 
+/// Reads from where the stream stands that [`latest_by_history`] makes while it moves
+/// (publications, or a new epoch, between two reads) before it searches.
+const LATEST_MOVES: usize = 3;
+
 /// [`Broker::latest`] for any broker, by its [`Broker::history`] (see there).
 async fn latest_by_history<B: Broker + ?Sized>(
     broker: &B,
@@ -581,39 +587,36 @@ async fn latest_by_history<B: Broker + ?Sized>(
     limit: usize,
     history: HistoryOptions,
 ) -> Result<History, BrokerError> {
-    let now = broker.history(channel, None, history).await?;
     let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-    let top = now.offset;
-    let at = |offset| Position {
-        epoch: now.epoch.clone(),
-        offset,
-    };
-    let mut found = History {
-        since: Some(Vec::new()),
-        ..now.clone()
-    };
-    if top > 0 && limit > 0 {
-        // everything after `missing` is what is wanted; `held` always is (nothing after top)
-        let (mut missing, mut held) = (top.saturating_sub(limit), top);
-        let all = broker.history(channel, Some(&at(missing)), history).await?;
-        if all.since.is_some() {
-            found = all;
-        } else if all.epoch == now.epoch {
-            while held - missing > 1 {
-                let mid = missing + (held - missing) / 2;
-                let h = broker.history(channel, Some(&at(mid)), history).await?;
-                if h.epoch != now.epoch {
-                    break; // the stream ended meanwhile: what was found stands
-                }
-                if h.since.is_some() {
-                    held = mid;
-                    found = h;
-                } else {
-                    missing = mid;
-                }
-            }
+    let mut now = broker.history(channel, None, history).await?;
+    let mut found = None;
+    for moves in 1..=LATEST_MOVES {
+        if now.offset == 0 || limit == 0 {
+            break;
         }
+        let from = now.offset.saturating_sub(limit);
+        let all = broker
+            .history(channel, Some(&position(&now, from)), history)
+            .await?;
+        if all.since.is_some() {
+            found = Some(all);
+            break;
+        }
+        let moved = all.epoch != now.epoch || all.offset != now.offset;
+        if moved && moves < LATEST_MOVES {
+            now = all; // read again from where it stands now
+            continue;
+        }
+        if all.epoch == now.epoch {
+            // it holds less than `limit` after `from` (aged out): find its oldest
+            found = Some(oldest_held(broker, channel, &now, from, history).await?);
+        }
+        break;
     }
+    let mut found = found.unwrap_or(History {
+        since: Some(Vec::new()),
+        ..now
+    });
     // publications made meanwhile came along: the newest `limit` of them all
     if let Some(p) = found.since.as_mut() {
         let extra = p
@@ -624,9 +627,191 @@ async fn latest_by_history<B: Broker + ?Sized>(
     Ok(found)
 }
 
+fn position(h: &History, offset: u64) -> Position {
+    Position {
+        epoch: h.epoch.clone(),
+        offset,
+    }
+}
+
+/// What `now`'s stream holds after the oldest start it holds, between `missing` (not
+/// held) and its top (always held: nothing comes after it). A binary search: the history
+/// holds a suffix of the stream (trimmed by size and age from its old end).
+async fn oldest_held<B: Broker + ?Sized>(
+    broker: &B,
+    channel: &str,
+    now: &History,
+    mut missing: u64,
+    history: HistoryOptions,
+) -> Result<History, BrokerError> {
+    let mut held = now.offset;
+    let mut found = History {
+        since: Some(Vec::new()),
+        ..now.clone()
+    };
+    while held - missing > 1 {
+        let mid = missing + (held - missing) / 2;
+        let h = broker
+            .history(channel, Some(&position(now, mid)), history)
+            .await?;
+        if h.epoch != now.epoch {
+            break; // the stream ended meanwhile: what was found stands
+        }
+        if h.since.is_some() {
+            held = mid;
+            found = h;
+        } else {
+            missing = mid;
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream for [`latest_by_history`]: offsets `oldest..=top` held, and what each
+    /// read does to it first (publications, a new epoch), to stand for other nodes.
+    struct Fake {
+        epoch: &'static str,
+        top: u64,
+        oldest: u64,
+        publish_per_read: u64,
+        new_epoch_at_read: Option<usize>,
+        reads: usize,
+    }
+
+    struct FakeBroker(std::sync::Mutex<Fake>);
+
+    impl FakeBroker {
+        fn new(top: u64, oldest: u64) -> Self {
+            Self(std::sync::Mutex::new(Fake {
+                epoch: "e1",
+                top,
+                oldest,
+                publish_per_read: 0,
+                new_epoch_at_read: None,
+                reads: 0,
+            }))
+        }
+
+        fn with(self, f: impl FnOnce(&mut Fake)) -> Self {
+            f(&mut self.0.lock().expect("fake"));
+            self
+        }
+
+        fn reads(&self) -> usize {
+            self.0.lock().expect("fake").reads
+        }
+    }
+
+    impl Broker for FakeBroker {
+        fn start(&self, _: Arc<str>, _: NodeHooks) -> BoxFuture<'_, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish(&self, _: ClusterMessage) {}
+        fn set_presence(&self, _: &str, _: &str, _: usize) {}
+        fn presence(&self, _: &str) -> BoxFuture<'_, Result<Vec<PresenceEntry>, BrokerError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn history(
+            &self,
+            _: &str,
+            since: Option<&Position>,
+            _: HistoryOptions,
+        ) -> BoxFuture<'_, Result<History, BrokerError>> {
+            let mut f = self.0.lock().expect("fake");
+            f.reads += 1;
+            f.top += f.publish_per_read;
+            if f.new_epoch_at_read == Some(f.reads) {
+                (f.epoch, f.top, f.oldest) = ("e2", 2, 1);
+            }
+            let since = since.and_then(|p| {
+                let held = &*p.epoch == f.epoch && p.offset <= f.top && p.offset + 1 >= f.oldest;
+                held.then(|| {
+                    (p.offset + 1..=f.top)
+                        .map(|o| (o, Bytes::from(o.to_string())))
+                        .collect()
+                })
+            });
+            let h = History {
+                epoch: Arc::from(f.epoch),
+                offset: f.top,
+                since,
+            };
+            Box::pin(async move { Ok(h) })
+        }
+        fn stats(&self) -> BrokerStats {
+            BrokerStats::default()
+        }
+        fn stop(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn latest(b: &FakeBroker, limit: usize) -> (Arc<str>, u64, Vec<u64>) {
+        let opts = HistoryOptions::new(1000, Duration::from_secs(60));
+        let h = futures_util::FutureExt::now_or_never(b.latest("c", limit, opts))
+            .expect("ready")
+            .expect("answered");
+        let offsets = h
+            .since
+            .expect("always some")
+            .iter()
+            .map(|(o, _)| *o)
+            .collect();
+        (h.epoch, h.offset, offsets)
+    }
+
+    #[test]
+    fn latest_reads_twice_when_the_history_holds_the_limit() {
+        let b = FakeBroker::new(10, 1);
+        assert_eq!(latest(&b, 3), (Arc::from("e1"), 10, vec![8, 9, 10]));
+        assert_eq!(b.reads(), 2);
+        // fewer published than asked: all of them
+        let b = FakeBroker::new(2, 1);
+        assert_eq!(latest(&b, 50).2, vec![1, 2]);
+        assert_eq!(b.reads(), 2);
+        // nothing published, or nothing asked: one read, no publication
+        for (b, limit) in [(FakeBroker::new(0, 1), 5), (FakeBroker::new(9, 1), 0)] {
+            assert!(latest(&b, limit).2.is_empty());
+            assert_eq!(b.reads(), 1);
+        }
+    }
+
+    #[test]
+    fn latest_searches_the_oldest_held_when_older_ones_aged_out() {
+        for oldest in [2, 5, 9, 10, 11] {
+            let b = FakeBroker::new(10, oldest);
+            let want: Vec<u64> = (oldest..=10).collect();
+            assert_eq!(latest(&b, 10).2, want, "oldest held {oldest}");
+            // two reads, then at most log2(10) rounded up
+            assert!(b.reads() <= 2 + 4, "{} reads", b.reads());
+        }
+    }
+
+    #[test]
+    fn latest_follows_a_stream_that_moves_between_reads() {
+        // every read sees one more publication: read again from the new top
+        let b = FakeBroker::new(10, 1).with(|f| f.publish_per_read = 1);
+        let (_, top, got) = latest(&b, 3);
+        assert_eq!(got.len(), 3);
+        assert_eq!(
+            got.last(),
+            Some(&top),
+            "the newest, up to the top it answered"
+        );
+        assert!(b.reads() <= 2, "{} reads", b.reads());
+        // trimmed as it moves (a size of 3 under the limit of 5): re-read, then search
+        let b = FakeBroker::new(10, 8).with(|f| f.publish_per_read = 1);
+        let got = latest(&b, 5).2;
+        assert!(!got.is_empty() && got.len() <= 5, "{got:?}");
+        assert!(b.reads() <= 1 + LATEST_MOVES + 3, "{} reads", b.reads());
+        // a new epoch between the first two reads: the new stream's newest
+        let b = FakeBroker::new(10, 1).with(|f| f.new_epoch_at_read = Some(2));
+        assert_eq!(latest(&b, 3), (Arc::from("e2"), 2, vec![1, 2]));
+    }
 
     #[test]
     fn messages_round_trip_and_the_envelope_is_not_copied() {

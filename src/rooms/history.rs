@@ -31,6 +31,10 @@ pub const JOINED_EVENT: &str = "street:joined";
 /// (`room:error` "history unavailable").
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// [`Rooms::latest`] reads in progress at once on one node; beyond, the next one is
+/// refused at once ([`RoomError::HistoryUnavailable`]).
+pub(super) const MAX_LATEST_READS: usize = 32;
+
 /// A client's position, as `room:join` carries it in `since`.
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct Since {
@@ -112,7 +116,7 @@ impl Rooms {
     /// Most bytes of publications held for one pending join, and most bytes one
     /// recovery replays: half the connection's queue each, so that the replay and what
     /// arrives meanwhile fit without closing it as a slow consumer.
-    fn hold_budget(&self) -> usize {
+    pub(super) fn hold_budget(&self) -> usize {
         self.inner.wss.options().max_queue_bytes / 2
     }
 
@@ -244,7 +248,8 @@ impl Rooms {
     /// # Errors
     /// [`RoomError::NoHistory`] for a room without history; a room name that is not
     /// valid, as for a join; [`RoomError::HistoryUnavailable`] when the broker could not
-    /// answer within 5 s.
+    /// answer within 5 s, or when 32 reads are in progress on this node already (a
+    /// bound on what clients can ask of the broker at once).
     ///
     /// ```no_run
     /// # async fn f(rooms: street::rooms::Rooms) -> Result<(), street::rooms::RoomError> {
@@ -260,6 +265,9 @@ impl Rooms {
             return Err(RoomError::NoHistory {
                 room: room.to_owned(),
             });
+        };
+        let Ok(_slot) = self.inner.latest_reads.try_acquire() else {
+            return Err(RoomError::HistoryUnavailable);
         };
         let asked = self
             .inner

@@ -118,6 +118,9 @@ struct Inner {
     timers: TimerIds,
     /// The cluster's member lists, for `room:joined`.
     members: members::MemberCache,
+    /// Reads of rooms' newest publications in progress ([`Rooms::latest`]): a bound on
+    /// what clients' `room:history` requests ask of the broker at once.
+    latest_reads: tokio::sync::Semaphore,
 }
 
 /// Rooms and presence for one `WebSocketServer`, on one node of a cluster. Cheap to
@@ -178,6 +181,7 @@ impl Rooms {
             counters: RoomsCounters::default(),
             timers: TimerIds::default(),
             members: members::MemberCache::default(),
+            latest_reads: tokio::sync::Semaphore::new(history::MAX_LATEST_READS),
         });
         let hooks = cluster::node_hooks(&inner);
         broker.start(node, hooks).await?;

@@ -49,26 +49,51 @@ struct Recent {
     channel: String,
     epoch: String,
     offset: u64,
-    /// Oldest first, as delivered (envelopes with `"offset"`).
-    publications: Vec<Box<RawValue>>,
+    /// Oldest first, as delivered (envelopes with `"offset"`), written as they are.
+    #[serde(serialize_with = "as_raw_json")]
+    publications: Vec<bytes::Bytes>,
+    /// Older ones were left out: they would not have fitted the connection's queue.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
 }
 
 impl Recent {
-    fn of(channel: String, h: crate::cluster::History) -> Self {
-        let publications = h
-            .since
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(_, b)| String::from_utf8(b.to_vec()).ok())
-            .filter_map(|s| RawValue::from_string(s).ok())
-            .collect();
+    /// The answer, with the newest publications that fit in `budget` bytes.
+    fn of(channel: String, h: crate::cluster::History, budget: usize) -> Self {
+        let mut all = h.since.unwrap_or_default();
+        let mut used = 0usize;
+        let keep = all
+            .iter()
+            .rev()
+            .take_while(|(_, b)| {
+                used = used.saturating_add(b.len() + 1);
+                used <= budget
+            })
+            .count();
+        let truncated = keep < all.len();
+        let publications = all.drain(all.len() - keep..).map(|(_, b)| b).collect();
         Self {
             channel,
             epoch: h.epoch.to_string(),
             offset: h.offset,
             publications,
+            truncated,
         }
     }
+}
+
+/// Envelopes (JSON the broker kept, as delivered) into a JSON array, without copying
+/// them first; one that is not JSON (never written by street) is left out.
+fn as_raw_json<S: serde::Serializer>(
+    publications: &[bytes::Bytes],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        publications
+            .iter()
+            .filter_map(|b| std::str::from_utf8(b).ok())
+            .filter_map(|s| serde_json::from_str::<&RawValue>(s).ok()),
+    )
 }
 
 #[derive(Deserialize)]
@@ -184,11 +209,15 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
         .on_request("room:history", move |req: HistoryReq| {
             let (r, s, m, a) = (r.clone(), s.clone(), m.clone(), a.clone());
             async move {
-                if !take(&a, 0) {
+                // a member's read costs an action; anyone else's two, as a join and a
+                // leave would (a read makes the room's stream when it has none, as a
+                // join does)
+                let member = r.is_in(&s, &req.channel);
+                if !take(&a, 0) || (!member && !take(&a, 0)) {
                     r.count_refused_action();
                     return Err("rate limit".to_owned());
                 }
-                if !r.is_in(&s, &req.channel) && !r.allowed(&s, &req.channel, &m) {
+                if !member && !r.allowed(&s, &req.channel, &m) {
                     return Err("forbidden".to_owned());
                 }
                 let limit = req.limit.unwrap_or(usize::MAX);
@@ -196,7 +225,8 @@ pub(super) fn install(rooms: &Rooms, socket: &Socket, member: &str) -> Result<()
                     .latest(&req.channel, limit)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(Recent::of(req.channel, found))
+                // what fits with the rest of the connection's traffic (as a replay does)
+                Ok(Recent::of(req.channel, found, r.hold_budget()))
             }
         })
         .map_err(listener_error)?;

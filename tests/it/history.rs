@@ -1062,3 +1062,46 @@ async fn the_newest_publications_of_a_room_on_every_broker() {
     })
     .await;
 }
+
+/// A `room:history` answer is bounded in bytes like a replay (half the connection's
+/// queue): the newest publications that fit, `truncated: true`, and the connection stays.
+#[tokio::test]
+async fn a_history_answer_fits_the_connections_queue() {
+    let ws = opts().with_max_queue_bytes(64 * 1024);
+    let rooms = history_opts(
+        Arc::new(MemoryBroker::new()),
+        "m",
+        100,
+        Duration::from_secs(60),
+    );
+    let mut n = crate::rooms::node_with(ws, rooms).await;
+    n.rooms.authorize(|_, _, _| true);
+    let big = "x".repeat(10 * 1024);
+    for _ in 0..10 {
+        n.rooms
+            .publish(ROOM, "m", &big, PublishOptions::default())
+            .expect("publish");
+    }
+    let (mut c, _) = n.client("ana").await;
+    let ask = json!({"type": "room:history", "payload": {"channel": ROOM}, "id": 1});
+    send_text(&mut c, &ask.to_string()).await;
+    let r = crate::rooms::recv_type(&mut c, "street:reply").await;
+    let result = &r["result"];
+    let pubs = result["publications"].as_array().expect("publications");
+    // 32 KiB: three of the 10 KiB publications, the newest
+    assert_eq!(
+        pubs.iter().map(|p| p["offset"].clone()).collect::<Vec<_>>(),
+        vec![json!(8), json!(9), json!(10)],
+        "{result:#}"
+    );
+    assert_eq!(
+        (result["offset"].clone(), result["truncated"].clone()),
+        (json!(10), json!(true))
+    );
+    // still open: it answers the next request
+    let ask = json!({"type": "room:history", "payload": {"channel": ROOM, "limit": 1}, "id": 2});
+    send_text(&mut c, &ask.to_string()).await;
+    let r = crate::rooms::recv_type(&mut c, "street:reply").await;
+    assert_eq!(r["result"]["publications"][0]["offset"], 10, "{r}");
+    assert!(r["result"].get("truncated").is_none(), "{r}");
+}

@@ -98,14 +98,19 @@
 
   function renderAll() { renderRooms(); renderMessages(); renderPresence(); renderTyping(); }
 
-  function addMessage(room, m) {
+  // `older`: from the room's history, which may answer after live messages came: placed
+  // by its time among them instead of at the end
+  function addMessage(room, m, older) {
     seen[room] = seen[room] || new Set();
     if (m.id != null) {
       if (seen[room].has(m.id)) return;
       seen[room].add(m.id);
     }
-    (messages[room] = messages[room] || []).push(m);
-    if (messages[room].length > 200) messages[room].shift();
+    var list = (messages[room] = messages[room] || []);
+    var at = list.length;
+    while (older && at > 0 && !(list[at - 1].ts <= m.ts)) at -= 1;
+    list.splice(at, 0, m);
+    if (list.length > 200) list.shift();
     if (room === current) renderMessages();
   }
 
@@ -178,7 +183,7 @@
       if (p.recovered !== true) {
         street.history(p.channel, { limit: 50 }).then(function (h) {
           h.publications.forEach(function (env) {
-            if (env.type === 'chat') addMessage(h.channel, env.payload);
+            if (env.type === 'chat') addMessage(h.channel, env.payload, true);
           });
         }, function () { /* nothing to show: the live messages go on */ });
       }
