@@ -24,8 +24,9 @@
 //! [`WsOptions::request_timeout`](super::WsOptions::request_timeout) is answered
 //! `timeout` and dropped at its next `.await`; a handler that blocks without awaiting is
 //! not interrupted. While a handler runs its connection reads nothing, pongs included
-//! (the heartbeat spares it meanwhile). Keep handlers short or spawn the work. A handler's error or
-//! panic is also an `error` event, as for `on` handlers.
+//! (the heartbeat spares it meanwhile). Keep handlers short or spawn the work. A
+//! handler's panic (or a result that does not serialize) is also an `error` event, as
+//! for `on` handlers; an `Err` it returns is an answer, counted in `requests_failed` only.
 //!
 //! **Server to client** ([`Socket::emit_with_ack`](super::Socket::emit_with_ack)): at most
 //! [`WsOptions::max_pending_acks`](super::WsOptions::max_pending_acks) waiting per socket

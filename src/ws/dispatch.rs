@@ -162,8 +162,10 @@ async fn request(
     stats.requests.inc();
     if let Err(e) = &answer {
         stats.requests_failed.inc();
-        if e.code == codes::INTERNAL || e.code == codes::REJECTED {
-            // as with `on` handlers: the app hears of its handlers' failures
+        if e.code == codes::INTERNAL {
+            // as with `on` handlers: the app hears of its handlers' failures (a rejection
+            // is an answer its handler chose, not one: a client asking wrongly again and
+            // again does not flood the app's error handlers)
             stats.handler_errors.inc();
             socket
                 .report_error(ErrorEvent::Handler {

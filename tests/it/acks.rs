@@ -88,6 +88,8 @@ async fn a_request_is_answered_with_its_result_or_an_error_with_a_code() {
     );
     let st = wss.stats();
     assert_eq!((st.requests, st.requests_failed), (7, 5), "{st:?}");
+    // of those, only the panic is a failure of the app's handler (a rejection is an answer)
+    assert_eq!(st.handler_errors, 1, "{st:?}");
 }
 
 /// What the server saw of its requests, sent to the test.
