@@ -40,7 +40,7 @@ export interface StreetOptions {
   getToken?: () => string | Promise<string>;
   /** The query parameter the token goes in. Default 'token'. */
   tokenParam?: string;
-  /** A getToken that has not settled by then is a failed attempt. Default 10000 ms. */
+  /** A getToken that has not settled by then is a failed attempt (retried). Default 10000 ms. */
   tokenTimeoutMs?: number;
   /** Connect in the constructor (next tick). Default true. */
   autoConnect?: boolean;
@@ -91,6 +91,8 @@ export interface Recent<In extends EventMap = EventMap> extends Position {
   channel: string;
   /** Oldest first, as delivered (each with its `channel` and `offset`). */
   publications: Envelope<keyof In & string, In[keyof In]>[];
+  /** Older ones were left out: they did not fit the server's answer. */
+  truncated?: boolean;
 }
 
 export declare class Street<
@@ -155,7 +157,8 @@ export declare class Street<
   connect(): void;
   /**
    * Close for good, at once: no reconnect; the 'close' event and the 'closed' state come
-   * now, and waiting requests reject with 'closed'.
+   * now, and waiting requests reject with 'closed'. A code other than 1000 or 3000-4999,
+   * or a reason over 123 bytes, is sent as 1000 (what every WebSocket may send).
    */
   close(code?: number, reason?: string): void;
 }

@@ -57,12 +57,14 @@
  *   - A join refused with reason "history unavailable" (the server's broker is down) is
  *     sent again after the reconnect backoff's wait, growing with each refusal.
  *   - history(channel, {limit, timeout}) asks for the channel's newest publications (the
- *     request 'room:history'): a Promise of {channel, epoch, offset, publications}
- *     (envelopes, oldest first). To open a channel with its recent past and no gap: show
+ *     request 'room:history'): a Promise of {channel, epoch, offset, publications,
+ *     truncated?} (envelopes, oldest first; truncated: true when older ones did not fit
+ *     the server's answer). To open a channel with its recent past and no gap: show
  *     those, then join(channel, {since: {epoch, offset}}); what came in between is replayed.
  *
  * Requests with a reply (street's acknowledgements; the wire is `street::ws::ack`'s):
- *   - emitWithAck(type, payload, {timeout}) sends {type, payload, ts, id} and returns a
+ *   - emitWithAck(type, payload, {timeout}) (timeout: ms; not a number ≥ 0: the default)
+ *     sends {type, payload, ts, id} and returns a
  *     Promise of the server's result (its on_request handler). It rejects with a
  *     StreetAckError whose `code` is the server's ('rejected', 'no_handler', 'bad_payload',
  *     'timeout', 'internal') or the client's own: 'timeout' (no reply within `timeout`,
@@ -80,8 +82,10 @@
  * Tokens that expire (street's Socket::set_expiry):
  *   - options.getToken: a function returning the token (or a Promise of it), called before
  *     every (re)connect; the token goes into the URL as query[tokenParam] (default 'token').
- *     One that fails, or does not settle within tokenTimeoutMs (default 10000), counts as a
- *     failed attempt: the 'token' lifecycle event says 'failed' and the reconnect backs off.
+ *     One that fails, or does not settle within tokenTimeoutMs (default 10000; a getToken
+ *     that may wait for the user, a login popup say, wants a longer one), counts as a
+ *     failed attempt: the 'token' lifecycle event says 'failed' and the reconnect backs off
+ *     (and calls getToken again).
  *     So a client reconnecting an hour later comes back with a fresh token, not the one it
  *     was built with.
  *   - When the server says the connection's token expired ('street:expired', {graceMs}),
@@ -127,6 +131,13 @@
     return Math.min(ms, 2147483647);
   }
 
+  /** Whether every WebSocket sends this close: 1000 or 3000-4999, 123 bytes of reason. */
+  function sendableClose(code, reason) {
+    var bytes = typeof TextEncoder === 'function'
+      ? new TextEncoder().encode(reason).length : reason.length * 3;
+    return (code === 1000 || (code >= 3000 && code <= 4999)) && bytes <= 123;
+  }
+
   function errorText(e) {
     return String(e && e.message || e);
   }
@@ -157,6 +168,7 @@
     this.binary = new Set();    // onBinary listeners
     this.livenessMs = 0;        // 2 x the server's street:ping interval, once it sent one
     this.livenessTimer = null;
+    this.tokenTimer = null;     // the deadline of a getToken in progress
     this.random = o.random || Math.random;
     this.state = 'idle';
     this.attempt = 0;
@@ -281,6 +293,7 @@
     var deadline = setTimeout(function () {
       outcome(null, 'getToken did not settle within ' + self.tokenTimeoutMs + ' ms');
     }, clampMs(this.tokenTimeoutMs, 10000));
+    this.tokenTimer = deadline;
     var got;
     try { got = Promise.resolve(this.getToken()); } catch (e) { got = Promise.reject(e); }
     got.then(function (token) { outcome(token); }, function (e) { outcome(null, errorText(e)); });
@@ -319,7 +332,8 @@
         if (m.ackId != null && self.acks.has(m.ackId)) self.acks.get(m.ackId).sent = true;
       });
       self.setState('open');
-      self.emitLifecycle('open', null);
+      // (a 'state' listener may have closed it already)
+      if (self.ws === ws) self.emitLifecycle('open', null);
     };
     ws.onmessage = function (ev) {
       if (self.ws !== ws) return;
@@ -389,6 +403,7 @@
     clearTimeout(this.timer);
     clearTimeout(this.livenessTimer);
     clearTimeout(this.stableTimer);
+    clearTimeout(this.tokenTimer);
     this.joinRetry.forEach(function (r) { clearTimeout(r.timer); });
     this.joinRetry.clear();
     this.failAcks('closed');
@@ -693,13 +708,18 @@
   /**
    * Close for good (no reconnect). Done at once: the 'close' lifecycle event and the
    * 'closed' state do not wait for the server's answer (a dead connection may never give one).
+   * A code other than 1000 or 3000-4999, or a reason over 123 bytes, is sent as 1000.
    */
   Street.prototype.close = function (code, reason) {
-    this.halt();
     var ws = this.ws;
+    if (this.stopped && !ws && this.state === 'closed') return; // closed already
+    this.halt();
     if (!ws) { this.setState('closed', {}); return; }
     code = code || 1000;
     reason = reason || '';
+    // a code or reason a WebSocket refuses (browsers send 1000 and 3000-4999, and 123 bytes
+    // of reason) would leave it open and unseen: close with 1000 instead
+    if (!sendableClose(code, reason)) { code = 1000; reason = ''; }
     try { ws.close(code, reason); } catch (e) { /* closing already */ }
     this.ended(code, reason);
   };

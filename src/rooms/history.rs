@@ -243,7 +243,8 @@ impl Rooms {
     /// delivered (envelopes with `"offset"`), in `since`; with where the stream stands
     /// (`epoch`, `offset`: a position to join from, so that nothing after them is
     /// missed). What a page shows when it opens a room; the client protocol's
-    /// `room:history` request asks it for a member of the room.
+    /// `room:history` request asks it for a member of the room, or for whoever the
+    /// authorization hook lets join it.
     ///
     /// # Errors
     /// [`RoomError::NoHistory`] for a room without history; a room name that is not

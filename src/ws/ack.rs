@@ -24,7 +24,7 @@
 //! [`WsOptions::request_timeout`](super::WsOptions::request_timeout) is answered
 //! `timeout` and dropped at its next `.await`; a handler that blocks without awaiting is
 //! not interrupted. While a handler runs its connection reads nothing, pongs included
-//! (the heartbeat spares it meanwhile). Keep handlers short or spawn the work. A
+//! (the heartbeat spares it meanwhile, for a while: see `WsOptions::heartbeat_interval`). Keep handlers short or spawn the work. A
 //! handler's panic (or a result that does not serialize) is also an `error` event, as
 //! for `on` handlers; an `Err` it returns is an answer, counted in `requests_failed` only.
 //!

@@ -345,8 +345,7 @@ impl<T: Transport> Conn<'_, T> {
                         self.dispatching = None;
                         // a handler that ran long still counts as activity of a live peer:
                         // its pongs were not read meanwhile
-                        socket.inner.alive.store(true, Ordering::Relaxed);
-                        socket.inner.handling.store(false, Ordering::Relaxed);
+                        socket.handling_ended();
                         return Poll::Ready(None);
                     }
                 }
@@ -426,11 +425,11 @@ impl<T: Transport> Conn<'_, T> {
     }
 
     /// Handle one message: `poll_read` polls `f` before reading on. Boxed: the dispatch
-    /// state exists only while a message is handled. Meanwhile the heartbeat counts the
-    /// socket as alive (a handler that outlasts two intervals does not get its peer
-    /// reaped); from its end on, the peer's silence counts again.
+    /// state exists only while a message is handled. Meanwhile the heartbeat spares the
+    /// socket, for a while (see [`Socket::heartbeat_alive`]); from the handler's end on,
+    /// the peer's silence counts again.
     fn dispatch(&mut self, f: BoxFuture<()>) {
-        self.socket.inner.handling.store(true, Ordering::Relaxed);
+        self.socket.handling_started();
         self.dispatching = Some(f);
     }
 

@@ -4,9 +4,12 @@
 //! anything since the previous sweep (a pong, a message, a ping) gets a fresh ping; one
 //! that sent nothing is terminated without a close handshake and its close handlers see
 //! 1006 "heartbeat timeout". A peer that goes silent is therefore gone within two
-//! intervals, and a live peer (which answers pings) is never reaped: while a handler of
+//! intervals, and a live peer (which answers pings) is not reaped: while a handler of
 //! one of its messages runs, its pongs wait unread, so the sweep spares a socket with a
 //! handler running (it is pinged as usual) and counts its silence from the handler's end.
+//! For a while: `2 + request_timeout / heartbeat_interval` silent sweeps (rounded up;
+//! with the defaults, 3). A handler that runs longer than that, say one that never ends,
+//! no longer holds its peer: it is reaped (1006) and the handler dropped.
 //! The sweep holds only a weak reference to the server and stops on shutdown.
 //!
 //! The same sweep enforces credentials' expiries ([`Socket::set_expiry`]): a warning
@@ -25,6 +28,15 @@ use super::server::{read, WebSocketServer};
 ///
 /// [`WsOptions::ping_envelopes`]: super::WsOptions::ping_envelopes
 pub const PING_EVENT: &str = "street:ping";
+
+/// Silent sweeps that spare a socket whose handler runs: two, and as many as a request
+/// handler may take (`request_timeout`), in intervals rounded up.
+fn spared_sweeps(request_timeout: std::time::Duration, interval: std::time::Duration) -> u8 {
+    let intervals = request_timeout
+        .as_nanos()
+        .div_ceil(interval.as_nanos().max(1));
+    u8::try_from(intervals.saturating_add(2)).map_or(u8::MAX - 1, |n| n.min(u8::MAX - 1))
+}
 
 pub(crate) fn ensure_started(wss: &WebSocketServer) {
     let shared = &wss.shared;
@@ -46,6 +58,7 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
             shared.per_ip.sweep(std::time::Instant::now());
             let now = std::time::SystemTime::now();
             let grace = shared.opts.expiry_grace;
+            let spare = spared_sweeps(shared.opts.request_timeout, interval);
             // encoded once for every client, as a broadcast
             let envelopes = shared.opts.frames == super::Frames::Envelope;
             let ping = (shared.opts.ping_envelopes && envelopes)
@@ -57,8 +70,7 @@ pub(crate) fn ensure_started(wss: &WebSocketServer) {
                 .flatten();
             let clients = read(&shared.clients);
             for s in clients.values() {
-                let handling = s.inner.handling.load(Ordering::Relaxed);
-                if s.inner.alive.swap(false, Ordering::Relaxed) || handling {
+                if s.heartbeat_alive(spare) {
                     s.ping();
                     // (no envelopes to a custom subprotocol's connections: they speak
                     // their own)

@@ -133,8 +133,10 @@ pub struct WsOptions {
     /// URL path of the endpoint; the query string is ignored when matching. Default `/ws`.
     pub path: String,
     /// Ping interval. A peer that sent nothing (no pong, no frame) since the previous ping
-    /// is terminated, so a dead peer goes within two intervals. Default 30 s;
-    /// `Duration::ZERO` disables the heartbeat.
+    /// is terminated, so a dead peer goes within two intervals; while a handler of its
+    /// message runs (its pongs wait unread) it is spared, for at most
+    /// `2 + request_timeout / heartbeat_interval` more. Default 30 s; `Duration::ZERO`
+    /// disables the heartbeat.
     pub heartbeat_interval: Duration,
     /// Most simultaneous connections; the next is refused per `capacity_policy`.
     /// Default 10 000.

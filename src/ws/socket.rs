@@ -2,7 +2,7 @@
 //! byte-bounded outbound queue.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -178,9 +178,9 @@ pub(crate) struct SocketInner {
     pub(crate) finished: AtomicBool,
     /// Heartbeat: the peer sent something since the last sweep.
     pub(crate) alive: AtomicBool,
-    /// Heartbeat: a handler of this socket's message runs, so its reader (and the
-    /// peer's pongs) wait; the sweep does not reap it meanwhile.
-    pub(crate) handling: AtomicBool,
+    /// Heartbeat: 0, or a handler of this socket's message runs (its reader, and the
+    /// peer's pongs, wait for it) and 1 + the silent sweeps that spared it since.
+    handling: AtomicU8,
     pub(crate) stats: Arc<Stats>,
     pub(crate) max_listeners: usize,
     pub(crate) remote_addr: Option<SocketAddr>,
@@ -279,7 +279,7 @@ impl Socket {
                 data: Mutex::new(data),
                 finished: AtomicBool::new(false),
                 alive: AtomicBool::new(true),
-                handling: AtomicBool::new(false),
+                handling: AtomicU8::new(0),
                 stats,
                 max_listeners: limits.max_listeners,
                 remote_addr,
@@ -441,6 +441,38 @@ impl Socket {
         }
         self.inner.outbox.close(code, reason);
         Ok(())
+    }
+
+    /// A handler of this socket's message (or its connection handler) starts: its reader
+    /// waits for it, pongs included.
+    pub(crate) fn handling_started(&self) {
+        self.inner.handling.store(1, Ordering::Release);
+    }
+
+    /// That handler ended: the peer counts as alive now (its pongs wait unread), and its
+    /// silence counts again from here.
+    pub(crate) fn handling_ended(&self) {
+        self.inner.alive.store(true, Ordering::Release);
+        self.inner.handling.store(0, Ordering::Release);
+    }
+
+    /// The heartbeat sweep's question: did the peer show life since the last sweep? A
+    /// silent one is spared while a handler of it runs, for at most `spare` sweeps (each
+    /// asking counts one): beyond, a handler that does not end no longer holds its peer.
+    pub(crate) fn heartbeat_alive(&self, spare: u8) -> bool {
+        let i = &self.inner;
+        // (handling first: a handler that ends marks the peer alive before it clears it)
+        let h = i.handling.load(Ordering::Acquire);
+        if i.alive.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        let spared = h != 0
+            && h <= spare
+            && i.handling
+                .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        // a handler that ended meanwhile marked the peer alive
+        spared || i.alive.swap(false, Ordering::AcqRel)
     }
 
     /// Drop the connection at once without a close handshake (what the heartbeat does to a

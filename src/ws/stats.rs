@@ -65,7 +65,8 @@ stats! {
         count payload_errors => ERRORS.with("kind", "payload"),
         /// Binary or raw frames with no raw handler.
         count unexpected_raw => ERRORS.with("kind", "unexpected_raw"),
-        /// Handlers that returned an error or panicked.
+        /// Handlers that returned an error or panicked (a request handler's `Err` is an
+        /// answer, counted in `requests_failed` only; its panic is counted here).
         count handler_errors => ERRORS.with("kind", "handler"),
         /// Client requests (envelopes with an `id`) answered, with a result or an error.
         count requests => counter(

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -731,12 +730,11 @@ pub(crate) async fn run<T: Transport>(acc: Box<Accepted<T>>) {
         let s = socket.clone();
         // the connection's reader starts after this handler: until then the heartbeat
         // spares it, and its emit_with_ack calls fail at once (InHandler)
-        socket.inner.handling.store(true, Ordering::Relaxed);
+        socket.handling_started();
         let run =
             super::dispatch::HANDLING.scope(socket.id(), run_dispatch(move || handler(s, request)));
         let outcome = Box::pin(run).await;
-        socket.inner.alive.store(true, Ordering::Relaxed);
-        socket.inner.handling.store(false, Ordering::Relaxed);
+        socket.handling_ended();
         if let Err(e) = outcome {
             shared.stats.handler_errors.inc();
             tracing::warn!(socket = %socket.id(), error = %e, "connection handler failed; closing with 1011");

@@ -106,3 +106,40 @@ async fn ping_envelopes_tell_each_client_the_interval_at_every_sweep() {
     let got = tokio::time::timeout(Duration::from_millis(350), recv_json(&mut c)).await;
     assert!(got.is_err(), "no envelope: {got:?}");
 }
+
+/// A handler that never ends does not hold its peer forever: the sweep spares a socket
+/// whose handler runs for `2 + request_timeout / interval` silent sweeps (here 3), then
+/// reaps it (1006) and the handler is dropped; the client sees the connection end.
+#[tokio::test]
+async fn a_handler_that_never_ends_no_longer_holds_its_peer() {
+    let interval = Duration::from_millis(100);
+    let wss = WebSocketServer::new(
+        opts()
+            .with_heartbeat_interval(interval)
+            .with_request_timeout(interval),
+    );
+    let (tx, mut closed) = mpsc::unbounded_channel();
+    wss.on_connection(move |socket: Socket, _: ConnectRequest| {
+        let tx = tx.clone();
+        socket.on("stuck", |_: serde_json::Value| std::future::pending::<()>())?;
+        socket.on_close(move |info: CloseInfo| {
+            let _ = tx.send(info);
+        })?;
+        Ok::<_, street::ws::SocketError>(())
+    });
+    let srv = serve(&wss).await;
+    let mut c = connect(srv.local_addr()).await;
+    send_env(&mut c, "stuck", serde_json::json!(null)).await;
+    let info = within("the reap", closed.recv()).await.expect("closed");
+    assert_eq!(
+        (info.code.0, info.reason.as_str()),
+        (1006, "heartbeat timeout")
+    );
+    assert_eq!(wss.stats().reaped, 1);
+    // the client's side of it: the connection ends
+    use futures_util::StreamExt;
+    within("the end", async {
+        while let Some(Ok(_)) = c.next().await {}
+    })
+    .await;
+}

@@ -495,7 +495,8 @@ async fn the_client_package_sends_binary_and_gives_up_a_silent_connection() {
 /// its own): after a final close requests fail `closed` at once, not after their
 /// timeout; a result JSON cannot encode is answered `internal`; the queue (joins first)
 /// goes out before what an `open` listener sends; `once` passes every argument and
-/// `off` removes it; `close()` ends at once; a `getToken` that never settles is a
+/// `off` removes it; `close()` ends at once (with a code the WebSocket refuses too, sent
+/// as 1000; once); a `getToken` that never settles is a
 /// failed attempt, retried; a bad URL is final; the caller's query object is untouched.
 #[tokio::test]
 async fn the_client_package_at_its_edges() {
@@ -536,6 +537,16 @@ async fn the_client_package_at_its_edges() {
         v["badUrl"],
         json!({"state": "closed", "code": 1006, "final": true}),
         "{v}"
+    );
+    assert_eq!(
+        v["refusedCode"],
+        json!({"serverSawClose": 1000, "state": "closed", "closedStates": 1}),
+        "{v}"
+    );
+    assert_eq!(
+        v["closeInOpen"],
+        json!(["state:connecting", "state:open", "close", "state:closed"]),
+        "no 'open' after 'closed': {v}"
     );
     assert_eq!(v["callerQuery"], json!({"room": "a"}), "{v}");
     assert_eq!(

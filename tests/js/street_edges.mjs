@@ -1,8 +1,9 @@
 // The client package at its edges, against small `ws` servers started here: a final close
 // fails what waits for a reply; a result JSON cannot encode is an error reply; the queue
 // goes out before what 'open' listeners send; once() passes every argument and off()
-// removes it; close() ends at once; a getToken that never settles, and a bad URL; the
-// caller's query object is left alone. Prints one JSON line.
+// removes it; close() ends at once, even with a code the WebSocket refuses, and once; a
+// getToken that never settles, and a bad URL; the caller's query object is left alone.
+// Prints one JSON line.
 // Usage: node street_edges.mjs
 import WebSocket, { WebSocketServer } from 'ws';
 import Street from 'street-client';
@@ -99,6 +100,27 @@ try {
   out.clientQuery = q.query;
   q.close();
   plain.close();
+
+  // 9. close() with a code the WebSocket refuses still closes it (the server sees it go),
+  // once; a 'state' listener that closes on open means no 'open' event after 'closed'
+  let serverSawClose;
+  const sawClose = new Promise((resolve) => { serverSawClose = resolve; });
+  const watching = await server((ws) => ws.on('close', (code) => serverSawClose(code)));
+  const r = new Street(urlOf(watching), quick);
+  await stateIs(r, 'open');
+  const closedStates = [];
+  r.onLifecycle('state', (i) => { if (i.state === 'closed') closedStates.push(i); });
+  r.close(1005, 'not a code one may send');
+  r.close();
+  out.refusedCode = { serverSawClose: await sawClose, state: r.state, closedStates: closedStates.length };
+  const events = [];
+  const o = new Street(urlOf(watching), quick);
+  o.onLifecycle('state', (i) => { events.push('state:' + i.state); if (i.state === 'open') o.close(); });
+  o.onLifecycle('open', () => events.push('open'));
+  o.onLifecycle('close', () => events.push('close'));
+  await stateIs(o, 'closed');
+  out.closeInOpen = events;
+  watching.close();
 
   console.log(JSON.stringify(out));
   process.exit(0);
