@@ -609,7 +609,7 @@ async fn latest_by_history<B: Broker + ?Sized>(
         }
         if all.epoch == now.epoch {
             // it holds less than `limit` after `from` (aged out): find its oldest
-            found = Some(oldest_held(broker, channel, &now, from, history).await?);
+            found = oldest_held(broker, channel, &now, from, history).await?;
         }
         break;
     }
@@ -635,20 +635,18 @@ fn position(h: &History, offset: u64) -> Position {
 }
 
 /// What `now`'s stream holds after the oldest start it holds, between `missing` (not
-/// held) and its top (always held: nothing comes after it). A binary search: the history
-/// holds a suffix of the stream (trimmed by size and age from its old end).
+/// held) and its top (always held: nothing comes after it); `None` when it holds
+/// nothing. A binary search: the history holds a suffix of the stream (trimmed by size
+/// and age from its old end).
 async fn oldest_held<B: Broker + ?Sized>(
     broker: &B,
     channel: &str,
     now: &History,
     mut missing: u64,
     history: HistoryOptions,
-) -> Result<History, BrokerError> {
+) -> Result<Option<History>, BrokerError> {
     let mut held = now.offset;
-    let mut found = History {
-        since: Some(Vec::new()),
-        ..now.clone()
-    };
+    let mut found = None;
     while held - missing > 1 {
         let mid = missing + (held - missing) / 2;
         let h = broker
@@ -659,7 +657,7 @@ async fn oldest_held<B: Broker + ?Sized>(
         }
         if h.since.is_some() {
             held = mid;
-            found = h;
+            found = Some(h);
         } else {
             missing = mid;
         }

@@ -134,10 +134,7 @@ pub(crate) const MAX_ERROR_MESSAGE: usize = 256;
 /// `message` cut to [`MAX_ERROR_MESSAGE`] bytes (at a character boundary).
 pub(crate) fn bounded(mut message: String) -> String {
     if message.len() > MAX_ERROR_MESSAGE {
-        let mut end = MAX_ERROR_MESSAGE - '…'.len_utf8();
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
+        let end = super::text::prefix_within(&message, MAX_ERROR_MESSAGE - '…'.len_utf8()).len();
         message.truncate(end);
         message.push('…');
     }

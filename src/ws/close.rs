@@ -89,14 +89,7 @@ pub const MAX_REASON_BYTES: usize = 123;
 
 /// Cut `reason` to at most [`MAX_REASON_BYTES`] bytes on a character boundary.
 pub(crate) fn truncate_reason(reason: &str) -> &str {
-    if reason.len() <= MAX_REASON_BYTES {
-        return reason;
-    }
-    let mut end = MAX_REASON_BYTES;
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    &reason[..end]
+    super::text::prefix_within(reason, MAX_REASON_BYTES)
 }
 
 /// What close handlers receive: how the connection ended.

@@ -3,6 +3,18 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
+/// The longest prefix of `s` within `max` bytes that ends on a character boundary.
+pub(crate) fn prefix_within(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A text message: its bytes as they arrived (shared, never copied), checked to be
 /// UTF-8 once, when the frame was decoded. Derefs to `str`.
 ///
